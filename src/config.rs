@@ -1,0 +1,320 @@
+//! Settings, read once from the environment and validated into one typed value.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use subtle::ConstantTimeEq;
+
+use crate::schema::names::snake_case;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {message}")]
+    Invalid { name: &'static str, message: String },
+}
+
+fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { name, message: message.into() }
+}
+
+/// A secret string: compared in constant time, never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        self.0.as_bytes().ct_eq(candidate).into()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Which write keys are accepted, and the schema each one writes to.
+#[derive(Debug, Clone)]
+pub enum Sources {
+    /// Local trial mode: any key, or none, writes to one schema.
+    Open { schema: String },
+    Keys(Vec<(Secret, String)>),
+}
+
+impl Sources {
+    /// The schema for a write key. Every configured key is compared, in constant time, whatever matches.
+    pub fn schema_for(&self, key: Option<&str>) -> Option<&str> {
+        match self {
+            Sources::Open { schema } => Some(schema),
+            Sources::Keys(keys) => {
+                let key = key?.as_bytes();
+                let mut found = None;
+                for (secret, schema) in keys {
+                    if secret.matches(key) {
+                        found = Some(schema.as_str());
+                    }
+                }
+                found
+            }
+        }
+    }
+
+    pub fn schemas(&self) -> Vec<&str> {
+        match self {
+            Sources::Open { schema } => vec![schema],
+            Sources::Keys(keys) => keys.iter().map(|(_, s)| s.as_str()).collect(),
+        }
+    }
+}
+
+/// The Tracking API's size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_event_bytes: usize,
+    pub max_request_bytes: usize,
+    pub max_batch_events: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_event_bytes: 32 * 1024, max_request_bytes: 500 * 1024, max_batch_events: 2_500 }
+    }
+}
+
+/// When a micro-batch is written, and how much may wait.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    pub interval: Duration,
+    pub max_events: usize,
+    pub max_bytes: usize,
+    /// Past this many bytes waiting or being written, new requests get 503.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for FlushPolicy {
+    fn default() -> Self {
+        FlushPolicy {
+            interval: Duration::from_millis(1000),
+            max_events: 100_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Where the tables live: `<lake>/<schema>/<table>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lake {
+    Local(PathBuf),
+    Remote(String),
+}
+
+impl Lake {
+    pub fn parse(s: &str) -> Result<Lake, ConfigError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(invalid("SEGMENT_DELTA_LAKE", "is empty"));
+        }
+        if let Some(path) = s.strip_prefix("file://") {
+            return Ok(Lake::Local(PathBuf::from(path)));
+        }
+        if s.contains("://") {
+            return Ok(Lake::Remote(s.trim_end_matches('/').to_string()));
+        }
+        Ok(Lake::Local(PathBuf::from(s)))
+    }
+
+    /// The URI of a table, as delta-rs opens it.
+    pub fn table_uri(&self, schema: &str, table: &str) -> String {
+        match self {
+            Lake::Local(root) => root.join(schema).join(table).to_string_lossy().into_owned(),
+            Lake::Remote(root) => format!("{root}/{schema}/{table}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub lake: Lake,
+    pub sources: Sources,
+    pub limits: Limits,
+    pub flush: FlushPolicy,
+    /// Columns a table may reach; values for columns past it go to `discards`.
+    pub max_columns: usize,
+    /// How many committed `messageId`s are remembered to acknowledge repeats without writing them again.
+    pub dedup_capacity: usize,
+    /// JSON log lines (the default under the Functions host).
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 7071,
+            lake: Lake::Local(PathBuf::from("./lake")),
+            sources: Sources::Open { schema: "segment".into() },
+            limits: Limits::default(),
+            flush: FlushPolicy::default(),
+            max_columns: 1_000,
+            dedup_capacity: 1_000_000,
+            log_json: false,
+        }
+    }
+}
+
+/// A schema name from configuration must already be a normalised identifier.
+pub fn check_schema_name(name: &'static str, schema: &str) -> Result<(), ConfigError> {
+    if schema.is_empty() || snake_case(schema) != schema {
+        return Err(invalid(name, format!("{schema:?} is not a valid schema name (use lower-case letters, digits and _)")));
+    }
+    Ok(())
+}
+
+fn parse_sources(s: &str) -> Result<Sources, ConfigError> {
+    const NAME: &str = "SEGMENT_DELTA_SOURCES";
+    let mut keys = Vec::new();
+    let mut seen = HashMap::new();
+    for (n, entry) in s.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+        let Some((key, schema)) = entry.split_once('=') else {
+            return Err(invalid(NAME, format!("entry {} is not KEY=schema", n + 1)));
+        };
+        let (key, schema) = (key.trim(), schema.trim());
+        if key.is_empty() {
+            return Err(invalid(NAME, format!("entry {} has an empty write key", n + 1)));
+        }
+        check_schema_name(NAME, schema)?;
+        if seen.insert(key.to_string(), ()).is_some() {
+            return Err(invalid(NAME, format!("entry {} repeats a write key", n + 1)));
+        }
+        keys.push((Secret::new(key), schema.to_string()));
+    }
+    if keys.is_empty() {
+        return Err(invalid(NAME, "names no write key"));
+    }
+    Ok(Sources::Keys(keys))
+}
+
+impl Config {
+    /// Reads the settings from a variable lookup (the process environment in production).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let mut c = Config::default();
+        fn num<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, default: T) -> Result<T, ConfigError> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => v.trim().parse().map_err(|_| invalid(name, format!("{v:?} is not a valid number"))),
+            }
+        }
+        let positive = |name: &'static str, v: usize| {
+            if v == 0 { Err(invalid(name, "must be greater than 0")) } else { Ok(v) }
+        };
+        c.port = num(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", c.port)?;
+        if let Some(lake) = get("SEGMENT_DELTA_LAKE") {
+            c.lake = Lake::parse(&lake)?;
+        }
+        c.sources = match get("SEGMENT_DELTA_SOURCES").filter(|s| !s.trim().is_empty()) {
+            Some(s) => parse_sources(&s)?,
+            None if matches!(c.lake, Lake::Remote(_)) => {
+                return Err(invalid(
+                    "SEGMENT_DELTA_SOURCES",
+                    "must map write keys to schemas (KEY=schema,...) when the lake is not a local directory",
+                ));
+            }
+            None => {
+                let schema = get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
+                check_schema_name("SEGMENT_DELTA_DEFAULT_SCHEMA", &schema)?;
+                Sources::Open { schema }
+            }
+        };
+        let l = &mut c.limits;
+        l.max_event_bytes = positive("SEGMENT_DELTA_MAX_EVENT_BYTES", num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?)?;
+        l.max_request_bytes =
+            positive("SEGMENT_DELTA_MAX_REQUEST_BYTES", num(&get, "SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?)?;
+        l.max_batch_events =
+            positive("SEGMENT_DELTA_MAX_BATCH_EVENTS", num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?)?;
+        let f = &mut c.flush;
+        f.interval = Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval.as_millis() as u64)?);
+        f.max_events = positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
+        f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
+        f.max_buffered_bytes =
+            positive("SEGMENT_DELTA_MAX_BUFFERED_BYTES", num(&get, "SEGMENT_DELTA_MAX_BUFFERED_BYTES", f.max_buffered_bytes)?)?;
+        if f.max_buffered_bytes < c.limits.max_request_bytes {
+            return Err(invalid("SEGMENT_DELTA_MAX_BUFFERED_BYTES", "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES"));
+        }
+        c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
+        c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
+        c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
+            Some("json") => true,
+            Some("text") => false,
+            None | Some("") => get("FUNCTIONS_CUSTOMHANDLER_PORT").is_some(),
+            Some(other) => return Err(invalid("SEGMENT_DELTA_LOG_FORMAT", format!("{other:?}: expected json or text"))),
+        };
+        Ok(c)
+    }
+
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|k| std::env::var(k).ok())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_run_locally_with_any_key() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.port, 7071);
+        assert_eq!(c.lake, Lake::Local(PathBuf::from("./lake")));
+        assert_eq!(c.sources.schema_for(Some("whatever")), Some("segment"));
+        assert_eq!(c.sources.schema_for(None), Some("segment"));
+        assert_eq!(c.limits.max_request_bytes, 512_000);
+    }
+
+    #[test]
+    fn sources_map_keys_to_schemas() {
+        let c = cfg(&[("SEGMENT_DELTA_SOURCES", "K1=web, K2=ios")]).unwrap();
+        assert_eq!(c.sources.schema_for(Some("K1")), Some("web"));
+        assert_eq!(c.sources.schema_for(Some("K2")), Some("ios"));
+        assert_eq!(c.sources.schema_for(Some("K3")), None);
+        assert_eq!(c.sources.schema_for(Some("K")), None);
+        assert_eq!(c.sources.schema_for(None), None);
+        assert!(!format!("{:?}", c.sources).contains("K1"), "keys never reach Debug output");
+    }
+
+    #[test]
+    fn bad_settings_name_the_variable() {
+        for (vars, needle) in [
+            (vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")], "SEGMENT_DELTA_SOURCES: must map"),
+            (vec![("SEGMENT_DELTA_SOURCES", "K1=Web-Site")], "SEGMENT_DELTA_SOURCES: \"Web-Site\" is not a valid schema"),
+            (vec![("SEGMENT_DELTA_SOURCES", "K1")], "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema"),
+            (vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")], "repeats a write key"),
+            (vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")], "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\""),
+            (vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")], "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0"),
+            (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
+        ] {
+            let e = cfg(&vars).unwrap_err().to_string();
+            assert!(e.contains(needle), "{e} should contain {needle}");
+        }
+    }
+
+    #[test]
+    fn lake_uris() {
+        assert_eq!(Lake::parse("file:///tmp/l").unwrap(), Lake::Local(PathBuf::from("/tmp/l")));
+        let remote = Lake::parse("abfss://lake@acct.dfs.core.windows.net/bronze/").unwrap();
+        assert_eq!(remote.table_uri("web", "tracks"), "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks");
+    }
+}

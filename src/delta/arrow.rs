@@ -1,0 +1,220 @@
+//! Rows → one Arrow record batch in the table's column order, casting each value to its column's type.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::arrow::array::{ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use deltalake::arrow::error::ArrowError;
+use deltalake::arrow::record_batch::RecordBatch;
+
+use crate::schema::rows::{Discard, Row};
+use crate::schema::value::{CastError, ColumnType, Scalar};
+use crate::segment::time::Micros;
+
+/// The Arrow type of a warehouse type; TIMESTAMP is UTC microseconds, which Delta calls `timestamp`.
+pub fn arrow_type(t: ColumnType) -> DataType {
+    match t {
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        ColumnType::BigInt => DataType::Int64,
+        ColumnType::Double => DataType::Float64,
+        ColumnType::Boolean => DataType::Boolean,
+        ColumnType::String => DataType::Utf8,
+    }
+}
+
+/// The warehouse type of an existing column, when it is one this loader writes.
+pub fn column_type(t: &DataType) -> Option<ColumnType> {
+    Some(match t {
+        DataType::Timestamp(_, Some(_)) => ColumnType::Timestamp,
+        DataType::Int64 => ColumnType::BigInt,
+        DataType::Float64 => ColumnType::Double,
+        DataType::Boolean => ColumnType::Boolean,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => ColumnType::String,
+        _ => return None,
+    })
+}
+
+pub fn arrow_schema(columns: &[(String, ColumnType)]) -> Arc<Schema> {
+    Arc::new(Schema::new(columns.iter().map(|(n, t)| Field::new(n, arrow_type(*t), true)).collect::<Vec<_>>()))
+}
+
+enum Builder {
+    Ts(TimestampMicrosecondBuilder),
+    Int(Int64Builder),
+    Dbl(Float64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+}
+
+impl Builder {
+    fn new(t: ColumnType, n: usize) -> Builder {
+        match t {
+            ColumnType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            ColumnType::BigInt => Builder::Int(Int64Builder::with_capacity(n)),
+            ColumnType::Double => Builder::Dbl(Float64Builder::with_capacity(n)),
+            ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(n)),
+            ColumnType::String => Builder::Str(StringBuilder::with_capacity(n, n * 16)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Builder::Ts(b) => b.len(),
+            Builder::Int(b) => b.len(),
+            Builder::Dbl(b) => b.len(),
+            Builder::Bool(b) => b.len(),
+            Builder::Str(b) => b.len(),
+        }
+    }
+
+    fn nulls(&mut self, n: usize) {
+        match self {
+            Builder::Ts(b) => b.append_nulls(n),
+            Builder::Int(b) => b.append_nulls(n),
+            Builder::Dbl(b) => b.append_nulls(n),
+            Builder::Bool(b) => b.append_nulls(n),
+            Builder::Str(b) => b.append_nulls(n),
+        }
+    }
+
+    /// Appends the value cast to the column's type, or a null and the reason it could not be.
+    fn push(&mut self, v: &Scalar) -> Result<(), CastError> {
+        let r = match self {
+            Builder::Ts(b) => v.as_timestamp().map(|x| b.append_value(x)),
+            Builder::Int(b) => v.as_bigint().map(|x| b.append_value(x)),
+            Builder::Dbl(b) => v.as_double().map(|x| b.append_value(x)),
+            Builder::Bool(b) => v.as_bool().map(|x| b.append_value(x)),
+            Builder::Str(b) => {
+                match v {
+                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => b.append_value(s),
+                    other => b.append_value(other.to_text()),
+                }
+                Ok(())
+            }
+        };
+        if r.is_err() {
+            self.nulls(1);
+        }
+        r
+    }
+
+    fn finish(self) -> ArrayRef {
+        match self {
+            Builder::Ts(mut b) => Arc::new(b.finish()),
+            Builder::Int(mut b) => Arc::new(b.finish()),
+            Builder::Dbl(mut b) => Arc::new(b.finish()),
+            Builder::Bool(mut b) => Arc::new(b.finish()),
+            Builder::Str(mut b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Builds the batch for `columns` (which must cover every column the rows use, or the value is reported as
+/// outside the table). Values that cannot be cast become nulls and discards.
+pub fn build(
+    table: &str,
+    columns: &[(String, ColumnType)],
+    rows: &[Row],
+    uuid_ts: Micros,
+    unplaced: impl Fn(&str) -> Option<String>,
+) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
+    let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+    let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, rows.len())).collect();
+    let uuid_col = index.get("uuid_ts").copied();
+    let received_col = index.get("received_at").copied();
+    let mut discards = Vec::new();
+    for (i, row) in rows.iter().enumerate() {
+        let received_at = received_col
+            .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
+            .and_then(|(_, v)| v.as_timestamp().ok())
+            .unwrap_or(uuid_ts);
+        let mut discard = |column: &str, value: &Scalar, reason: String| {
+            discards.push(Discard {
+                row_id: row.id.to_string(),
+                table_name: table.to_string(),
+                column_name: column.to_string(),
+                column_value: value.to_text(),
+                reason,
+                received_at,
+            })
+        };
+        for (name, value) in &row.cols {
+            let Some(&c) = index.get(name.as_ref()) else {
+                let reason = unplaced(name).unwrap_or_else(|| format!("column {name} is not in table {table}"));
+                discard(name, value, reason);
+                continue;
+            };
+            if Some(c) == uuid_col {
+                continue;
+            }
+            let b = &mut builders[c];
+            if b.len() > i {
+                discard(name, value, format!("column {name} appears twice in one row"));
+                continue;
+            }
+            b.nulls(i - b.len());
+            if let Err(e) = b.push(value) {
+                discard(name, value, format!("{e}; stored as NULL in column {name}"));
+            }
+        }
+    }
+    if let Some(c) = uuid_col
+        && let Builder::Ts(b) = &mut builders[c]
+    {
+        for _ in 0..rows.len() {
+            b.append_value(uuid_ts);
+        }
+    }
+    let arrays: Vec<ArrayRef> = builders
+        .into_iter()
+        .map(|mut b| {
+            let missing = rows.len() - b.len();
+            b.nulls(missing);
+            b.finish()
+        })
+        .collect();
+    Ok((RecordBatch::try_new(arrow_schema(columns), arrays)?, discards))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deltalake::arrow::array::{Array, AsArray};
+    use deltalake::arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
+
+    fn row(id: &str, cols: Vec<(&str, Scalar)>) -> Row {
+        Row { id: id.into(), cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect() }
+    }
+
+    #[test]
+    fn casts_or_discards_each_value() {
+        let columns: Vec<(String, ColumnType)> = [
+            ("id", ColumnType::String),
+            ("n", ColumnType::BigInt),
+            ("x", ColumnType::Double),
+            ("s", ColumnType::String),
+            ("uuid_ts", ColumnType::Timestamp),
+        ]
+        .iter()
+        .map(|(n, t)| (n.to_string(), *t))
+        .collect();
+        let rows = vec![
+            row("a", vec![("id", Scalar::Str("a".into())), ("n", Scalar::Int(1)), ("x", Scalar::Int(2)), ("s", Scalar::Bool(true))]),
+            row("b", vec![("n", Scalar::Str("two".into())), ("s", Scalar::Float(1.5)), ("extra", Scalar::Int(9))]),
+            row("c", vec![]),
+        ];
+        let (batch, discards) = build("t", &columns, &rows, 77, |_| None).unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        let n = batch.column(1).as_primitive::<Int64Type>();
+        assert_eq!((n.value(0), n.is_null(1), n.is_null(2)), (1, true, true));
+        assert_eq!(batch.column(2).as_primitive::<Float64Type>().value(0), 2.0);
+        let s = batch.column(3).as_string::<i32>();
+        assert_eq!((s.value(0), s.value(1)), ("true", "1.5"));
+        let u = batch.column(4).as_primitive::<TimestampMicrosecondType>();
+        assert!((0..3).all(|i| u.value(i) == 77));
+        let got: Vec<_> = discards.iter().map(|d| (d.row_id.as_str(), d.column_name.as_str(), d.column_value.as_str())).collect();
+        assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9")]);
+        assert!(discards[0].reason.contains("STRING value cannot be stored in a BIGINT column"));
+    }
+}

@@ -1,0 +1,208 @@
+//! Request bodies: decompression within limits, write keys, and the split into events.
+
+use std::io::Read;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use flate2::read::MultiGzDecoder;
+use serde_json::{Map, Value};
+
+use crate::config::Limits;
+use crate::segment::scan::{self, ScanError};
+
+/// Why a request is refused as a whole. Each says what was wrong and, for limits, which setting to change.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BodyError {
+    #[error("request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)")]
+    TooLarge { limit: usize },
+    #[error("event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)")]
+    EventTooLarge { index: usize, size: usize, limit: usize },
+    #[error("batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)")]
+    TooManyEvents { count: usize, limit: usize },
+    #[error("body is not valid gzip: {0}")]
+    Gzip(String),
+    #[error("unsupported Content-Encoding {0:?}: send identity or gzip")]
+    Encoding(String),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("{0}")]
+    Shape(String),
+}
+
+impl BodyError {
+    pub fn status(&self) -> u16 {
+        match self {
+            BodyError::TooLarge { .. } => 413,
+            BodyError::Encoding(_) => 415,
+            _ => 400,
+        }
+    }
+}
+
+impl From<ScanError> for BodyError {
+    fn from(e: ScanError) -> Self {
+        BodyError::Json(e.to_string())
+    }
+}
+
+/// Undoes `Content-Encoding`, refusing anything that grows past the request limit.
+pub fn decode(encoding: Option<&str>, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, BodyError> {
+    let body = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("") | Some("identity") => raw,
+        Some("gzip") | Some("x-gzip") => {
+            let mut out = Vec::with_capacity(raw.len() * 4);
+            MultiGzDecoder::new(raw.as_slice())
+                .take(limit as u64 + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| BodyError::Gzip(e.to_string()))?;
+            out
+        }
+        Some(other) => return Err(BodyError::Encoding(other.to_string())),
+    };
+    if body.len() > limit {
+        return Err(BodyError::TooLarge { limit });
+    }
+    Ok(body)
+}
+
+/// The write key of an `Authorization: Basic` header: the user name, with or without the trailing colon.
+pub fn basic_user(header: &str) -> Option<String> {
+    let (scheme, rest) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(rest.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let user = text.split_once(':').map_or(text.as_str(), |(u, _)| u);
+    Some(user.to_string())
+}
+
+/// One event of a request, still unparsed.
+#[derive(Debug, Clone)]
+pub struct RawEvent<'a> {
+    pub bytes: &'a [u8],
+}
+
+impl RawEvent<'_> {
+    /// The raw text as it can be stored: UTF-8 as is, anything else as base64 so that nothing is lost.
+    pub fn text(&self) -> String {
+        match std::str::from_utf8(self.bytes) {
+            Ok(s) => s.to_string(),
+            Err(_) => format!("base64:{}", STANDARD.encode(self.bytes)),
+        }
+    }
+
+    pub fn parse(&self) -> Result<Value, String> {
+        serde_json::from_slice(self.bytes).map_err(|e| {
+            let what = e.to_string();
+            if what.starts_with("recursion limit exceeded") {
+                "the event is nested more than 128 levels deep".to_string()
+            } else if std::str::from_utf8(self.bytes).is_err() {
+                format!("the event is not valid UTF-8 (kept as base64): {what}")
+            } else {
+                format!("the event is not valid JSON: {what}")
+            }
+        })
+    }
+}
+
+/// The events of a body, with what the body carries for all of them.
+#[derive(Debug)]
+pub struct Parsed<'a> {
+    pub events: Vec<RawEvent<'a>>,
+    pub write_key: Option<String>,
+    pub context: Option<Map<String, Value>>,
+}
+
+fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>, what: &str) -> Result<T, BodyError> {
+    serde_json::from_slice(&body[r]).map_err(|e| BodyError::Shape(format!("{what}: {e}")))
+}
+
+/// Splits a `/v1/batch` body (`{"batch": [...], "context": {...}, "writeKey": "..."}`) or a single-event body.
+pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<'a>, BodyError> {
+    let top = scan::top_level_object(body)?;
+    let write_key = match top.get("writeKey") {
+        Some(r) => field::<Option<String>>(body, r, "writeKey must be a string")?,
+        None => None,
+    };
+    if !batch {
+        if body.len() > limits.max_event_bytes {
+            return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
+        }
+        return Ok(Parsed { events: vec![RawEvent { bytes: body }], write_key, context: None });
+    }
+    let Some(range) = top.get("batch") else {
+        return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
+    };
+    if body.get(range.start) != Some(&b'[') {
+        return Err(BodyError::Shape("\"batch\" must be an array".into()));
+    }
+    let items = scan::array_items(body, range)?;
+    if items.len() > limits.max_batch_events {
+        return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
+    }
+    if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
+        return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
+    }
+    let context = match top.get("context") {
+        Some(r) => field::<Option<Map<String, Value>>>(body, r, "context must be an object")?,
+        None => None,
+    };
+    let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
+    Ok(Parsed { events, write_key, context })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::{Compression, write::GzEncoder};
+    use std::io::Write;
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        let mut e = GzEncoder::new(Vec::new(), Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn gzip_is_bounded_after_decompression() {
+        let data = vec![b' '; 10_000];
+        assert_eq!(decode(Some("gzip"), gz(&data), 10_000).unwrap().len(), 10_000);
+        assert_eq!(decode(Some("gzip"), gz(&data), 9_999), Err(BodyError::TooLarge { limit: 9_999 }));
+        assert!(matches!(decode(Some("gzip"), b"not gzip".to_vec(), 100), Err(BodyError::Gzip(_))));
+        assert_eq!(decode(Some("br"), vec![], 100), Err(BodyError::Encoding("br".into())));
+    }
+
+    #[test]
+    fn basic_auth_with_or_without_colon() {
+        assert_eq!(basic_user(&format!("Basic {}", STANDARD.encode("KEY:"))).as_deref(), Some("KEY"));
+        assert_eq!(basic_user(&format!("basic {}", STANDARD.encode("KEY"))).as_deref(), Some("KEY"));
+        assert_eq!(basic_user("Bearer abc"), None);
+        assert_eq!(basic_user("Basic !!!"), None);
+    }
+
+    #[test]
+    fn limits_name_the_setting() {
+        let limits = Limits { max_event_bytes: 20, max_request_bytes: 1000, max_batch_events: 2 };
+        let e = split(br#"{"batch":[{},{},{}]}"#, true, &limits).unwrap_err();
+        assert_eq!(e, BodyError::TooManyEvents { count: 3, limit: 2 });
+        let e = split(br#"{"batch":[{},{"a":"0123456789012345"}]}"#, true, &limits).unwrap_err();
+        assert!(e.to_string().contains("event 1 is 22 bytes") && e.to_string().contains("SEGMENT_DELTA_MAX_EVENT_BYTES"));
+        let e = split(br#"{"batch":{}}"#, true, &limits).unwrap_err();
+        assert_eq!(e.to_string(), "\"batch\" must be an array");
+    }
+
+    #[test]
+    fn bad_items_fail_alone() {
+        let body = b"{\"batch\":[{\"a\":1},{\"b\":\"\xff\"},{\"c\":tru}],\"writeKey\":\"K\",\"context\":{\"ip\":\"1\"}}";
+        let p = split(body, true, &Limits::default()).unwrap();
+        assert_eq!(p.write_key.as_deref(), Some("K"));
+        assert_eq!(p.context.unwrap()["ip"], "1");
+        assert!(p.events[0].parse().is_ok());
+        assert!(p.events[1].parse().unwrap_err().contains("not valid UTF-8"));
+        assert!(p.events[1].text().starts_with("base64:"));
+        assert!(p.events[2].parse().unwrap_err().contains("not valid JSON"));
+        let deep = format!("{{\"p\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(RawEvent { bytes: deep.as_bytes() }.parse().unwrap_err(), "the event is nested more than 128 levels deep");
+    }
+}

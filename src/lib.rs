@@ -1,0 +1,7 @@
+//! segment-delta: Segment-spec analytics events into Delta tables, as an Azure Functions custom handler.
+
+pub mod batch;
+pub mod config;
+pub mod delta;
+pub mod schema;
+pub mod segment;

@@ -1,0 +1,5 @@
+//! How events become rows: names, values and types, table routing, discards.
+
+pub mod names;
+pub mod rows;
+pub mod value;

@@ -1,0 +1,345 @@
+//! An event becomes rows: one per table it lands in, with flattened, snake_cased columns, and a discard for
+//! every value that cannot be stored as sent.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::schema::names::snake_case;
+use crate::schema::value::{ColumnType, Scalar};
+use crate::segment::event::{Event, EventType, Invalid};
+use crate::segment::time::Micros;
+
+/// Unity Catalog's limit on a column or table name.
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Table names the loader owns; an event named like one of them gets a leading underscore.
+pub const RESERVED_TABLES: &[&str] =
+    &["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "accounts", "discards"];
+
+/// Which fixed columns a table has beyond the dynamic ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TableKind {
+    Tracks,
+    /// One table per track event name.
+    Event,
+    Identifies,
+    Pages,
+    Screens,
+    Groups,
+    Aliases,
+    Discards,
+}
+
+const COMMON: &[(&str, ColumnType)] = &[
+    ("id", ColumnType::String),
+    ("anonymous_id", ColumnType::String),
+    ("user_id", ColumnType::String),
+    ("received_at", ColumnType::Timestamp),
+    ("sent_at", ColumnType::Timestamp),
+    ("timestamp", ColumnType::Timestamp),
+    ("original_timestamp", ColumnType::Timestamp),
+    ("uuid_ts", ColumnType::Timestamp),
+];
+
+const DISCARDS: &[(&str, ColumnType)] = &[
+    ("row_id", ColumnType::String),
+    ("table_name", ColumnType::String),
+    ("column_name", ColumnType::String),
+    ("column_value", ColumnType::String),
+    ("reason", ColumnType::String),
+    ("received_at", ColumnType::Timestamp),
+    ("uuid_ts", ColumnType::Timestamp),
+];
+
+impl TableKind {
+    /// The columns every table of this kind has, in order, before any dynamic column.
+    pub fn fixed_columns(self) -> Vec<(&'static str, ColumnType)> {
+        let extra: &[&str] = match self {
+            TableKind::Discards => return DISCARDS.to_vec(),
+            TableKind::Tracks | TableKind::Event => &["event", "event_text"],
+            TableKind::Pages | TableKind::Screens => &["name", "category"],
+            TableKind::Groups => &["group_id"],
+            TableKind::Aliases => &["previous_id"],
+            TableKind::Identifies => &[],
+        };
+        let mut cols = COMMON.to_vec();
+        cols.extend(extra.iter().map(|c| (*c, ColumnType::String)));
+        cols
+    }
+
+    fn of(kind: EventType) -> TableKind {
+        match kind {
+            EventType::Track => TableKind::Tracks,
+            EventType::Identify => TableKind::Identifies,
+            EventType::Page => TableKind::Pages,
+            EventType::Screen => TableKind::Screens,
+            EventType::Group => TableKind::Groups,
+            EventType::Alias => TableKind::Aliases,
+        }
+    }
+}
+
+/// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: Arc<str>,
+    pub cols: Vec<(Arc<str>, Scalar)>,
+}
+
+/// A value, or a whole event, that could not be stored as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discard {
+    pub row_id: String,
+    pub table_name: String,
+    pub column_name: String,
+    pub column_value: String,
+    pub reason: String,
+    pub received_at: Micros,
+}
+
+impl Discard {
+    pub fn into_row(self) -> Row {
+        let text = |s: String| Scalar::Str(s.into());
+        Row {
+            id: self.row_id.clone().into(),
+            cols: vec![
+                ("row_id".into(), text(self.row_id)),
+                ("table_name".into(), text(self.table_name)),
+                ("column_name".into(), text(self.column_name)),
+                ("column_value".into(), text(self.column_value)),
+                ("reason".into(), text(self.reason)),
+                ("received_at".into(), Scalar::from(self.received_at)),
+            ],
+        }
+    }
+}
+
+/// Rows bound for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRow {
+    pub table: String,
+    pub kind: TableKind,
+    pub row: Row,
+}
+
+/// Everything one event produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Mapped {
+    pub rows: Vec<TableRow>,
+    pub discards: Vec<Discard>,
+}
+
+impl Mapped {
+    /// An event that could not be read at all: kept whole in `discards`.
+    pub fn rejected(invalid: Invalid, raw: String, received_at: Micros) -> Mapped {
+        Mapped {
+            rows: Vec::new(),
+            discards: vec![Discard {
+                row_id: invalid.message_id.unwrap_or_default(),
+                table_name: invalid.table.unwrap_or_default().to_string(),
+                column_name: String::new(),
+                column_value: raw,
+                reason: invalid.reason,
+                received_at,
+            }],
+        }
+    }
+}
+
+/// The table a track event's own name gives, or why it has none.
+pub fn event_table(name: &str) -> Result<String, String> {
+    let t = snake_case(name);
+    if t.is_empty() {
+        return Err(format!("event name {name:?} has no letter or digit to make a table name from"));
+    }
+    if t.len() > MAX_NAME_LEN {
+        return Err(format!("event name gives a table name longer than {MAX_NAME_LEN} characters"));
+    }
+    Ok(if RESERVED_TABLES.contains(&t.as_str()) { format!("_{t}") } else { t })
+}
+
+/// Which source of a column wins when two fill the same name: earlier sources always win.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Fixed,
+    Context,
+    Payload,
+}
+
+struct Slot {
+    index: usize,
+    source: Source,
+    path: String,
+}
+
+/// Builds one row's columns, resolving name collisions deterministically: a column filled by an earlier source
+/// (fixed, then context, then properties/traits) keeps its value; within one source the key already spelled
+/// like the column wins, then the smaller original key. Every losing value becomes a discard.
+struct RowBuilder<'a> {
+    cols: Vec<(Arc<str>, Scalar)>,
+    slots: HashMap<String, Slot>,
+    id: &'a str,
+    table: &'a str,
+    received_at: Micros,
+    discards: &'a mut Vec<Discard>,
+}
+
+impl RowBuilder<'_> {
+    fn discard(&mut self, column: &str, value: String, reason: String) {
+        self.discards.push(Discard {
+            row_id: self.id.to_string(),
+            table_name: self.table.to_string(),
+            column_name: column.to_string(),
+            column_value: value,
+            reason,
+            received_at: self.received_at,
+        });
+    }
+
+    fn put(&mut self, source: Source, path: &str, column: String, value: Scalar) {
+        if column.is_empty() {
+            let reason = format!("{path:?} has no letter or digit to make a column name from");
+            return self.discard(path, value.to_text(), reason);
+        }
+        if column.len() > MAX_NAME_LEN {
+            let reason = format!("{path:?} gives a column name longer than {MAX_NAME_LEN} characters");
+            return self.discard(&column, value.to_text(), reason);
+        }
+        let Some(slot) = self.slots.get(&column) else {
+            self.slots.insert(column.clone(), Slot { index: self.cols.len(), source, path: path.to_string() });
+            self.cols.push((column.into(), value));
+            return;
+        };
+        let canonical = |p: &str| p.replace('.', "_") == column;
+        let new_wins = source == slot.source
+            && (canonical(path), std::cmp::Reverse(path)) > (canonical(&slot.path), std::cmp::Reverse(slot.path.as_str()));
+        let (winner, loser_path, loser_value) = if new_wins {
+            let index = slot.index;
+            let old_path = std::mem::replace(&mut self.slots.get_mut(&column).expect("slot").path, path.to_string());
+            let old = std::mem::replace(&mut self.cols[index].1, value);
+            (path.to_string(), old_path, old)
+        } else {
+            (slot.path.clone(), path.to_string(), value)
+        };
+        let reason = if slot_source(&self.slots, &column) == Source::Fixed && !new_wins {
+            format!("{loser_path:?} would overwrite the reserved column {column}")
+        } else {
+            format!("{loser_path:?} and {winner:?} both become column {column}; {winner:?} is kept")
+        };
+        self.discard(&column, loser_value.to_text(), reason);
+    }
+
+    /// Flattens an object with `_`; arrays are kept as JSON text.
+    fn flatten(&mut self, source: Source, prefix: &str, obj: &Map<String, Value>) {
+        for (k, v) in obj {
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+            match v {
+                Value::Object(inner) => self.flatten(source, &path, inner),
+                other => {
+                    if let Some(s) = Scalar::from_json(other) {
+                        let column = snake_case(&path);
+                        self.put(source, &path, column, s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn slot_source(slots: &HashMap<String, Slot>, column: &str) -> Source {
+    slots.get(column).map_or(Source::Payload, |s| s.source)
+}
+
+/// Maps a validated event to its rows and discards.
+pub fn map_event(event: Event) -> Mapped {
+    let mut out = Mapped::default();
+    let kind = event.kind;
+    let id: Arc<str> = event.message_id.as_str().into();
+    let own_table = match (&event.event, kind) {
+        (Some(name), EventType::Track) => match event_table(name) {
+            Ok(t) => Some(t),
+            Err(reason) => {
+                out.discards.push(Discard {
+                    row_id: event.message_id.clone(),
+                    table_name: "tracks".into(),
+                    column_name: "event".into(),
+                    column_value: name.clone(),
+                    reason: format!("{reason}; the event is in tracks only, its properties follow"),
+                    received_at: event.received_at,
+                });
+                for (k, v) in &event.payload {
+                    out.discards.push(Discard {
+                        row_id: event.message_id.clone(),
+                        table_name: String::new(),
+                        column_name: k.clone(),
+                        column_value: v.to_string(),
+                        reason: "property of an event with no table name".into(),
+                        received_at: event.received_at,
+                    });
+                }
+                None
+            }
+        },
+        _ => None,
+    };
+
+    let mut tables = vec![(kind.table().to_string(), TableKind::of(kind), kind != EventType::Track)];
+    if let Some(t) = own_table {
+        tables.push((t, TableKind::Event, true));
+    }
+    for (table, table_kind, with_payload) in tables {
+        let mut b = RowBuilder {
+            cols: Vec::with_capacity(32),
+            slots: HashMap::with_capacity(32),
+            id: &event.message_id,
+            table: &table,
+            received_at: event.received_at,
+            discards: &mut out.discards,
+        };
+        let text = |s: &str| Scalar::Str(s.into());
+        let fixed: [(&str, Option<Scalar>); 13] = [
+            ("id", Some(text(&event.message_id))),
+            ("anonymous_id", event.anonymous_id.as_deref().map(text)),
+            ("user_id", event.user_id.as_deref().map(text)),
+            ("received_at", Some(event.received_at.into())),
+            ("sent_at", event.sent_at.map(Scalar::from)),
+            ("timestamp", Some(event.timestamp.into())),
+            ("original_timestamp", event.original_timestamp.map(Scalar::from)),
+            ("event", event.event.as_deref().and_then(|e| event_table(e).ok()).map(|t| text(t.trim_start_matches('_')))),
+            ("event_text", event.event.as_deref().map(text)),
+            ("name", event.name.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
+            ("category", event.category.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
+            ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
+            ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
+        ];
+        // Every fixed column of the table is reserved, whether this event fills it or not.
+        for (name, _) in table_kind.fixed_columns() {
+            b.slots.insert(name.to_string(), Slot { index: usize::MAX, source: Source::Fixed, path: name.to_string() });
+        }
+        for (name, value) in fixed {
+            if let (Some(v), Some(slot)) = (value, b.slots.get_mut(name)) {
+                slot.index = b.cols.len();
+                b.cols.push((name.into(), v));
+            }
+        }
+        b.flatten(Source::Context, "context", &event.context);
+        if with_payload {
+            b.flatten(Source::Payload, "", &event.payload);
+        }
+        let cols = b.cols;
+        out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols } });
+    }
+    for p in event.problems {
+        out.discards.push(Discard {
+            row_id: event.message_id.clone(),
+            table_name: kind.table().to_string(),
+            column_name: p.field,
+            column_value: p.value,
+            reason: p.reason,
+            received_at: event.received_at,
+        });
+    }
+    out
+}

@@ -1,0 +1,207 @@
+//! Column types and values: a JSON leaf becomes a typed scalar; a column's type is fixed by its first value and
+//! later values are cast only when nothing is lost.
+
+use std::fmt;
+
+use serde_json::Value;
+
+use crate::segment::time::{Micros, format_micros, parse_timestamp};
+
+/// The five warehouse types Segment uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ColumnType {
+    Timestamp,
+    BigInt,
+    Double,
+    Boolean,
+    String,
+}
+
+impl ColumnType {
+    /// The type as Databricks SQL spells it.
+    pub fn sql_name(self) -> &'static str {
+        match self {
+            ColumnType::Timestamp => "TIMESTAMP",
+            ColumnType::BigInt => "BIGINT",
+            ColumnType::Double => "DOUBLE",
+            ColumnType::Boolean => "BOOLEAN",
+            ColumnType::String => "STRING",
+        }
+    }
+}
+
+impl fmt::Display for ColumnType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.sql_name())
+    }
+}
+
+/// One non-null value of a row, with the type it would give a new column.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// An integer outside the BIGINT range, kept as its decimal text.
+    BigInt(Box<str>),
+    /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards.
+    Timestamp(Micros, Box<str>),
+    Str(Box<str>),
+}
+
+/// Why a value could not go into its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CastError {
+    pub from: ColumnType,
+    pub to: ColumnType,
+}
+
+impl fmt::Display for CastError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "a {} value cannot be stored in a {} column without loss", self.from, self.to)
+    }
+}
+
+/// Doubles hold every integer of at most 53 bits exactly.
+const EXACT_DOUBLE_INT: i64 = 1 << 53;
+
+impl Scalar {
+    /// Classifies a JSON leaf. Null gives `None`: it creates no column. Arrays and objects give their JSON text.
+    pub fn from_json(v: &Value) -> Option<Scalar> {
+        Some(match v {
+            Value::Null => return None,
+            Value::Bool(b) => Scalar::Bool(*b),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Scalar::Int(i)
+                } else if n.is_u64() {
+                    Scalar::BigInt(n.to_string().into())
+                } else {
+                    Scalar::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(s) => Scalar::from_string(s),
+            Value::Array(_) | Value::Object(_) => Scalar::Str(v.to_string().into()),
+        })
+    }
+
+    /// A string value: a timestamp when it reads as one, text otherwise.
+    pub fn from_string(s: &str) -> Scalar {
+        match parse_timestamp(s) {
+            Some(t) => Scalar::Timestamp(t, s.into()),
+            None => Scalar::Str(s.into()),
+        }
+    }
+
+    /// The type a column created by this value gets.
+    pub fn natural_type(&self) -> ColumnType {
+        match self {
+            Scalar::Bool(_) => ColumnType::Boolean,
+            Scalar::Int(_) => ColumnType::BigInt,
+            Scalar::Float(_) => ColumnType::Double,
+            Scalar::BigInt(_) | Scalar::Str(_) => ColumnType::String,
+            Scalar::Timestamp(..) => ColumnType::Timestamp,
+        }
+    }
+
+    /// The value as text: what a STRING column stores and what a discard records.
+    pub fn to_text(&self) -> String {
+        match self {
+            Scalar::Bool(b) => b.to_string(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()),
+            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, s) => s.to_string(),
+        }
+    }
+
+    /// The value as a BIGINT, when that is exact.
+    pub fn as_bigint(&self) -> Result<i64, CastError> {
+        match self {
+            Scalar::Int(i) => Ok(*i),
+            Scalar::Float(f) if f.fract() == 0.0 && (-9.2e18..9.2e18).contains(f) => Ok(*f as i64),
+            _ => Err(self.cast_error(ColumnType::BigInt)),
+        }
+    }
+
+    /// The value as a DOUBLE, when that is exact.
+    pub fn as_double(&self) -> Result<f64, CastError> {
+        match self {
+            Scalar::Float(f) => Ok(*f),
+            Scalar::Int(i) if (-EXACT_DOUBLE_INT..=EXACT_DOUBLE_INT).contains(i) => Ok(*i as f64),
+            _ => Err(self.cast_error(ColumnType::Double)),
+        }
+    }
+
+    pub fn as_bool(&self) -> Result<bool, CastError> {
+        match self {
+            Scalar::Bool(b) => Ok(*b),
+            _ => Err(self.cast_error(ColumnType::Boolean)),
+        }
+    }
+
+    pub fn as_timestamp(&self) -> Result<Micros, CastError> {
+        match self {
+            Scalar::Timestamp(t, _) => Ok(*t),
+            _ => Err(self.cast_error(ColumnType::Timestamp)),
+        }
+    }
+
+    fn cast_error(&self, to: ColumnType) -> CastError {
+        CastError { from: self.natural_type(), to }
+    }
+}
+
+impl From<Micros> for Scalar {
+    /// A timestamp the pipeline made itself (received_at, uuid_ts, corrected timestamps).
+    fn from(t: Micros) -> Self {
+        Scalar::Timestamp(t, format_micros(t).into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn s(v: Value) -> Scalar {
+        Scalar::from_json(&v).expect("non-null")
+    }
+
+    #[test]
+    fn first_value_fixes_the_type() {
+        assert_eq!(s(json!(true)).natural_type(), ColumnType::Boolean);
+        assert_eq!(s(json!(42)).natural_type(), ColumnType::BigInt);
+        assert_eq!(s(json!(-42)).natural_type(), ColumnType::BigInt);
+        assert_eq!(s(json!(4.5)).natural_type(), ColumnType::Double);
+        assert_eq!(s(json!("hi")).natural_type(), ColumnType::String);
+        assert_eq!(s(json!("2026-11-01T00:00:00Z")).natural_type(), ColumnType::Timestamp);
+        assert_eq!(s(json!("2026-11-01")).natural_type(), ColumnType::String);
+        assert_eq!(s(json!([1, 2])), Scalar::Str("[1,2]".into()));
+        assert_eq!(s(json!(u64::MAX)).natural_type(), ColumnType::String);
+        assert_eq!(Scalar::from_json(&Value::Null), None);
+    }
+
+    #[test]
+    fn lossless_casts_only() {
+        assert_eq!(s(json!(3)).as_double(), Ok(3.0));
+        assert!(s(json!(9_007_199_254_740_993_i64)).as_double().is_err());
+        assert_eq!(s(json!(3.0)).as_bigint(), Ok(3));
+        assert!(s(json!(3.5)).as_bigint().is_err());
+        assert!(s(json!("3")).as_bigint().is_err());
+        assert!(s(json!(1)).as_bool().is_err());
+        assert!(s(json!("yesterday")).as_timestamp().is_err());
+        assert!(s(json!(u64::MAX)).as_bigint().is_err());
+        let e = s(json!("abc")).as_double().unwrap_err();
+        assert_eq!(e.to_string(), "a STRING value cannot be stored in a DOUBLE column without loss");
+    }
+
+    #[test]
+    fn anything_becomes_text() {
+        assert_eq!(s(json!(true)).to_text(), "true");
+        assert_eq!(s(json!(12)).to_text(), "12");
+        assert_eq!(s(json!(1.5)).to_text(), "1.5");
+        assert_eq!(s(json!(u64::MAX)).to_text(), "18446744073709551615");
+        assert_eq!(s(json!("2026-11-01T00:00:00.000Z")).to_text(), "2026-11-01T00:00:00.000Z");
+        assert_eq!(s(json!({"a": [1]})).to_text(), r#"{"a":[1]}"#);
+    }
+}

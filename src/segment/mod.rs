@@ -1,0 +1,5 @@
+//! Segment events: the request body, validation, timestamps.
+
+pub mod event;
+pub mod scan;
+pub mod time;

@@ -1,0 +1,209 @@
+//! A non-recursive pass over a request body that finds where each batch item starts and ends.
+//!
+//! serde_json stops at 128 levels of nesting, and a batch is one JSON document: a single hostile item would
+//! make the whole batch unreadable. Splitting first lets every item be parsed (and fail) on its own.
+
+use std::ops::Range;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed JSON at byte {offset}: {what}")]
+pub struct ScanError {
+    pub offset: usize,
+    pub what: &'static str,
+}
+
+/// The top level of a JSON object body: each key with the byte range of its value.
+#[derive(Debug, Default)]
+pub struct TopLevel {
+    pub fields: Vec<(String, Range<usize>)>,
+}
+
+impl TopLevel {
+    pub fn get(&self, key: &str) -> Option<Range<usize>> {
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, r)| r.clone())
+    }
+}
+
+fn err<T>(offset: usize, what: &'static str) -> Result<T, ScanError> {
+    Err(ScanError { offset, what })
+}
+
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+        i += 1;
+    }
+    i
+}
+
+/// `b[i]` is an opening quote; returns the index just past the closing quote.
+fn skip_string(b: &[u8], i: usize) -> Result<usize, ScanError> {
+    let mut j = i + 1;
+    while j < b.len() {
+        match b[j] {
+            b'"' => return Ok(j + 1),
+            b'\\' => j += 2,
+            _ => j += 1,
+        }
+    }
+    err(i, "unterminated string")
+}
+
+/// Returns the end of the JSON value starting at `i` (after whitespace). Nesting depth is a counter, not
+/// recursion, so any depth is safe. Only the boundaries are checked here; the value is parsed later.
+pub fn skip_value(b: &[u8], i: usize) -> Result<usize, ScanError> {
+    let start = skip_ws(b, i);
+    let Some(&first) = b.get(start) else {
+        return err(start, "expected a value, found the end of the body");
+    };
+    match first {
+        b'"' => skip_string(b, start),
+        b'{' | b'[' => {
+            let mut stack: Vec<u8> = vec![first];
+            let mut j = start + 1;
+            while let Some(&c) = b.get(j) {
+                match c {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => stack.push(c),
+                    b'}' | b']' => {
+                        let open = if c == b'}' { b'{' } else { b'[' };
+                        if stack.pop() != Some(open) {
+                            return err(j, "mismatched bracket");
+                        }
+                        if stack.is_empty() {
+                            return Ok(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            err(start, "unclosed object or array")
+        }
+        b',' | b':' | b'}' | b']' => err(start, "expected a value"),
+        _ => {
+            let mut j = start;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                j += 1;
+            }
+            Ok(j)
+        }
+    }
+}
+
+/// Splits a top-level JSON object into its fields.
+pub fn top_level_object(b: &[u8]) -> Result<TopLevel, ScanError> {
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return err(i, "expected a JSON object");
+    }
+    i = skip_ws(b, i + 1);
+    let mut out = TopLevel::default();
+    if b.get(i) == Some(&b'}') {
+        return finish(b, i + 1, out);
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return err(i, "expected a field name");
+        }
+        let key_end = skip_string(b, i)?;
+        let key: String = serde_json::from_slice(&b[i..key_end]).or(err(i, "invalid field name"))?;
+        i = skip_ws(b, key_end);
+        if b.get(i) != Some(&b':') {
+            return err(i, "expected ':' after a field name");
+        }
+        let value_start = skip_ws(b, i + 1);
+        let value_end = skip_value(b, value_start)?;
+        out.fields.push((key, value_start..value_end));
+        i = skip_ws(b, value_end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return finish(b, i + 1, out),
+            _ => return err(i, "expected ',' or '}'"),
+        }
+    }
+}
+
+fn finish(b: &[u8], i: usize, out: TopLevel) -> Result<TopLevel, ScanError> {
+    let end = skip_ws(b, i);
+    if end != b.len() {
+        return err(end, "unexpected data after the JSON object");
+    }
+    Ok(out)
+}
+
+/// Splits a JSON array (the bytes of `range`) into the byte ranges of its items.
+pub fn array_items(b: &[u8], range: Range<usize>) -> Result<Vec<Range<usize>>, ScanError> {
+    let mut i = skip_ws(b, range.start);
+    if b.get(i) != Some(&b'[') || i >= range.end {
+        return err(i, "expected a JSON array");
+    }
+    i = skip_ws(b, i + 1);
+    let mut items = Vec::new();
+    if b.get(i) == Some(&b']') {
+        return Ok(items);
+    }
+    loop {
+        let end = skip_value(b, i)?;
+        items.push(i..end);
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Ok(items),
+            _ => return err(i, "expected ',' or ']' in an array"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn items(body: &str) -> Vec<&str> {
+        let top = top_level_object(body.as_bytes()).unwrap();
+        let r = top.get("batch").unwrap();
+        array_items(body.as_bytes(), r).unwrap().into_iter().map(|r| &body[r]).collect()
+    }
+
+    #[test]
+    fn splits_batch_items() {
+        let body = r#" {"batch": [ {"a":"x]}\"{"} , [1,[2]],"s", 12 ,true,null ], "writeKey":"k"} "#;
+        assert_eq!(items(body), vec![r#"{"a":"x]}\"{"}"#, "[1,[2]]", r#""s""#, "12", "true", "null"]);
+        let top = top_level_object(body.as_bytes()).unwrap();
+        assert_eq!(&body[top.get("writeKey").unwrap()], r#""k""#);
+        assert!(items(r#"{"batch":[]}"#).is_empty());
+    }
+
+    #[test]
+    fn deep_nesting_needs_no_stack() {
+        let deep = format!("{}{}", "[".repeat(1_000_000), "]".repeat(1_000_000));
+        let body = format!(r#"{{"batch":[{{"type":"track"}},{{"p":{deep}}}]}}"#);
+        let got = items(&body);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0], r#"{"type":"track"}"#);
+    }
+
+    #[test]
+    fn reports_where_the_json_breaks() {
+        for (body, what) in [
+            ("", "expected a JSON object"),
+            ("[1]", "expected a JSON object"),
+            (r#"{"batch": [1, 2"#, "unclosed object or array"),
+            (r#"{"batch": [1 2]}"#, "expected ',' or ']' in an array"),
+            (r#"{"a": "unterminated}"#, "unterminated string"),
+            (r#"{"a": 1} x"#, "unexpected data after the JSON object"),
+            (r#"{"a": [1}]}"#, "mismatched bracket"),
+            (r#"{a: 1}"#, "expected a field name"),
+        ] {
+            let e = top_level_object(body.as_bytes())
+                .and_then(|t| match t.get("batch") {
+                    Some(r) => array_items(body.as_bytes(), r).map(|_| ()),
+                    None => Ok(()),
+                })
+                .unwrap_err();
+            assert_eq!(e.what, what, "{body}");
+        }
+    }
+}
