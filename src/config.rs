@@ -16,7 +16,10 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { name, message: message.into() }
+    ConfigError::Invalid {
+        name,
+        message: message.into(),
+    }
 }
 
 /// A secret string: compared in constant time, never printed.
@@ -45,7 +48,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone)]
 pub enum Sources {
     /// Local trial mode: any key, or none, writes to one schema.
-    Open { schema: String },
+    Open {
+        schema: String,
+    },
     Keys(Vec<(Secret, String)>),
 }
 
@@ -85,7 +90,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_event_bytes: 32 * 1024, max_request_bytes: 500 * 1024, max_batch_events: 2_500 }
+        Limits {
+            max_event_bytes: 32 * 1024,
+            max_request_bytes: 500 * 1024,
+            max_batch_events: 2_500,
+        }
     }
 }
 
@@ -161,7 +170,9 @@ impl Default for Config {
         Config {
             port: 7071,
             lake: Lake::Local(PathBuf::from("./lake")),
-            sources: Sources::Open { schema: "segment".into() },
+            sources: Sources::Open {
+                schema: "segment".into(),
+            },
             limits: Limits::default(),
             flush: FlushPolicy::default(),
             max_columns: 1_000,
@@ -174,7 +185,10 @@ impl Default for Config {
 /// A schema name from configuration must already be a normalised identifier.
 pub fn check_schema_name(name: &'static str, schema: &str) -> Result<(), ConfigError> {
     if schema.is_empty() || snake_case(schema) != schema {
-        return Err(invalid(name, format!("{schema:?} is not a valid schema name (use lower-case letters, digits and _)")));
+        return Err(invalid(
+            name,
+            format!("{schema:?} is not a valid schema name (use lower-case letters, digits and _)"),
+        ));
     }
     Ok(())
 }
@@ -183,17 +197,28 @@ fn parse_sources(s: &str) -> Result<Sources, ConfigError> {
     const NAME: &str = "SEGMENT_DELTA_SOURCES";
     let mut keys = Vec::new();
     let mut seen = HashMap::new();
-    for (n, entry) in s.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+    for (n, entry) in s
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
         let Some((key, schema)) = entry.split_once('=') else {
             return Err(invalid(NAME, format!("entry {} is not KEY=schema", n + 1)));
         };
         let (key, schema) = (key.trim(), schema.trim());
         if key.is_empty() {
-            return Err(invalid(NAME, format!("entry {} has an empty write key", n + 1)));
+            return Err(invalid(
+                NAME,
+                format!("entry {} has an empty write key", n + 1),
+            ));
         }
         check_schema_name(NAME, schema)?;
         if seen.insert(key.to_string(), ()).is_some() {
-            return Err(invalid(NAME, format!("entry {} repeats a write key", n + 1)));
+            return Err(invalid(
+                NAME,
+                format!("entry {} repeats a write key", n + 1),
+            ));
         }
         keys.push((Secret::new(key), schema.to_string()));
     }
@@ -207,14 +232,25 @@ impl Config {
     /// Reads the settings from a variable lookup (the process environment in production).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let mut c = Config::default();
-        fn num<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &'static str, default: T) -> Result<T, ConfigError> {
+        fn num<T: std::str::FromStr>(
+            get: &impl Fn(&str) -> Option<String>,
+            name: &'static str,
+            default: T,
+        ) -> Result<T, ConfigError> {
             match get(name).filter(|v| !v.trim().is_empty()) {
                 None => Ok(default),
-                Some(v) => v.trim().parse().map_err(|_| invalid(name, format!("{v:?} is not a valid number"))),
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .map_err(|_| invalid(name, format!("{v:?} is not a valid number"))),
             }
         }
         let positive = |name: &'static str, v: usize| {
-            if v == 0 { Err(invalid(name, "must be greater than 0")) } else { Ok(v) }
+            if v == 0 {
+                Err(invalid(name, "must be greater than 0"))
+            } else {
+                Ok(v)
+            }
         };
         c.port = num(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", c.port)?;
         if let Some(lake) = get("SEGMENT_DELTA_LAKE") {
@@ -229,33 +265,68 @@ impl Config {
                 ));
             }
             None => {
-                let schema = get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
+                let schema =
+                    get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
                 check_schema_name("SEGMENT_DELTA_DEFAULT_SCHEMA", &schema)?;
                 Sources::Open { schema }
             }
         };
         let l = &mut c.limits;
-        l.max_event_bytes = positive("SEGMENT_DELTA_MAX_EVENT_BYTES", num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?)?;
-        l.max_request_bytes =
-            positive("SEGMENT_DELTA_MAX_REQUEST_BYTES", num(&get, "SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?)?;
-        l.max_batch_events =
-            positive("SEGMENT_DELTA_MAX_BATCH_EVENTS", num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?)?;
+        l.max_event_bytes = positive(
+            "SEGMENT_DELTA_MAX_EVENT_BYTES",
+            num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?,
+        )?;
+        l.max_request_bytes = positive(
+            "SEGMENT_DELTA_MAX_REQUEST_BYTES",
+            num(&get, "SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?,
+        )?;
+        l.max_batch_events = positive(
+            "SEGMENT_DELTA_MAX_BATCH_EVENTS",
+            num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?,
+        )?;
         let f = &mut c.flush;
-        f.interval = Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval.as_millis() as u64)?);
-        f.max_events = positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
-        f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
-        f.max_buffered_bytes =
-            positive("SEGMENT_DELTA_MAX_BUFFERED_BYTES", num(&get, "SEGMENT_DELTA_MAX_BUFFERED_BYTES", f.max_buffered_bytes)?)?;
+        f.interval = Duration::from_millis(num(
+            &get,
+            "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
+            f.interval.as_millis() as u64,
+        )?);
+        f.max_events = positive(
+            "SEGMENT_DELTA_FLUSH_MAX_EVENTS",
+            num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?,
+        )?;
+        f.max_bytes = positive(
+            "SEGMENT_DELTA_FLUSH_MAX_BYTES",
+            num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?,
+        )?;
+        f.max_buffered_bytes = positive(
+            "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
+            num(
+                &get,
+                "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
+                f.max_buffered_bytes,
+            )?,
+        )?;
         if f.max_buffered_bytes < c.limits.max_request_bytes {
-            return Err(invalid("SEGMENT_DELTA_MAX_BUFFERED_BYTES", "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES"));
+            return Err(invalid(
+                "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
+                "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES",
+            ));
         }
-        c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
+        c.max_columns = positive(
+            "SEGMENT_DELTA_MAX_COLUMNS",
+            num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?,
+        )?;
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,
             None | Some("") => get("FUNCTIONS_CUSTOMHANDLER_PORT").is_some(),
-            Some(other) => return Err(invalid("SEGMENT_DELTA_LOG_FORMAT", format!("{other:?}: expected json or text"))),
+            Some(other) => {
+                return Err(invalid(
+                    "SEGMENT_DELTA_LOG_FORMAT",
+                    format!("{other:?}: expected json or text"),
+                ));
+            }
         };
         Ok(c)
     }
@@ -270,7 +341,10 @@ mod tests {
     use super::*;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -292,19 +366,43 @@ mod tests {
         assert_eq!(c.sources.schema_for(Some("K3")), None);
         assert_eq!(c.sources.schema_for(Some("K")), None);
         assert_eq!(c.sources.schema_for(None), None);
-        assert!(!format!("{:?}", c.sources).contains("K1"), "keys never reach Debug output");
+        assert!(
+            !format!("{:?}", c.sources).contains("K1"),
+            "keys never reach Debug output"
+        );
     }
 
     #[test]
     fn bad_settings_name_the_variable() {
         for (vars, needle) in [
-            (vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")], "SEGMENT_DELTA_SOURCES: must map"),
-            (vec![("SEGMENT_DELTA_SOURCES", "K1=Web-Site")], "SEGMENT_DELTA_SOURCES: \"Web-Site\" is not a valid schema"),
-            (vec![("SEGMENT_DELTA_SOURCES", "K1")], "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema"),
-            (vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")], "repeats a write key"),
-            (vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")], "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\""),
-            (vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")], "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0"),
-            (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
+            (
+                vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")],
+                "SEGMENT_DELTA_SOURCES: must map",
+            ),
+            (
+                vec![("SEGMENT_DELTA_SOURCES", "K1=Web-Site")],
+                "SEGMENT_DELTA_SOURCES: \"Web-Site\" is not a valid schema",
+            ),
+            (
+                vec![("SEGMENT_DELTA_SOURCES", "K1")],
+                "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema",
+            ),
+            (
+                vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")],
+                "repeats a write key",
+            ),
+            (
+                vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")],
+                "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\"",
+            ),
+            (
+                vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")],
+                "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0",
+            ),
+            (
+                vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")],
+                "SEGMENT_DELTA_LOG_FORMAT",
+            ),
         ] {
             let e = cfg(&vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should contain {needle}");
@@ -313,8 +411,14 @@ mod tests {
 
     #[test]
     fn lake_uris() {
-        assert_eq!(Lake::parse("file:///tmp/l").unwrap(), Lake::Local(PathBuf::from("/tmp/l")));
+        assert_eq!(
+            Lake::parse("file:///tmp/l").unwrap(),
+            Lake::Local(PathBuf::from("/tmp/l"))
+        );
         let remote = Lake::parse("abfss://lake@acct.dfs.core.windows.net/bronze/").unwrap();
-        assert_eq!(remote.table_uri("web", "tracks"), "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks");
+        assert_eq!(
+            remote.table_uri("web", "tracks"),
+            "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks"
+        );
     }
 }

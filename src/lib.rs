@@ -3,5 +3,7 @@
 pub mod batch;
 pub mod config;
 pub mod delta;
+pub mod http;
+pub mod ingest;
 pub mod schema;
 pub mod segment;

@@ -1,1 +1,145 @@
-fn main() {}
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use segment_delta::batch::Batcher;
+use segment_delta::config::{Config, check_schema_name};
+use segment_delta::delta::Lakehouse;
+use segment_delta::http::{self, api::AppState};
+
+#[derive(Parser)]
+#[command(
+    name = "segment-delta",
+    version,
+    about = "Segment events into Delta tables, as an Azure Functions custom handler"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Segment Tracking API on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT (7071 when unset).
+    Serve,
+    /// Load Segment events from JSONL or JSON files (optionally gzipped) through the same pipeline.
+    Ingest {
+        /// Schema to load into; defaults to the one schema of SEGMENT_DELTA_SOURCES, or `segment` locally.
+        #[arg(long)]
+        schema: Option<String>,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn",
+        )
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.unwrap_or(());
+    tracing::info!("shutting down: finishing accepted requests");
+}
+
+fn build(config: &Config) -> (Arc<Lakehouse>, Batcher) {
+    let lake = Arc::new(Lakehouse::new(
+        config.lake.clone(),
+        Default::default(),
+        config.max_columns,
+    ));
+    let batcher = Batcher::start(lake.clone(), config.flush, config.dedup_capacity);
+    (lake, batcher)
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let (_, batcher) = build(&config);
+    let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, lake = ?config.lake, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
+    let state = AppState {
+        config: config.clone(),
+        batcher: batcher.clone(),
+    };
+    warp::serve(http::routes(state))
+        .incoming(listener)
+        .graceful(shutdown_signal())
+        .run()
+        .await;
+    batcher.shutdown().await;
+    tracing::info!("stopped; everything accepted was written");
+    Ok(())
+}
+
+async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> anyhow::Result<()> {
+    let schema = match schema {
+        Some(s) => {
+            check_schema_name("--schema", &s)?;
+            s
+        }
+        None => match config.sources.schemas().as_slice() {
+            [one] => one.to_string(),
+            _ => anyhow::bail!("several sources are configured: choose one with --schema"),
+        },
+    };
+    let (_, batcher) = build(&config);
+    let result = segment_delta::ingest::run(&batcher, &schema, &files).await;
+    batcher.shutdown().await;
+    let summary = result?;
+    println!("events   {}", summary.events);
+    for (table, rows) in &summary.totals.rows {
+        println!("rows     {table}: {rows}");
+    }
+    println!("discards {}", summary.totals.discards);
+    println!("commits  {}", summary.totals.commits);
+    println!(
+        "seconds  {:.2} ({:.0} events/s)",
+        summary.seconds,
+        summary.events as f64 / summary.seconds.max(1e-9)
+    );
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = Config::from_env()?;
+    init_logging(config.log_json);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve => serve(config).await,
+            Command::Ingest { schema, files } => ingest(config, schema, files).await,
+        }
+    })
+}

@@ -23,7 +23,9 @@ const TABLE_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
-    #[error("too much data is waiting to be written ({buffered} bytes, limit {limit}); retry shortly")]
+    #[error(
+        "too much data is waiting to be written ({buffered} bytes, limit {limit}); retry shortly"
+    )]
     Overloaded { buffered: usize, limit: usize },
     #[error("the server is shutting down; retry shortly")]
     ShuttingDown,
@@ -113,7 +115,10 @@ impl Batcher {
             totals: Mutex::new(Totals::default()),
         });
         let handle = tokio::spawn(flusher(inner.clone()));
-        Batcher { inner, flusher: Arc::new(Mutex::new(Some(handle))) }
+        Batcher {
+            inner,
+            flusher: Arc::new(Mutex::new(Some(handle))),
+        }
     }
 
     /// Adds a request's rows to the micro-batch and waits until they are committed.
@@ -136,18 +141,29 @@ impl Batcher {
             let schema = sub.schema;
             for mapped in sub.events {
                 for tr in mapped.rows {
-                    let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
+                    let key =
+                        inner
+                            .fingerprints
+                            .key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
                     if committed.contains(&key) || !p.keys.insert(key) {
                         continue;
                     }
                     let id = (schema.clone(), tr.table);
                     tables.insert(id.clone());
-                    p.tables.entry(id).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
+                    p.tables
+                        .entry(id)
+                        .or_insert_with(|| (tr.kind, Vec::new()))
+                        .1
+                        .push((key, tr.row));
                 }
                 for d in mapped.discards {
                     let key = inner.fingerprints.key((
                         schema.as_str(),
-                        (d.row_id.as_str(), d.table_name.as_str(), d.column_name.as_str()),
+                        (
+                            d.row_id.as_str(),
+                            d.table_name.as_str(),
+                            d.column_name.as_str(),
+                        ),
                         (d.column_value.as_str(), d.reason.as_str()),
                     ));
                     if committed.contains(&key) || !p.keys.insert(key) {
@@ -203,14 +219,23 @@ async fn flusher(inner: Arc<Inner>) {
             let p = lock(&inner.pending);
             let closing = inner.closing.load(Ordering::SeqCst);
             let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes;
-            let due = p.first_at.map(|t| if full || closing { Instant::now() } else { t + inner.policy.interval });
+            let due = p.first_at.map(|t| {
+                if full || closing {
+                    Instant::now()
+                } else {
+                    t + inner.policy.interval
+                }
+            });
             (due, closing)
         };
         match due {
             None if closing => return,
             None => inner.wake.notified().await,
             Some(due) if due > Instant::now() => {
-                let sleep = tokio::time::sleep(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
+                let sleep = tokio::time::sleep(
+                    due.saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                );
                 tokio::select! {
                     _ = sleep => {}
                     _ = inner.wake.notified() => {}
@@ -236,16 +261,33 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
     }
     let mut failed: BTreeMap<TableId, Arc<WriteError>> = BTreeMap::new();
     let mut totals = Totals::default();
-    let writes = batch.tables.into_iter().map(|((schema, table), (kind, rows))| async move {
-        let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
-        let result = if rows.is_empty() {
-            Ok(Default::default())
-        } else {
-            inner.lake.append(TableWrite { schema: &schema, table: &table, kind, rows }, uuid_ts).await
-        };
-        ((schema, table), keys, result)
-    });
-    let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY).collect().await;
+    let writes = batch
+        .tables
+        .into_iter()
+        .map(|((schema, table), (kind, rows))| async move {
+            let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
+            let result = if rows.is_empty() {
+                Ok(Default::default())
+            } else {
+                inner
+                    .lake
+                    .append(
+                        TableWrite {
+                            schema: &schema,
+                            table: &table,
+                            kind,
+                            rows,
+                        },
+                        uuid_ts,
+                    )
+                    .await
+            };
+            ((schema, table), keys, result)
+        });
+    let results: Vec<_> = futures::stream::iter(writes)
+        .buffer_unordered(TABLE_CONCURRENCY)
+        .collect()
+        .await;
     let mut committed_keys = Vec::new();
     for (id, keys, result) in results {
         match result {
@@ -256,8 +298,17 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                 }
                 committed_keys.extend(keys);
                 for d in w.discards {
-                    let key = inner.fingerprints.key((id.0.as_str(), id.1.as_str(), d.row_id.as_str(), d.column_name.as_str()));
-                    batch.discards.entry(id.0.clone()).or_default().push((key, d));
+                    let key = inner.fingerprints.key((
+                        id.0.as_str(),
+                        id.1.as_str(),
+                        d.row_id.as_str(),
+                        d.column_name.as_str(),
+                    ));
+                    batch
+                        .discards
+                        .entry(id.0.clone())
+                        .or_default()
+                        .push((key, d));
                 }
             }
             Err(e) => {
@@ -268,9 +319,22 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
     }
     for (schema, discards) in batch.discards {
         let id = (schema.clone(), "discards".to_string());
-        let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
+        let (keys, rows): (Vec<RowKey>, Vec<Row>) =
+            discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
-        match inner.lake.append(TableWrite { schema: &schema, table: "discards", kind: TableKind::Discards, rows }, uuid_ts).await {
+        match inner
+            .lake
+            .append(
+                TableWrite {
+                    schema: &schema,
+                    table: "discards",
+                    kind: TableKind::Discards,
+                    rows,
+                },
+                uuid_ts,
+            )
+            .await
+        {
             Ok(_) => {
                 committed_keys.extend(keys);
                 totals.commits += 1;

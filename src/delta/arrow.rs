@@ -3,7 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use deltalake::arrow::array::{ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder};
+use deltalake::arrow::array::{
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
@@ -36,7 +39,12 @@ pub fn column_type(t: &DataType) -> Option<ColumnType> {
 }
 
 pub fn arrow_schema(columns: &[(String, ColumnType)]) -> Arc<Schema> {
-    Arc::new(Schema::new(columns.iter().map(|(n, t)| Field::new(n, arrow_type(*t), true)).collect::<Vec<_>>()))
+    Arc::new(Schema::new(
+        columns
+            .iter()
+            .map(|(n, t)| Field::new(n, arrow_type(*t), true))
+            .collect::<Vec<_>>(),
+    ))
 }
 
 enum Builder {
@@ -50,7 +58,9 @@ enum Builder {
 impl Builder {
     fn new(t: ColumnType, n: usize) -> Builder {
         match t {
-            ColumnType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC")),
+            ColumnType::Timestamp => {
+                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"))
+            }
             ColumnType::BigInt => Builder::Int(Int64Builder::with_capacity(n)),
             ColumnType::Double => Builder::Dbl(Float64Builder::with_capacity(n)),
             ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(n)),
@@ -87,7 +97,9 @@ impl Builder {
             Builder::Bool(b) => v.as_bool().map(|x| b.append_value(x)),
             Builder::Str(b) => {
                 match v {
-                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => b.append_value(s),
+                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => {
+                        b.append_value(s)
+                    }
                     other => b.append_value(other.to_text()),
                 }
                 Ok(())
@@ -119,8 +131,15 @@ pub fn build(
     uuid_ts: Micros,
     unplaced: impl Fn(&str) -> Option<String>,
 ) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
-    let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
-    let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, rows.len())).collect();
+    let index: HashMap<&str, usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
+    let mut builders: Vec<Builder> = columns
+        .iter()
+        .map(|(_, t)| Builder::new(*t, rows.len()))
+        .collect();
     let uuid_col = index.get("uuid_ts").copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
@@ -141,7 +160,8 @@ pub fn build(
         };
         for (name, value) in &row.cols {
             let Some(&c) = index.get(name.as_ref()) else {
-                let reason = unplaced(name).unwrap_or_else(|| format!("column {name} is not in table {table}"));
+                let reason = unplaced(name)
+                    .unwrap_or_else(|| format!("column {name} is not in table {table}"));
                 discard(name, value, reason);
                 continue;
             };
@@ -150,7 +170,11 @@ pub fn build(
             }
             let b = &mut builders[c];
             if b.len() > i {
-                discard(name, value, format!("column {name} appears twice in one row"));
+                discard(
+                    name,
+                    value,
+                    format!("column {name} appears twice in one row"),
+                );
                 continue;
             }
             b.nulls(i - b.len());
@@ -174,7 +198,10 @@ pub fn build(
             b.finish()
         })
         .collect();
-    Ok((RecordBatch::try_new(arrow_schema(columns), arrays)?, discards))
+    Ok((
+        RecordBatch::try_new(arrow_schema(columns), arrays)?,
+        discards,
+    ))
 }
 
 #[cfg(test)]
@@ -184,7 +211,10 @@ mod tests {
     use deltalake::arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
     fn row(id: &str, cols: Vec<(&str, Scalar)>) -> Row {
-        Row { id: id.into(), cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect() }
+        Row {
+            id: id.into(),
+            cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect(),
+        }
     }
 
     #[test]
@@ -200,8 +230,23 @@ mod tests {
         .map(|(n, t)| (n.to_string(), *t))
         .collect();
         let rows = vec![
-            row("a", vec![("id", Scalar::Str("a".into())), ("n", Scalar::Int(1)), ("x", Scalar::Int(2)), ("s", Scalar::Bool(true))]),
-            row("b", vec![("n", Scalar::Str("two".into())), ("s", Scalar::Float(1.5)), ("extra", Scalar::Int(9))]),
+            row(
+                "a",
+                vec![
+                    ("id", Scalar::Str("a".into())),
+                    ("n", Scalar::Int(1)),
+                    ("x", Scalar::Int(2)),
+                    ("s", Scalar::Bool(true)),
+                ],
+            ),
+            row(
+                "b",
+                vec![
+                    ("n", Scalar::Str("two".into())),
+                    ("s", Scalar::Float(1.5)),
+                    ("extra", Scalar::Int(9)),
+                ],
+            ),
             row("c", vec![]),
         ];
         let (batch, discards) = build("t", &columns, &rows, 77, |_| None).unwrap();
@@ -213,8 +258,21 @@ mod tests {
         assert_eq!((s.value(0), s.value(1)), ("true", "1.5"));
         let u = batch.column(4).as_primitive::<TimestampMicrosecondType>();
         assert!((0..3).all(|i| u.value(i) == 77));
-        let got: Vec<_> = discards.iter().map(|d| (d.row_id.as_str(), d.column_name.as_str(), d.column_value.as_str())).collect();
+        let got: Vec<_> = discards
+            .iter()
+            .map(|d| {
+                (
+                    d.row_id.as_str(),
+                    d.column_name.as_str(),
+                    d.column_value.as_str(),
+                )
+            })
+            .collect();
         assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9")]);
-        assert!(discards[0].reason.contains("STRING value cannot be stored in a BIGINT column"));
+        assert!(
+            discards[0]
+                .reason
+                .contains("STRING value cannot be stored in a BIGINT column")
+        );
     }
 }

@@ -29,9 +29,15 @@ impl WriteError {
     fn delta(table: &str, e: DeltaTableError) -> WriteError {
         let retryable = !matches!(
             e,
-            DeltaTableError::InvalidTableLocation(_) | DeltaTableError::Generic(_) | DeltaTableError::SchemaMismatch { .. }
+            DeltaTableError::InvalidTableLocation(_)
+                | DeltaTableError::Generic(_)
+                | DeltaTableError::SchemaMismatch { .. }
         );
-        WriteError { table: table.to_string(), message: e.to_string(), retryable }
+        WriteError {
+            table: table.to_string(),
+            message: e.to_string(),
+            retryable,
+        }
     }
 }
 
@@ -70,12 +76,22 @@ pub fn table_url(uri: &str) -> Result<Url, String> {
     let path = Path::new(uri);
     std::fs::create_dir_all(path).map_err(|e| format!("cannot create {uri}: {e}"))?;
     let abs = std::fs::canonicalize(path).map_err(|e| format!("{uri}: {e}"))?;
-    Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
+    Url::from_directory_path(&abs)
+        .map_err(|()| format!("{} is not an absolute path", abs.display()))
 }
 
 impl Lakehouse {
-    pub fn new(lake: Lake, storage_options: HashMap<String, String>, max_columns: usize) -> Lakehouse {
-        Lakehouse { lake, storage_options, max_columns, tables: Mutex::new(HashMap::new()) }
+    pub fn new(
+        lake: Lake,
+        storage_options: HashMap<String, String>,
+        max_columns: usize,
+    ) -> Lakehouse {
+        Lakehouse {
+            lake,
+            storage_options,
+            max_columns,
+            tables: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn lake(&self) -> &Lake {
@@ -89,7 +105,11 @@ impl Lakehouse {
 
     /// Opens a table, or returns an unloaded handle when none exists there yet.
     async fn open(&self, uri: &str, table: &str) -> Result<DeltaTable, WriteError> {
-        let url = table_url(uri).map_err(|message| WriteError { table: table.into(), message, retryable: false })?;
+        let url = table_url(uri).map_err(|message| WriteError {
+            table: table.into(),
+            message,
+            retryable: false,
+        })?;
         DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
             .await
             .map_err(|e| WriteError::delta(table, e))
@@ -112,27 +132,51 @@ impl Lakehouse {
         result
     }
 
-    async fn append_to(&self, dt: &mut DeltaTable, w: &TableWrite<'_>, uuid_ts: Micros) -> Result<Written, WriteError> {
+    async fn append_to(
+        &self,
+        dt: &mut DeltaTable,
+        w: &TableWrite<'_>,
+        uuid_ts: Micros,
+    ) -> Result<Written, WriteError> {
         let table = w.table;
         let exists = dt.version().is_some();
         let mut columns: Vec<(String, ColumnType)> = Vec::new();
         let mut foreign: HashMap<String, String> = HashMap::new();
         if exists {
-            let schema = dt.snapshot().map_err(|e| WriteError::delta(table, e))?.snapshot().arrow_schema();
+            let schema = dt
+                .snapshot()
+                .map_err(|e| WriteError::delta(table, e))?
+                .snapshot()
+                .arrow_schema();
             for f in schema.fields() {
                 match arrow::column_type(f.data_type()) {
                     Some(t) => columns.push((f.name().clone(), t)),
                     None => {
-                        foreign.insert(f.name().clone(), format!("column {} has type {} which this loader does not write", f.name(), f.data_type()));
+                        foreign.insert(
+                            f.name().clone(),
+                            format!(
+                                "column {} has type {} which this loader does not write",
+                                f.name(),
+                                f.data_type()
+                            ),
+                        );
                     }
                 }
             }
         } else {
-            columns.extend(w.kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t)));
+            columns.extend(
+                w.kind
+                    .fixed_columns()
+                    .into_iter()
+                    .map(|(n, t)| (n.to_string(), t)),
+            );
         }
         let known = columns.len() + foreign.len();
-        let mut seen: std::collections::HashSet<String> =
-            columns.iter().map(|(n, _)| n.clone()).chain(foreign.keys().cloned()).collect();
+        let mut seen: std::collections::HashSet<String> = columns
+            .iter()
+            .map(|(n, _)| n.clone())
+            .chain(foreign.keys().cloned())
+            .collect();
         let mut new_columns = Vec::new();
         let mut over_cap = false;
         for row in &w.rows {
@@ -159,15 +203,32 @@ impl Lakehouse {
         let rows = batch.num_rows();
 
         let version = if exists {
-            let mut writer = RecordBatchWriter::for_table(dt).map_err(|e| WriteError::delta(table, e))?;
-            let mode = if new_columns.is_empty() { WriteMode::Default } else { WriteMode::MergeSchema };
-            writer.write_with_mode(batch, mode).await.map_err(|e| WriteError::delta(table, e))?;
-            writer.flush_and_commit(dt).await.map_err(|e| WriteError::delta(table, e))?
+            let mut writer =
+                RecordBatchWriter::for_table(dt).map_err(|e| WriteError::delta(table, e))?;
+            let mode = if new_columns.is_empty() {
+                WriteMode::Default
+            } else {
+                WriteMode::MergeSchema
+            };
+            writer
+                .write_with_mode(batch, mode)
+                .await
+                .map_err(|e| WriteError::delta(table, e))?;
+            writer
+                .flush_and_commit(dt)
+                .await
+                .map_err(|e| WriteError::delta(table, e))?
         } else {
-            self.create_with(dt, &w.schema_and_table(), &columns, batch).await?
+            self.create_with(dt, &w.schema_and_table(), &columns, batch)
+                .await?
         };
         tracing::info!(table = %w.schema_and_table(), rows, version, new_columns = new_columns.len(), "committed");
-        Ok(Written { version: version as i64, rows, new_columns, discards })
+        Ok(Written {
+            version: version as i64,
+            rows,
+            new_columns,
+            discards,
+        })
     }
 
     /// Writes the first data file and creates the table with it in version 0.
@@ -182,7 +243,8 @@ impl Lakehouse {
         let uri = dt.table_url().to_string();
         let schema = arrow::arrow_schema(columns);
         let mut writer =
-            RecordBatchWriter::try_new(&uri, schema, None, Some(self.storage_options.clone())).map_err(err)?;
+            RecordBatchWriter::try_new(&uri, schema, None, Some(self.storage_options.clone()))
+                .map_err(err)?;
         writer.write(batch).await.map_err(err)?;
         let adds = writer.flush().await.map_err(err)?;
         let fields: Vec<deltalake::kernel::StructField> = columns

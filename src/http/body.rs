@@ -15,9 +15,17 @@ use crate::segment::scan::{self, ScanError};
 pub enum BodyError {
     #[error("request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)")]
     TooLarge { limit: usize },
-    #[error("event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)")]
-    EventTooLarge { index: usize, size: usize, limit: usize },
-    #[error("batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)")]
+    #[error(
+        "event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)"
+    )]
+    EventTooLarge {
+        index: usize,
+        size: usize,
+        limit: usize,
+    },
+    #[error(
+        "batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)"
+    )]
     TooManyEvents { count: usize, limit: usize },
     #[error("body is not valid gzip: {0}")]
     Gzip(String),
@@ -114,7 +122,11 @@ pub struct Parsed<'a> {
     pub context: Option<Map<String, Value>>,
 }
 
-fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>, what: &str) -> Result<T, BodyError> {
+fn field<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+    r: std::ops::Range<usize>,
+    what: &str,
+) -> Result<T, BodyError> {
     serde_json::from_slice(&body[r]).map_err(|e| BodyError::Shape(format!("{what}: {e}")))
 }
 
@@ -127,29 +139,57 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     };
     if !batch {
         if body.len() > limits.max_event_bytes {
-            return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
+            return Err(BodyError::EventTooLarge {
+                index: 0,
+                size: body.len(),
+                limit: limits.max_event_bytes,
+            });
         }
-        return Ok(Parsed { events: vec![RawEvent { bytes: body }], write_key, context: None });
+        return Ok(Parsed {
+            events: vec![RawEvent { bytes: body }],
+            write_key,
+            context: None,
+        });
     }
     let Some(range) = top.get("batch") else {
-        return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
+        return Err(BodyError::Shape(
+            "a batch body needs a \"batch\" array".into(),
+        ));
     };
     if body.get(range.start) != Some(&b'[') {
         return Err(BodyError::Shape("\"batch\" must be an array".into()));
     }
     let items = scan::array_items(body, range)?;
     if items.len() > limits.max_batch_events {
-        return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
+        return Err(BodyError::TooManyEvents {
+            count: items.len(),
+            limit: limits.max_batch_events,
+        });
     }
-    if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
-        return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
+    if let Some((index, r)) = items
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.len() > limits.max_event_bytes)
+    {
+        return Err(BodyError::EventTooLarge {
+            index,
+            size: r.len(),
+            limit: limits.max_event_bytes,
+        });
     }
     let context = match top.get("context") {
         Some(r) => field::<Option<Map<String, Value>>>(body, r, "context must be an object")?,
         None => None,
     };
-    let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
-    Ok(Parsed { events, write_key, context })
+    let events = items
+        .into_iter()
+        .map(|r| RawEvent { bytes: &body[r] })
+        .collect();
+    Ok(Parsed {
+        events,
+        write_key,
+        context,
+    })
 }
 
 #[cfg(test)]
@@ -167,27 +207,52 @@ mod tests {
     #[test]
     fn gzip_is_bounded_after_decompression() {
         let data = vec![b' '; 10_000];
-        assert_eq!(decode(Some("gzip"), gz(&data), 10_000).unwrap().len(), 10_000);
-        assert_eq!(decode(Some("gzip"), gz(&data), 9_999), Err(BodyError::TooLarge { limit: 9_999 }));
-        assert!(matches!(decode(Some("gzip"), b"not gzip".to_vec(), 100), Err(BodyError::Gzip(_))));
-        assert_eq!(decode(Some("br"), vec![], 100), Err(BodyError::Encoding("br".into())));
+        assert_eq!(
+            decode(Some("gzip"), gz(&data), 10_000).unwrap().len(),
+            10_000
+        );
+        assert_eq!(
+            decode(Some("gzip"), gz(&data), 9_999),
+            Err(BodyError::TooLarge { limit: 9_999 })
+        );
+        assert!(matches!(
+            decode(Some("gzip"), b"not gzip".to_vec(), 100),
+            Err(BodyError::Gzip(_))
+        ));
+        assert_eq!(
+            decode(Some("br"), vec![], 100),
+            Err(BodyError::Encoding("br".into()))
+        );
     }
 
     #[test]
     fn basic_auth_with_or_without_colon() {
-        assert_eq!(basic_user(&format!("Basic {}", STANDARD.encode("KEY:"))).as_deref(), Some("KEY"));
-        assert_eq!(basic_user(&format!("basic {}", STANDARD.encode("KEY"))).as_deref(), Some("KEY"));
+        assert_eq!(
+            basic_user(&format!("Basic {}", STANDARD.encode("KEY:"))).as_deref(),
+            Some("KEY")
+        );
+        assert_eq!(
+            basic_user(&format!("basic {}", STANDARD.encode("KEY"))).as_deref(),
+            Some("KEY")
+        );
         assert_eq!(basic_user("Bearer abc"), None);
         assert_eq!(basic_user("Basic !!!"), None);
     }
 
     #[test]
     fn limits_name_the_setting() {
-        let limits = Limits { max_event_bytes: 20, max_request_bytes: 1000, max_batch_events: 2 };
+        let limits = Limits {
+            max_event_bytes: 20,
+            max_request_bytes: 1000,
+            max_batch_events: 2,
+        };
         let e = split(br#"{"batch":[{},{},{}]}"#, true, &limits).unwrap_err();
         assert_eq!(e, BodyError::TooManyEvents { count: 3, limit: 2 });
         let e = split(br#"{"batch":[{},{"a":"0123456789012345"}]}"#, true, &limits).unwrap_err();
-        assert!(e.to_string().contains("event 1 is 22 bytes") && e.to_string().contains("SEGMENT_DELTA_MAX_EVENT_BYTES"));
+        assert!(
+            e.to_string().contains("event 1 is 24 bytes")
+                && e.to_string().contains("SEGMENT_DELTA_MAX_EVENT_BYTES")
+        );
         let e = split(br#"{"batch":{}}"#, true, &limits).unwrap_err();
         assert_eq!(e.to_string(), "\"batch\" must be an array");
     }
@@ -203,6 +268,13 @@ mod tests {
         assert!(p.events[1].text().starts_with("base64:"));
         assert!(p.events[2].parse().unwrap_err().contains("not valid JSON"));
         let deep = format!("{{\"p\":{}{}}}", "[".repeat(200), "]".repeat(200));
-        assert_eq!(RawEvent { bytes: deep.as_bytes() }.parse().unwrap_err(), "the event is nested more than 128 levels deep");
+        assert_eq!(
+            RawEvent {
+                bytes: deep.as_bytes()
+            }
+            .parse()
+            .unwrap_err(),
+            "the event is nested more than 128 levels deep"
+        );
     }
 }

@@ -8,7 +8,15 @@ use crate::segment::time::{Micros, corrected_timestamp, parse_timestamp};
 pub const MAX_MESSAGE_ID_CHARS: usize = 100;
 
 /// Top-level fields SDKs send for routing or bookkeeping; Segment stores none of them.
-const IGNORED_FIELDS: &[&str] = &["integrations", "writeKey", "_metadata", "channel", "version", "projectId", "options"];
+const IGNORED_FIELDS: &[&str] = &[
+    "integrations",
+    "writeKey",
+    "_metadata",
+    "channel",
+    "version",
+    "projectId",
+    "options",
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -127,13 +135,21 @@ fn merge_under(over: &mut Map<String, Value>, base: &Map<String, Value>) {
 impl Event {
     pub fn from_json(v: Value, arrival: &Arrival<'_>) -> Result<Event, Invalid> {
         let Value::Object(mut obj) = v else {
-            return Err(Invalid { reason: "an event must be a JSON object".into(), message_id: None, table: None });
+            return Err(Invalid {
+                reason: "an event must be a JSON object".into(),
+                message_id: None,
+                table: None,
+            });
         };
         let message_id = match obj.get("messageId").map(id_text) {
             Some(Ok(Some(id))) => Some(id),
             Some(Ok(None)) | None => None,
             Some(Err(())) => {
-                return Err(Invalid { reason: "messageId must be a string".into(), message_id: None, table: None });
+                return Err(Invalid {
+                    reason: "messageId must be a string".into(),
+                    message_id: None,
+                    table: None,
+                });
             }
         };
         let invalid = |reason: String, table: Option<&'static str>| Invalid {
@@ -148,24 +164,38 @@ impl Event {
             None => return Err(invalid("the event has no type".into(), None)),
         };
         let table = Some(kind.table());
-        if message_id.as_ref().is_some_and(|id| id.chars().count() > MAX_MESSAGE_ID_CHARS) {
-            return Err(invalid(format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"), table));
+        if message_id
+            .as_ref()
+            .is_some_and(|id| id.chars().count() > MAX_MESSAGE_ID_CHARS)
+        {
+            return Err(invalid(
+                format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"),
+                table,
+            ));
         }
         let text_field = |name: &str| -> Result<Option<String>, Invalid> {
             match obj.get(name).map(id_text) {
                 None => Ok(None),
                 Some(Ok(v)) => Ok(v),
-                Some(Err(())) => Err(invalid(format!("{name} must be a string or a number"), table)),
+                Some(Err(())) => Err(invalid(
+                    format!("{name} must be a string or a number"),
+                    table,
+                )),
             }
         };
         let user_id = text_field("userId")?;
         let anonymous_id = text_field("anonymousId")?;
         if user_id.is_none() && anonymous_id.is_none() {
-            return Err(invalid("the event has neither userId nor anonymousId".into(), table));
+            return Err(invalid(
+                "the event has neither userId nor anonymousId".into(),
+                table,
+            ));
         }
         let mut event = Event {
             kind,
-            message_id: message_id.clone().unwrap_or_else(|| format!("api-{}", uuid::Uuid::new_v4())),
+            message_id: message_id
+                .clone()
+                .unwrap_or_else(|| format!("api-{}", uuid::Uuid::new_v4())),
             user_id,
             anonymous_id,
             received_at: arrival.received_at,
@@ -185,7 +215,10 @@ impl Event {
             EventType::Track => match obj.get("event") {
                 Some(Value::String(e)) if !e.is_empty() => event.event = Some(e.clone()),
                 Some(Value::String(_)) | Some(Value::Null) | None => {
-                    return Err(invalid("a track event needs a non-empty event name".into(), table));
+                    return Err(invalid(
+                        "a track event needs a non-empty event name".into(),
+                        table,
+                    ));
                 }
                 Some(_) => return Err(invalid("event must be a string".into(), table)),
             },
@@ -205,8 +238,9 @@ impl Event {
         };
         for (key, value) in std::mem::take(&mut obj) {
             match key.as_str() {
-                "type" | "messageId" | "userId" | "anonymousId" | "event" | "name" | "category" | "groupId"
-                | "previousId" | "timestamp" | "originalTimestamp" | "sentAt" | "receivedAt" => {
+                "type" | "messageId" | "userId" | "anonymousId" | "event" | "name" | "category"
+                | "groupId" | "previousId" | "timestamp" | "originalTimestamp" | "sentAt"
+                | "receivedAt" => {
                     obj.insert(key, value);
                 }
                 "context" => event.take_object(key, value, |e| &mut e.context),
@@ -214,7 +248,10 @@ impl Event {
                 k if IGNORED_FIELDS.contains(&k) => {}
                 _ if value.is_null() => {}
                 _ => event.problems.push(FieldProblem {
-                    reason: format!("{key:?} is not a field of a {} event", payload_key_type(kind)),
+                    reason: format!(
+                        "{key:?} is not a field of a {} event",
+                        payload_key_type(kind)
+                    ),
                     field: key,
                     value: value.to_string(),
                 }),
@@ -224,15 +261,27 @@ impl Event {
             merge_under(&mut event.context, base);
         }
 
-        let received_at = if arrival.keep_received_at { event.time(&obj, "receivedAt") } else { None };
+        let received_at = if arrival.keep_received_at {
+            event.time(&obj, "receivedAt")
+        } else {
+            None
+        };
         event.received_at = received_at.unwrap_or(arrival.received_at);
         event.sent_at = event.time(&obj, "sentAt");
-        event.original_timestamp = event.time(&obj, "timestamp").or_else(|| event.time(&obj, "originalTimestamp"));
-        event.timestamp = corrected_timestamp(event.received_at, event.sent_at, event.original_timestamp);
+        event.original_timestamp = event
+            .time(&obj, "timestamp")
+            .or_else(|| event.time(&obj, "originalTimestamp"));
+        event.timestamp =
+            corrected_timestamp(event.received_at, event.sent_at, event.original_timestamp);
         Ok(event)
     }
 
-    fn take_object(&mut self, key: String, value: Value, slot: impl FnOnce(&mut Self) -> &mut Map<String, Value>) {
+    fn take_object(
+        &mut self,
+        key: String,
+        value: Value,
+        slot: impl FnOnce(&mut Self) -> &mut Map<String, Value>,
+    ) {
         match value {
             Value::Object(m) => *slot(self) = m,
             Value::Null => {}
@@ -253,7 +302,9 @@ impl Event {
             other => {
                 self.problems.push(FieldProblem {
                     field: field.to_string(),
-                    value: other.as_str().map_or_else(|| other.to_string(), str::to_string),
+                    value: other
+                        .as_str()
+                        .map_or_else(|| other.to_string(), str::to_string),
                     reason: format!("{field} is not an ISO-8601 date-time"),
                 });
                 None
@@ -281,7 +332,11 @@ mod tests {
     const NOW: Micros = 1_793_534_460_000_000; // 2026-11-01T12:01:00Z
 
     fn arrival() -> Arrival<'static> {
-        Arrival { received_at: NOW, context: None, keep_received_at: false }
+        Arrival {
+            received_at: NOW,
+            context: None,
+            keep_received_at: false,
+        }
     }
 
     fn ok(v: Value) -> Event {
@@ -289,19 +344,42 @@ mod tests {
     }
 
     fn bad(v: Value) -> String {
-        Event::from_json(v, &arrival()).expect_err("invalid event").reason
+        Event::from_json(v, &arrival())
+            .expect_err("invalid event")
+            .reason
     }
 
     #[test]
     fn validates_like_segment() {
-        assert_eq!(bad(json!({"type": "track", "event": "X"})), "the event has neither userId nor anonymousId");
-        assert_eq!(bad(json!({"type": "track", "userId": "u"})), "a track event needs a non-empty event name");
-        assert_eq!(bad(json!({"type": "track", "userId": "u", "event": ""})), "a track event needs a non-empty event name");
-        assert!(bad(json!({"type": "click", "userId": "u"})).starts_with("unknown event type \"click\""));
+        assert_eq!(
+            bad(json!({"type": "track", "event": "X"})),
+            "the event has neither userId nor anonymousId"
+        );
+        assert_eq!(
+            bad(json!({"type": "track", "userId": "u"})),
+            "a track event needs a non-empty event name"
+        );
+        assert_eq!(
+            bad(json!({"type": "track", "userId": "u", "event": ""})),
+            "a track event needs a non-empty event name"
+        );
+        assert!(
+            bad(json!({"type": "click", "userId": "u"}))
+                .starts_with("unknown event type \"click\"")
+        );
         assert_eq!(bad(json!({"userId": "u"})), "the event has no type");
-        assert_eq!(bad(json!({"type": "group", "userId": "u"})), "a group event needs a groupId");
-        assert_eq!(bad(json!({"type": "alias", "userId": "u"})), "an alias event needs a previousId");
-        assert_eq!(bad(json!({"type": "identify", "userId": {"a": 1}})), "userId must be a string or a number");
+        assert_eq!(
+            bad(json!({"type": "group", "userId": "u"})),
+            "a group event needs a groupId"
+        );
+        assert_eq!(
+            bad(json!({"type": "alias", "userId": "u"})),
+            "an alias event needs a previousId"
+        );
+        assert_eq!(
+            bad(json!({"type": "identify", "userId": {"a": 1}})),
+            "userId must be a string or a number"
+        );
         assert_eq!(bad(json!([1])), "an event must be a JSON object");
         let long = "m".repeat(101);
         assert_eq!(
@@ -317,31 +395,62 @@ mod tests {
     fn corrects_clock_skew() {
         let e = ok(json!({"type": "track", "event": "E", "anonymousId": "a",
             "timestamp": "2026-11-01T12:10:00Z", "sentAt": "2026-11-01T12:11:00Z"}));
-        assert_eq!(e.timestamp, parse_timestamp("2026-11-01T12:00:00Z").unwrap());
-        assert_eq!(e.original_timestamp, parse_timestamp("2026-11-01T12:10:00Z"));
+        assert_eq!(
+            e.timestamp,
+            parse_timestamp("2026-11-01T12:00:00Z").unwrap()
+        );
+        assert_eq!(
+            e.original_timestamp,
+            parse_timestamp("2026-11-01T12:10:00Z")
+        );
         assert_eq!(e.received_at, NOW);
-        let e = ok(json!({"type": "track", "event": "E", "anonymousId": "a", "receivedAt": "2020-01-01T00:00:00Z"}));
-        assert_eq!(e.received_at, NOW, "live traffic ignores a client's receivedAt");
+        let e = ok(
+            json!({"type": "track", "event": "E", "anonymousId": "a", "receivedAt": "2020-01-01T00:00:00Z"}),
+        );
+        assert_eq!(
+            e.received_at, NOW,
+            "live traffic ignores a client's receivedAt"
+        );
     }
 
     #[test]
     fn keeps_problems_instead_of_dropping() {
-        let e = ok(json!({"type": "page", "userId": "u", "sentAt": "yesterday", "properties": "oops",
-            "colour": "red", "integrations": {"All": true}}));
-        let fields: Vec<_> = e.problems.iter().map(|p| (p.field.as_str(), p.value.as_str())).collect();
-        assert_eq!(fields, vec![("properties", "\"oops\""), ("colour", "\"red\""), ("sentAt", "yesterday")]);
+        let e = ok(
+            json!({"type": "page", "userId": "u", "sentAt": "yesterday", "properties": "oops",
+            "colour": "red", "integrations": {"All": true}}),
+        );
+        let fields: Vec<_> = e
+            .problems
+            .iter()
+            .map(|p| (p.field.as_str(), p.value.as_str()))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                ("properties", "\"oops\""),
+                ("colour", "\"red\""),
+                ("sentAt", "yesterday")
+            ]
+        );
         assert_eq!(e.sent_at, None);
     }
 
     #[test]
     fn batch_context_merges_under_the_event_context() {
         let batch = json!({"library": {"name": "lib", "version": "1"}, "ip": "1.1.1.1"});
-        let arrival = Arrival { received_at: NOW, context: batch.as_object(), keep_received_at: false };
+        let arrival = Arrival {
+            received_at: NOW,
+            context: batch.as_object(),
+            keep_received_at: false,
+        };
         let e = Event::from_json(
             json!({"type": "identify", "userId": "u", "context": {"ip": "2.2.2.2", "library": {"version": "2"}}}),
             &arrival,
         )
         .unwrap();
-        assert_eq!(Value::Object(e.context), json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}}));
+        assert_eq!(
+            Value::Object(e.context),
+            json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}})
+        );
     }
 }

@@ -1,0 +1,200 @@
+//! The Tracking API, independent of transport: a request in, a JSON answer out. The warp server and the
+//! Functions invocation shape both call [`handle`].
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use crate::batch::{Batcher, Submission, SubmitError};
+use crate::config::Config;
+use crate::http::body::{self, BodyError};
+use crate::schema::rows::{Mapped, map_event};
+use crate::segment::event::{Arrival, Event};
+use crate::segment::time::now_micros;
+
+/// What the handler needs for every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub batcher: Batcher,
+}
+
+/// A request as either transport delivers it.
+pub struct ApiRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    /// Header lookup by lower-case name.
+    pub header: &'a (dyn Fn(&str) -> Option<String> + Sync),
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiResponse {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl ApiResponse {
+    pub fn ok() -> Self {
+        ApiResponse {
+            status: 200,
+            body: json!({"success": true}),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn error(status: u16, message: impl Into<String>) -> Self {
+        ApiResponse {
+            status,
+            body: json!({"success": false, "error": message.into()}),
+            headers: Vec::new(),
+        }
+    }
+}
+
+const EVENT_PATHS: &[&str] = &["track", "identify", "page", "screen", "group", "alias"];
+
+pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
+    let path = req.path.trim_end_matches('/');
+    if path.is_empty() {
+        return match req.method {
+            "GET" | "HEAD" => ApiResponse {
+                status: 200,
+                body: json!({"name": "segment-delta", "status": "ok"}),
+                headers: vec![],
+            },
+            _ => ApiResponse::error(405, "only GET is served on /"),
+        };
+    }
+    let Some(endpoint) = path.strip_prefix("/v1/") else {
+        return ApiResponse::error(404, format!("no such endpoint: {path}"));
+    };
+    let batch = matches!(endpoint, "batch" | "import");
+    if !batch && !EVENT_PATHS.contains(&endpoint) {
+        return ApiResponse::error(404, format!("no such endpoint: {path}"));
+    }
+    if req.method != "POST" {
+        return ApiResponse::error(405, format!("{path} accepts POST only"));
+    }
+    let limits = &state.config.limits;
+    // The Basic header is checked before the body is read; a key in the body is checked after.
+    let header_key = match (req.header)("authorization") {
+        Some(h) => match body::basic_user(&h) {
+            Some(k) => Some(k),
+            None => {
+                return ApiResponse::error(
+                    401,
+                    "Authorization must be Basic with the write key as user name",
+                );
+            }
+        },
+        None => None,
+    };
+    if let Some(k) = &header_key
+        && state.config.sources.schema_for(Some(k)).is_none()
+    {
+        return ApiResponse::error(401, "unknown write key");
+    }
+    let raw_len = req.body.len();
+    if raw_len > limits.max_request_bytes {
+        return body_error(BodyError::TooLarge {
+            limit: limits.max_request_bytes,
+        });
+    }
+    let data = match body::decode(
+        (req.header)("content-encoding").as_deref(),
+        req.body,
+        limits.max_request_bytes,
+    ) {
+        Ok(d) => d,
+        Err(e) => return body_error(e),
+    };
+    let parsed = match body::split(&data, batch, limits) {
+        Ok(p) => p,
+        Err(e) => return body_error(e),
+    };
+    let key = header_key.or(parsed.write_key.clone());
+    let Some(schema) = state.config.sources.schema_for(key.as_deref()) else {
+        let message = if key.is_some() {
+            "unknown write key"
+        } else {
+            "missing write key: send it as the Basic user name or as writeKey"
+        };
+        return ApiResponse::error(401, message);
+    };
+
+    let received_at = now_micros();
+    let arrival = Arrival {
+        received_at,
+        context: parsed.context.as_ref(),
+        keep_received_at: false,
+    };
+    let implied_type = (!batch).then_some(endpoint);
+    let events: Vec<Mapped> = parsed
+        .events
+        .iter()
+        .map(|raw| map_raw(raw, &arrival, implied_type))
+        .collect();
+    let submission = Submission {
+        schema: schema.to_string(),
+        events,
+        bytes: data.len(),
+    };
+    match state.batcher.submit(submission).await {
+        Ok(()) => ApiResponse::ok(),
+        Err(e) => submit_error(&e),
+    }
+}
+
+/// Maps one raw event; anything that cannot be read lands whole in `discards`.
+pub fn map_raw(
+    raw: &body::RawEvent<'_>,
+    arrival: &Arrival<'_>,
+    implied_type: Option<&str>,
+) -> Mapped {
+    let reject = |reason: String| {
+        let invalid = crate::segment::event::Invalid {
+            reason,
+            message_id: None,
+            table: None,
+        };
+        Mapped::rejected(invalid, raw.text(), arrival.received_at)
+    };
+    let mut value = match raw.parse() {
+        Ok(v) => v,
+        Err(reason) => return reject(reason),
+    };
+    // The single-event endpoints say the type; Segment takes it from the path.
+    if let (Some(t), Value::Object(o)) = (implied_type, &mut value) {
+        o.insert("type".into(), Value::String(t.to_string()));
+    }
+    match Event::from_json(value, arrival) {
+        Ok(e) => map_event(e),
+        Err(invalid) => Mapped::rejected(invalid, raw.text(), arrival.received_at),
+    }
+}
+
+fn body_error(e: BodyError) -> ApiResponse {
+    ApiResponse::error(e.status(), e.to_string())
+}
+
+pub fn submit_error(e: &SubmitError) -> ApiResponse {
+    match e {
+        SubmitError::Overloaded { .. } | SubmitError::ShuttingDown => {
+            let mut r = ApiResponse::error(503, e.to_string());
+            r.headers.push(("retry-after", "1".into()));
+            r
+        }
+        SubmitError::Write(w) => {
+            let mut r = ApiResponse::error(
+                if w.retryable { 503 } else { 500 },
+                format!("write failed, nothing was acknowledged: {w}"),
+            );
+            if w.retryable {
+                r.headers.push(("retry-after", "1".into()));
+            }
+            r
+        }
+    }
+}

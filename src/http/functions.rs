@@ -1,0 +1,130 @@
+//! The Functions host's invocation shape (`POST /<FunctionName>` with `Data`/`Metadata`), used when HTTP
+//! requests are not proxied, and by non-HTTP triggers.
+
+use std::collections::HashMap;
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::http::api::{self, ApiRequest, ApiResponse, AppState};
+
+/// The HTTP-triggered function's name (its folder under `function/`).
+pub const HTTP_FUNCTION: &str = "segment";
+
+/// `Data.req` as the host sends it for an HTTP trigger.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct HttpData {
+    #[serde(default)]
+    url: String,
+    #[serde(default)]
+    method: String,
+    #[serde(default)]
+    headers: HashMap<String, Value>,
+    #[serde(default)]
+    params: HashMap<String, Value>,
+    #[serde(default)]
+    body: Option<Value>,
+}
+
+/// The `Outputs`/`Logs`/`ReturnValue` answer the host expects.
+pub fn invocation_answer(outputs: Value, logs: Vec<String>) -> Value {
+    json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
+}
+
+fn header_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => items.first().and_then(|i| i.as_str()).map(str::to_string),
+        _ => None,
+    }
+}
+
+/// The request path: from `Params.path` (route `v1/{*path}`), else from the URL.
+fn request_path(d: &HttpData) -> String {
+    if let Some(p) = d.params.get("path").and_then(Value::as_str) {
+        return format!("/v1/{}", p.trim_start_matches('/'));
+    }
+    let after_scheme = d
+        .url
+        .split_once("://")
+        .map_or(d.url.as_str(), |(_, rest)| rest);
+    let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
+    path.split(['?', '#']).next().unwrap_or("/").to_string()
+}
+
+/// Handles `POST /segment` with `Data.req`, answering with `Outputs.res`.
+pub async fn http_invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
+    let invocation: Value = match serde_json::from_slice(payload) {
+        Ok(v) => v,
+        Err(e) => {
+            return (
+                400,
+                json!({"success": false, "error": format!("invocation is not valid JSON: {e}")}),
+            );
+        }
+    };
+    let Some(req) = invocation.pointer("/Data/req") else {
+        return (
+            400,
+            json!({"success": false, "error": "invocation has no Data.req"}),
+        );
+    };
+    // The host may double-encode values it cannot turn into objects.
+    let req = match req {
+        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
+        other => other.clone(),
+    };
+    let data: HttpData = match serde_json::from_value(req) {
+        Ok(d) => d,
+        Err(e) => {
+            return (
+                400,
+                json!({"success": false, "error": format!("Data.req: {e}")}),
+            );
+        }
+    };
+    let headers: HashMap<String, String> = data
+        .headers
+        .iter()
+        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_text(v)?)))
+        .collect();
+    let body = match &data.body {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    };
+    let path = request_path(&data);
+    let method = if data.method.is_empty() {
+        "POST".to_string()
+    } else {
+        data.method.to_ascii_uppercase()
+    };
+    let lookup = |name: &str| headers.get(name).cloned();
+    let res = api::handle(
+        state,
+        ApiRequest {
+            method: &method,
+            path: &path,
+            header: &lookup,
+            body,
+        },
+    )
+    .await;
+    (
+        200,
+        invocation_answer(
+            json!({"res": http_output(&res)}),
+            vec![format!("{method} {path} -> {}", res.status)],
+        ),
+    )
+}
+
+fn http_output(res: &ApiResponse) -> Value {
+    let mut headers = serde_json::Map::new();
+    headers.insert("Content-Type".into(), "application/json".into());
+    for (k, v) in &res.headers {
+        headers.insert((*k).into(), v.clone().into());
+    }
+    json!({"statusCode": res.status, "body": res.body.to_string(), "headers": headers})
+}

@@ -1,0 +1,117 @@
+//! The HTTP server: the Tracking API on its own paths (as the Functions host proxies them), the host's
+//! ping on `/`, and the invocation shape on `/<FunctionName>`.
+
+pub mod api;
+pub mod body;
+pub mod functions;
+
+use bytes::Buf;
+use futures::StreamExt;
+use warp::Filter;
+use warp::http::{HeaderMap, Method, Response, StatusCode};
+
+use api::{ApiRequest, ApiResponse, AppState};
+
+fn reply(status: u16, body: String, headers: &[(&'static str, String)]) -> Response<String> {
+    let mut r = Response::builder()
+        .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
+        .header("content-type", "application/json");
+    for (k, v) in headers {
+        r = r.header(*k, v);
+    }
+    r.body(body)
+        .unwrap_or_else(|_| Response::new(String::new()))
+}
+
+fn to_reply(res: ApiResponse) -> Response<String> {
+    reply(res.status, res.body.to_string(), &res.headers)
+}
+
+/// Reads the body up to `limit` bytes; past it the rest is not read.
+async fn read_body(
+    mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    limit: usize,
+) -> Result<Vec<u8>, ApiResponse> {
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let mut chunk = chunk.map_err(|e| {
+            ApiResponse::error(400, format!("could not read the request body: {e}"))
+        })?;
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            if body.len() + part.len() > limit {
+                return Err(ApiResponse::error(
+                    413,
+                    format!(
+                        "request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)"
+                    ),
+                ));
+            }
+            body.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(body)
+}
+
+/// Every route of the handler.
+pub fn routes(
+    state: AppState,
+) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone {
+    warp::any()
+        .and(warp::method())
+        .and(warp::path::full())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .and_then(
+            move |method: Method, path: warp::path::FullPath, headers: HeaderMap, stream| {
+                let state = state.clone();
+                async move {
+                    Ok::<_, std::convert::Infallible>(
+                        serve_one(&state, method, path.as_str(), headers, stream).await,
+                    )
+                }
+            },
+        )
+}
+
+async fn serve_one(
+    state: &AppState,
+    method: Method,
+    path: &str,
+    headers: HeaderMap,
+    stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+) -> Response<String> {
+    // Compressed bodies are bounded again after decompression; the raw read is bounded here.
+    let limit = state.config.limits.max_request_bytes;
+    let body = match read_body(stream, limit.max(64 * 1024)).await {
+        Ok(b) => b,
+        Err(res) => return to_reply(res),
+    };
+    let function = path.trim_matches('/');
+    if method == Method::POST && function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
+        let (status, answer) = functions::http_invocation(state, &body).await;
+        return reply(status, answer.to_string(), &[]);
+    }
+    let lookup = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let res = api::handle(
+        state,
+        ApiRequest {
+            method: method.as_str(),
+            path,
+            header: &lookup,
+            body,
+        },
+    )
+    .await;
+    if res.status >= 500 {
+        tracing::warn!(path, status = res.status, error = %res.body["error"], "request failed");
+    }
+    to_reply(res)
+}

@@ -1,0 +1,193 @@
+//! The backfill path: Segment events from JSONL / JSON files (gzip too) through the same pipeline as the API.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use serde_json::{Map, Value};
+
+use crate::batch::{Batcher, Submission, Totals};
+use crate::http::api::map_raw;
+use crate::http::body::RawEvent;
+use crate::schema::rows::Mapped;
+use crate::segment::event::Arrival;
+use crate::segment::time::now_micros;
+
+/// Events per submission, and submissions in flight at once.
+const CHUNK_EVENTS: usize = 5_000;
+const IN_FLIGHT: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Format { path: PathBuf, message: String },
+    #[error("writing failed: {0}")]
+    Submit(#[from] crate::batch::SubmitError),
+}
+
+#[derive(Debug)]
+pub struct Summary {
+    pub events: u64,
+    pub totals: Totals,
+    pub seconds: f64,
+}
+
+fn open(path: &Path, progress: &indicatif::ProgressBar) -> Result<Box<dyn BufRead>, IngestError> {
+    let io = |source| IngestError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = BufReader::new(progress.wrap_read(File::open(path).map_err(io)?));
+    let gz = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gz {
+        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(file)))
+    } else {
+        Box::new(file)
+    })
+}
+
+/// Splits one JSON text (a line, or a whole file) into mapped events: an event, a `{"batch": [...]}` body, or an
+/// array of events.
+fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
+    let raw = RawEvent { bytes: text };
+    let arrival = |context| Arrival {
+        received_at,
+        context,
+        keep_received_at: true,
+    };
+    match raw.parse() {
+        Ok(Value::Array(items)) => {
+            for item in items {
+                let bytes = item.to_string();
+                out.push(map_raw(
+                    &RawEvent {
+                        bytes: bytes.as_bytes(),
+                    },
+                    &arrival(None),
+                    None,
+                ));
+            }
+        }
+        Ok(Value::Object(mut o)) if o.get("batch").is_some_and(Value::is_array) => {
+            let context: Option<Map<String, Value>> = match o.remove("context") {
+                Some(Value::Object(c)) => Some(c),
+                _ => None,
+            };
+            if let Some(Value::Array(items)) = o.remove("batch") {
+                for item in items {
+                    let bytes = item.to_string();
+                    out.push(map_raw(
+                        &RawEvent {
+                            bytes: bytes.as_bytes(),
+                        },
+                        &arrival(context.as_ref()),
+                        None,
+                    ));
+                }
+            }
+        }
+        _ => out.push(map_raw(&raw, &arrival(None), None)),
+    }
+}
+
+/// Loads every file into `schema`, printing progress to the terminal, and returns the counts.
+pub async fn run(
+    batcher: &Batcher,
+    schema: &str,
+    files: &[PathBuf],
+) -> Result<Summary, IngestError> {
+    let started = Instant::now();
+    let total: u64 = files
+        .iter()
+        .filter_map(|f| std::fs::metadata(f).ok())
+        .map(|m| m.len())
+        .sum();
+    let progress = indicatif::ProgressBar::new(total);
+    progress.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut in_flight = FuturesUnordered::new();
+    let mut events = 0u64;
+    let mut chunk: Vec<Mapped> = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let submit = |chunk: Vec<Mapped>, bytes: usize| {
+        let b = batcher.clone();
+        let schema = schema.to_string();
+        async move {
+            b.submit(Submission {
+                schema,
+                events: chunk,
+                bytes,
+            })
+            .await
+        }
+    };
+    for path in files {
+        let mut reader = open(path, &progress)?;
+        let whole_document = {
+            let name = path
+                .to_string_lossy()
+                .trim_end_matches(".gz")
+                .to_ascii_lowercase();
+            name.ends_with(".json")
+        };
+        let received_at = now_micros();
+        let io = |source| IngestError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut texts: Box<dyn Iterator<Item = Result<Vec<u8>, std::io::Error>>> = if whole_document
+        {
+            let mut all = Vec::new();
+            reader.read_to_end(&mut all).map_err(io)?;
+            Box::new(std::iter::once(Ok(all)))
+        } else {
+            Box::new(reader.split(b'\n'))
+        };
+        for text in texts.by_ref() {
+            let text = text.map_err(io)?;
+            if text.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let before = chunk.len();
+            map_document(&text, received_at, &mut chunk);
+            events += (chunk.len() - before) as u64;
+            chunk_bytes += text.len();
+            if chunk.len() >= CHUNK_EVENTS {
+                while in_flight.len() >= IN_FLIGHT {
+                    if let Some(r) = in_flight.next().await {
+                        r?;
+                    }
+                }
+                in_flight.push(submit(
+                    std::mem::take(&mut chunk),
+                    std::mem::take(&mut chunk_bytes),
+                ));
+                progress.set_message(format!("{events} events"));
+            }
+        }
+    }
+    if !chunk.is_empty() {
+        in_flight.push(submit(chunk, chunk_bytes));
+    }
+    while let Some(r) = in_flight.next().await {
+        r?;
+    }
+    progress.finish_and_clear();
+    Ok(Summary {
+        events,
+        totals: batcher.totals(),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
