@@ -183,6 +183,7 @@ impl Event {
                 )),
             }
         };
+        let screen_or_page = matches!(kind, EventType::Page | EventType::Screen);
         let user_id = text_field("userId")?;
         let anonymous_id = text_field("anonymousId")?;
         if user_id.is_none() && anonymous_id.is_none() {
@@ -203,10 +204,26 @@ impl Event {
             original_timestamp: None,
             timestamp: arrival.received_at,
             event: None,
-            name: text_field("name")?,
-            category: text_field("category")?,
-            group_id: text_field("groupId")?,
-            previous_id: text_field("previousId")?,
+            name: if screen_or_page {
+                text_field("name")?
+            } else {
+                None
+            },
+            category: if screen_or_page {
+                text_field("category")?
+            } else {
+                None
+            },
+            group_id: if kind == EventType::Group {
+                text_field("groupId")?
+            } else {
+                None
+            },
+            previous_id: if kind == EventType::Alias {
+                text_field("previousId")?
+            } else {
+                None
+            },
             context: Map::new(),
             payload: Map::new(),
             problems: Vec::new(),
@@ -238,11 +255,14 @@ impl Event {
         };
         for (key, value) in std::mem::take(&mut obj) {
             match key.as_str() {
-                "type" | "messageId" | "userId" | "anonymousId" | "event" | "name" | "category"
-                | "groupId" | "previousId" | "timestamp" | "originalTimestamp" | "sentAt"
-                | "receivedAt" => {
+                "type" | "messageId" | "userId" | "anonymousId" | "timestamp"
+                | "originalTimestamp" | "sentAt" | "receivedAt" => {
                     obj.insert(key, value);
                 }
+                "event" if kind == EventType::Track => {}
+                "name" | "category" if screen_or_page => {}
+                "groupId" if kind == EventType::Group => {}
+                "previousId" if kind == EventType::Alias => {}
                 "context" => event.take_object(key, value, |e| &mut e.context),
                 k if k == payload_key => event.take_object(key, value, |e| &mut e.payload),
                 k if IGNORED_FIELDS.contains(&k) => {}
@@ -433,6 +453,11 @@ mod tests {
             ]
         );
         assert_eq!(e.sent_at, None);
+        // A field of another event type is not silently ignored either.
+        let e =
+            ok(json!({"type": "track", "event": "E", "userId": "u", "name": "n", "groupId": "g"}));
+        let fields: Vec<_> = e.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, vec!["name", "groupId"]);
     }
 
     #[test]
