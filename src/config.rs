@@ -16,10 +16,7 @@ pub enum ConfigError {
 }
 
 fn invalid(name: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        name,
-        message: message.into(),
-    }
+    ConfigError::Invalid { name, message: message.into() }
 }
 
 /// A secret string: compared in constant time, never printed.
@@ -90,11 +87,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_event_bytes: 32 * 1024,
-            max_request_bytes: 500 * 1024,
-            max_batch_events: 2_500,
-        }
+        Limits { max_event_bytes: 32 * 1024, max_request_bytes: 500 * 1024, max_batch_events: 2_500 }
     }
 }
 
@@ -154,6 +147,10 @@ impl Lake {
 pub struct Config {
     pub port: u16,
     pub lake: Lake,
+    /// How the lake is reached (storage options and the credential kind).
+    pub storage: crate::delta::storage::Storage,
+    /// The schema for Event Hub events that carry no known write key.
+    pub eventhub_schema: Option<String>,
     pub sources: Sources,
     pub limits: Limits,
     pub flush: FlushPolicy,
@@ -170,9 +167,9 @@ impl Default for Config {
         Config {
             port: 7071,
             lake: Lake::Local(PathBuf::from("./lake")),
-            sources: Sources::Open {
-                schema: "segment".into(),
-            },
+            storage: Default::default(),
+            eventhub_schema: None,
+            sources: Sources::Open { schema: "segment".into() },
             limits: Limits::default(),
             flush: FlushPolicy::default(),
             max_columns: 1_000,
@@ -197,28 +194,17 @@ fn parse_sources(s: &str) -> Result<Sources, ConfigError> {
     const NAME: &str = "SEGMENT_DELTA_SOURCES";
     let mut keys = Vec::new();
     let mut seen = HashMap::new();
-    for (n, entry) in s
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .enumerate()
-    {
+    for (n, entry) in s.split(',').map(str::trim).filter(|e| !e.is_empty()).enumerate() {
         let Some((key, schema)) = entry.split_once('=') else {
             return Err(invalid(NAME, format!("entry {} is not KEY=schema", n + 1)));
         };
         let (key, schema) = (key.trim(), schema.trim());
         if key.is_empty() {
-            return Err(invalid(
-                NAME,
-                format!("entry {} has an empty write key", n + 1),
-            ));
+            return Err(invalid(NAME, format!("entry {} has an empty write key", n + 1)));
         }
         check_schema_name(NAME, schema)?;
         if seen.insert(key.to_string(), ()).is_some() {
-            return Err(invalid(
-                NAME,
-                format!("entry {} repeats a write key", n + 1),
-            ));
+            return Err(invalid(NAME, format!("entry {} repeats a write key", n + 1)));
         }
         keys.push((Secret::new(key), schema.to_string()));
     }
@@ -239,18 +225,11 @@ impl Config {
         ) -> Result<T, ConfigError> {
             match get(name).filter(|v| !v.trim().is_empty()) {
                 None => Ok(default),
-                Some(v) => v
-                    .trim()
-                    .parse()
-                    .map_err(|_| invalid(name, format!("{v:?} is not a valid number"))),
+                Some(v) => v.trim().parse().map_err(|_| invalid(name, format!("{v:?} is not a valid number"))),
             }
         }
         let positive = |name: &'static str, v: usize| {
-            if v == 0 {
-                Err(invalid(name, "must be greater than 0"))
-            } else {
-                Ok(v)
-            }
+            if v == 0 { Err(invalid(name, "must be greater than 0")) } else { Ok(v) }
         };
         c.port = num(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", c.port)?;
         if let Some(lake) = get("SEGMENT_DELTA_LAKE") {
@@ -265,17 +244,26 @@ impl Config {
                 ));
             }
             None => {
-                let schema =
-                    get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
+                let schema = get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
                 check_schema_name("SEGMENT_DELTA_DEFAULT_SCHEMA", &schema)?;
                 Sources::Open { schema }
             }
         };
+        c.storage = crate::delta::storage::from_lookup(&c.lake, &get)?;
+        c.eventhub_schema = match get("SEGMENT_DELTA_EVENTHUB_SCHEMA").filter(|s| !s.trim().is_empty()) {
+            Some(s) => {
+                let s = s.trim().to_string();
+                check_schema_name("SEGMENT_DELTA_EVENTHUB_SCHEMA", &s)?;
+                Some(s)
+            }
+            None => match c.sources.schemas().as_slice() {
+                [one] => Some(one.to_string()),
+                _ => None,
+            },
+        };
         let l = &mut c.limits;
-        l.max_event_bytes = positive(
-            "SEGMENT_DELTA_MAX_EVENT_BYTES",
-            num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?,
-        )?;
+        l.max_event_bytes =
+            positive("SEGMENT_DELTA_MAX_EVENT_BYTES", num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?)?;
         l.max_request_bytes = positive(
             "SEGMENT_DELTA_MAX_REQUEST_BYTES",
             num(&get, "SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?,
@@ -285,26 +273,15 @@ impl Config {
             num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?,
         )?;
         let f = &mut c.flush;
-        f.interval = Duration::from_millis(num(
-            &get,
-            "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
-            f.interval.as_millis() as u64,
-        )?);
-        f.max_events = positive(
-            "SEGMENT_DELTA_FLUSH_MAX_EVENTS",
-            num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?,
-        )?;
-        f.max_bytes = positive(
-            "SEGMENT_DELTA_FLUSH_MAX_BYTES",
-            num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?,
-        )?;
+        f.interval =
+            Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval.as_millis() as u64)?);
+        f.max_events =
+            positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
+        f.max_bytes =
+            positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
         f.max_buffered_bytes = positive(
             "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
-            num(
-                &get,
-                "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
-                f.max_buffered_bytes,
-            )?,
+            num(&get, "SEGMENT_DELTA_MAX_BUFFERED_BYTES", f.max_buffered_bytes)?,
         )?;
         if f.max_buffered_bytes < c.limits.max_request_bytes {
             return Err(invalid(
@@ -312,20 +289,14 @@ impl Config {
                 "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES",
             ));
         }
-        c.max_columns = positive(
-            "SEGMENT_DELTA_MAX_COLUMNS",
-            num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?,
-        )?;
+        c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,
             None | Some("") => get("FUNCTIONS_CUSTOMHANDLER_PORT").is_some(),
             Some(other) => {
-                return Err(invalid(
-                    "SEGMENT_DELTA_LOG_FORMAT",
-                    format!("{other:?}: expected json or text"),
-                ));
+                return Err(invalid("SEGMENT_DELTA_LOG_FORMAT", format!("{other:?}: expected json or text")));
             }
         };
         Ok(c)
@@ -341,10 +312,7 @@ mod tests {
     use super::*;
 
     fn cfg(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -366,43 +334,22 @@ mod tests {
         assert_eq!(c.sources.schema_for(Some("K3")), None);
         assert_eq!(c.sources.schema_for(Some("K")), None);
         assert_eq!(c.sources.schema_for(None), None);
-        assert!(
-            !format!("{:?}", c.sources).contains("K1"),
-            "keys never reach Debug output"
-        );
+        assert!(!format!("{:?}", c.sources).contains("K1"), "keys never reach Debug output");
     }
 
     #[test]
     fn bad_settings_name_the_variable() {
         for (vars, needle) in [
-            (
-                vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")],
-                "SEGMENT_DELTA_SOURCES: must map",
-            ),
+            (vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")], "SEGMENT_DELTA_SOURCES: must map"),
             (
                 vec![("SEGMENT_DELTA_SOURCES", "K1=Web-Site")],
                 "SEGMENT_DELTA_SOURCES: \"Web-Site\" is not a valid schema",
             ),
-            (
-                vec![("SEGMENT_DELTA_SOURCES", "K1")],
-                "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema",
-            ),
-            (
-                vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")],
-                "repeats a write key",
-            ),
-            (
-                vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")],
-                "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\"",
-            ),
-            (
-                vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")],
-                "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0",
-            ),
-            (
-                vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")],
-                "SEGMENT_DELTA_LOG_FORMAT",
-            ),
+            (vec![("SEGMENT_DELTA_SOURCES", "K1")], "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema"),
+            (vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")], "repeats a write key"),
+            (vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")], "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\""),
+            (vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")], "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0"),
+            (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
         ] {
             let e = cfg(&vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should contain {needle}");
@@ -411,14 +358,8 @@ mod tests {
 
     #[test]
     fn lake_uris() {
-        assert_eq!(
-            Lake::parse("file:///tmp/l").unwrap(),
-            Lake::Local(PathBuf::from("/tmp/l"))
-        );
+        assert_eq!(Lake::parse("file:///tmp/l").unwrap(), Lake::Local(PathBuf::from("/tmp/l")));
         let remote = Lake::parse("abfss://lake@acct.dfs.core.windows.net/bronze/").unwrap();
-        assert_eq!(
-            remote.table_uri("web", "tracks"),
-            "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks"
-        );
+        assert_eq!(remote.table_uri("web", "tracks"), "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks");
     }
 }

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use serde_json::{Map, Value};
 
 use crate::batch::{Batcher, Submission, Totals};
+use crate::config::Limits;
 use crate::http::api::map_raw;
-use crate::http::body::RawEvent;
+use crate::http::body::{self, RawEvent};
 use crate::schema::rows::Mapped;
 use crate::segment::event::Arrival;
+use crate::segment::scan;
 use crate::segment::time::now_micros;
 
 /// Events per submission, and submissions in flight at once.
@@ -23,10 +24,7 @@ const IN_FLIGHT: usize = 4;
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
     #[error("writing failed: {0}")]
@@ -41,81 +39,45 @@ pub struct Summary {
 }
 
 fn open(path: &Path, progress: &indicatif::ProgressBar) -> Result<Box<dyn BufRead>, IngestError> {
-    let io = |source| IngestError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = |source| IngestError::Io { path: path.to_path_buf(), source };
     let mut file = BufReader::new(progress.wrap_read(File::open(path).map_err(io)?));
     let gz = file.fill_buf().map_err(io)?.starts_with(&[0x1f, 0x8b]);
-    Ok(if gz {
-        Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(file)))
-    } else {
-        Box::new(file)
-    })
+    Ok(if gz { Box::new(BufReader::new(flate2::bufread::MultiGzDecoder::new(file))) } else { Box::new(file) })
 }
 
-/// Splits one JSON text (a line, or a whole file) into mapped events: an event, a `{"batch": [...]}` body, or an
-/// array of events.
+/// Maps one JSON text (a line, or a whole file): an event, a `{"batch": [...]}` body, or an array of events. Items
+/// are split without parsing the whole text first, so one bad item is discarded alone, as the API does.
 fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
-    let raw = RawEvent { bytes: text };
-    let arrival = |context| Arrival {
-        received_at,
-        context,
-        keep_received_at: true,
-    };
-    match raw.parse() {
-        Ok(Value::Array(items)) => {
-            for item in items {
-                let bytes = item.to_string();
-                out.push(map_raw(
-                    &RawEvent {
-                        bytes: bytes.as_bytes(),
-                    },
-                    &arrival(None),
-                    None,
-                ));
-            }
+    let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
+    let arrival = |context, sent_at| Arrival { received_at, context, keep_received_at: true, sent_at };
+    let first = text.iter().find(|b| !b.is_ascii_whitespace());
+    if first == Some(&b'[')
+        && let Ok(items) = scan::array_items(text, 0..text.len())
+    {
+        for r in items {
+            out.push(map_raw(&RawEvent { bytes: &text[r] }, &arrival(None, None), None));
         }
-        Ok(Value::Object(mut o)) if o.get("batch").is_some_and(Value::is_array) => {
-            let context: Option<Map<String, Value>> = match o.remove("context") {
-                Some(Value::Object(c)) => Some(c),
-                _ => None,
-            };
-            if let Some(Value::Array(items)) = o.remove("batch") {
-                for item in items {
-                    let bytes = item.to_string();
-                    out.push(map_raw(
-                        &RawEvent {
-                            bytes: bytes.as_bytes(),
-                        },
-                        &arrival(context.as_ref()),
-                        None,
-                    ));
-                }
-            }
-        }
-        _ => out.push(map_raw(&raw, &arrival(None), None)),
+        return;
     }
+    let is_batch = scan::top_level_object(text).is_ok_and(|top| top.get("batch").is_some());
+    if is_batch && let Ok(parsed) = body::split(text, true, &unlimited) {
+        let a = arrival(parsed.context.as_ref(), parsed.sent_at);
+        for raw in &parsed.events {
+            out.push(map_raw(raw, &a, None));
+        }
+        return;
+    }
+    out.push(map_raw(&RawEvent { bytes: text }, &arrival(None, None), None));
 }
 
 /// Loads every file into `schema`, printing progress to the terminal, and returns the counts.
-pub async fn run(
-    batcher: &Batcher,
-    schema: &str,
-    files: &[PathBuf],
-) -> Result<Summary, IngestError> {
+pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf]) -> Result<Summary, IngestError> {
     let started = Instant::now();
-    let total: u64 = files
-        .iter()
-        .filter_map(|f| std::fs::metadata(f).ok())
-        .map(|m| m.len())
-        .sum();
+    let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let progress = indicatif::ProgressBar::new(total);
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut in_flight = FuturesUnordered::new();
     let mut events = 0u64;
@@ -124,31 +86,17 @@ pub async fn run(
     let submit = |chunk: Vec<Mapped>, bytes: usize| {
         let b = batcher.clone();
         let schema = schema.to_string();
-        async move {
-            b.submit(Submission {
-                schema,
-                events: chunk,
-                bytes,
-            })
-            .await
-        }
+        async move { b.submit(Submission { schema, events: chunk, bytes }).await }
     };
     for path in files {
         let mut reader = open(path, &progress)?;
         let whole_document = {
-            let name = path
-                .to_string_lossy()
-                .trim_end_matches(".gz")
-                .to_ascii_lowercase();
+            let name = path.to_string_lossy().trim_end_matches(".gz").to_ascii_lowercase();
             name.ends_with(".json")
         };
         let received_at = now_micros();
-        let io = |source| IngestError::Io {
-            path: path.clone(),
-            source,
-        };
-        let mut texts: Box<dyn Iterator<Item = Result<Vec<u8>, std::io::Error>>> = if whole_document
-        {
+        let io = |source| IngestError::Io { path: path.clone(), source };
+        let mut texts: Box<dyn Iterator<Item = Result<Vec<u8>, std::io::Error>>> = if whole_document {
             let mut all = Vec::new();
             reader.read_to_end(&mut all).map_err(io)?;
             Box::new(std::iter::once(Ok(all)))
@@ -170,10 +118,7 @@ pub async fn run(
                         r?;
                     }
                 }
-                in_flight.push(submit(
-                    std::mem::take(&mut chunk),
-                    std::mem::take(&mut chunk_bytes),
-                ));
+                in_flight.push(submit(std::mem::take(&mut chunk), std::mem::take(&mut chunk_bytes)));
                 progress.set_message(format!("{events} events"));
             }
         }
@@ -185,9 +130,5 @@ pub async fn run(
         r?;
     }
     progress.finish_and_clear();
-    Ok(Summary {
-        events,
-        totals: batcher.totals(),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(Summary { events, totals: batcher.totals(), seconds: started.elapsed().as_secs_f64() })
 }

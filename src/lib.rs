@@ -5,5 +5,6 @@ pub mod config;
 pub mod delta;
 pub mod http;
 pub mod ingest;
+pub mod retry;
 pub mod schema;
 pub mod segment;

@@ -38,12 +38,10 @@ enum Command {
 fn init_logging(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(
-            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=warn,delta_kernel=warn",
+            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=off,delta_kernel=off",
         )
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if json {
         builder.json().flatten_event(true).init();
     } else {
@@ -51,15 +49,14 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal(batcher: Batcher) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -68,14 +65,12 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     ctrl_c.await.unwrap_or(());
     tracing::info!("shutting down: finishing accepted requests");
+    // Write what is waiting now rather than at the end of the flush interval.
+    batcher.drain();
 }
 
 fn build(config: &Config) -> (Arc<Lakehouse>, Batcher) {
-    let lake = Arc::new(Lakehouse::new(
-        config.lake.clone(),
-        Default::default(),
-        config.max_columns,
-    ));
+    let lake = Arc::new(Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns));
     let batcher = Batcher::start(lake.clone(), config.flush, config.dedup_capacity);
     (lake, batcher)
 }
@@ -84,19 +79,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (_, batcher) = build(&config);
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    tracing::info!(%addr, lake = ?config.lake, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
-    let state = AppState {
-        config: config.clone(),
-        batcher: batcher.clone(),
-    };
-    warp::serve(http::routes(state))
-        .incoming(listener)
-        .graceful(shutdown_signal())
-        .run()
-        .await;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    tracing::info!(%addr, lake = ?config.lake, credential = %config.storage.credential, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
+    let state = AppState { config: config.clone(), batcher: batcher.clone() };
+    warp::serve(http::routes(state)).incoming(listener).graceful(shutdown_signal(batcher.clone())).run().await;
     batcher.shutdown().await;
     tracing::info!("stopped; everything accepted was written");
     Ok(())
@@ -123,11 +109,7 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
     }
     println!("discards {}", summary.totals.discards);
     println!("commits  {}", summary.totals.commits);
-    println!(
-        "seconds  {:.2} ({:.0} events/s)",
-        summary.seconds,
-        summary.events as f64 / summary.seconds.max(1e-9)
-    );
+    println!("seconds  {:.2} ({:.0} events/s)", summary.seconds, summary.events as f64 / summary.seconds.max(1e-9));
     Ok(())
 }
 

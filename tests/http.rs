@@ -11,35 +11,19 @@ use common::Harness;
 use serde_json::{Value, json};
 use warp::http::StatusCode;
 
-async fn post(
-    h: &Harness,
-    path: &str,
-    body: impl Into<Vec<u8>>,
-    key: Option<&str>,
-) -> (StatusCode, Value) {
-    let mut req = warp::test::request()
-        .method("POST")
-        .path(path)
-        .header("content-type", "application/json")
-        .body(body.into());
+async fn post(h: &Harness, path: &str, body: impl Into<Vec<u8>>, key: Option<&str>) -> (StatusCode, Value) {
+    let mut req =
+        warp::test::request().method("POST").path(path).header("content-type", "application/json").body(body.into());
     if let Some(k) = key {
-        req = req.header(
-            "authorization",
-            format!("Basic {}", STANDARD.encode(format!("{k}:"))),
-        );
+        req = req.header("authorization", format!("Basic {}", STANDARD.encode(format!("{k}:"))));
     }
-    let res = req
-        .reply(&segment_delta::http::routes(h.state.clone()))
-        .await;
+    let res = req.reply(&segment_delta::http::routes(h.state.clone())).await;
     let body = serde_json::from_slice(res.body()).unwrap_or(Value::Null);
     (res.status(), body)
 }
 
 fn ids(rows: &[serde_json::Map<String, Value>]) -> Vec<String> {
-    let mut v: Vec<String> = rows
-        .iter()
-        .map(|r| r["id"].as_str().unwrap_or_default().to_string())
-        .collect();
+    let mut v: Vec<String> = rows.iter().map(|r| r["id"].as_str().unwrap_or_default().to_string()).collect();
     v.sort();
     v
 }
@@ -47,11 +31,7 @@ fn ids(rows: &[serde_json::Map<String, Value>]) -> Vec<String> {
 #[tokio::test]
 async fn host_ping_and_unknown_paths() {
     let h = Harness::new(|_| {});
-    let res = warp::test::request()
-        .method("GET")
-        .path("/")
-        .reply(&segment_delta::http::routes(h.state.clone()))
-        .await;
+    let res = warp::test::request().method("GET").path("/").reply(&segment_delta::http::routes(h.state.clone())).await;
     assert_eq!(res.status(), 200);
     let (status, body) = post(&h, "/v1/nothing", "{}", None).await;
     assert_eq!(status, 404);
@@ -73,38 +53,18 @@ async fn every_single_event_endpoint_lands_in_its_table() {
             json!({"userId": "u", "messageId": "t1", "event": "Signed Up", "properties": {"plan": "pro"}}),
             "signed_up",
         ),
-        (
-            "/v1/identify",
-            json!({"userId": "u", "messageId": "i1", "traits": {"email": "u@x"}}),
-            "identifies",
-        ),
+        ("/v1/identify", json!({"userId": "u", "messageId": "i1", "traits": {"email": "u@x"}}), "identifies"),
         (
             "/v1/page",
             json!({"userId": "u", "messageId": "p1", "name": "Home", "properties": {"url": "https://x"}}),
             "pages",
         ),
-        (
-            "/v1/screen",
-            json!({"userId": "u", "messageId": "s1", "name": "Feed"}),
-            "screens",
-        ),
-        (
-            "/v1/group",
-            json!({"userId": "u", "messageId": "g1", "groupId": "acme", "traits": {"seats": 5}}),
-            "groups",
-        ),
-        (
-            "/v1/alias",
-            json!({"userId": "u", "messageId": "a1", "previousId": "anon"}),
-            "aliases",
-        ),
+        ("/v1/screen", json!({"userId": "u", "messageId": "s1", "name": "Feed"}), "screens"),
+        ("/v1/group", json!({"userId": "u", "messageId": "g1", "groupId": "acme", "traits": {"seats": 5}}), "groups"),
+        ("/v1/alias", json!({"userId": "u", "messageId": "a1", "previousId": "anon"}), "aliases"),
     ] {
         let (status, answer) = post(&h, path, body.to_string(), Some("any")).await;
-        assert_eq!(
-            (status, answer),
-            (StatusCode::OK, json!({"success": true})),
-            "{path}"
-        );
+        assert_eq!((status, answer), (StatusCode::OK, json!({"success": true})), "{path}");
         let rows = h.table("segment", table);
         assert_eq!(rows.len(), 1, "{table}");
         assert_eq!(rows[0]["user_id"], "u");
@@ -120,10 +80,8 @@ async fn every_single_event_endpoint_lands_in_its_table() {
 #[tokio::test]
 async fn batch_and_import_merge_context_and_take_the_body_key() {
     let h = Harness::new(|c| {
-        c.sources = segment_delta::config::Sources::Keys(vec![(
-            segment_delta::config::Secret::new("K1"),
-            "web".into(),
-        )]);
+        c.sources =
+            segment_delta::config::Sources::Keys(vec![(segment_delta::config::Secret::new("K1"), "web".into())]);
     });
     let body = json!({"writeKey": "K1", "context": {"library": {"name": "batchlib"}}, "batch": [
         {"type": "track", "event": "A", "anonymousId": "x", "messageId": "b1"},
@@ -131,10 +89,7 @@ async fn batch_and_import_merge_context_and_take_the_body_key() {
     ]});
     assert_eq!(post(&h, "/v1/batch", body.to_string(), None).await.0, 200);
     let body = json!({"batch": [{"type": "page", "userId": "u", "messageId": "b3"}]});
-    assert_eq!(
-        post(&h, "/v1/import", body.to_string(), Some("K1")).await.0,
-        200
-    );
+    assert_eq!(post(&h, "/v1/import", body.to_string(), Some("K1")).await.0, 200);
     let identifies = h.table("web", "identifies");
     assert_eq!(identifies[0]["context_library_name"], "batchlib");
     assert_eq!(identifies[0]["context_library_version"], "2");
@@ -145,25 +100,15 @@ async fn batch_and_import_merge_context_and_take_the_body_key() {
 #[tokio::test]
 async fn unknown_or_missing_keys_write_nothing() {
     let h = Harness::new(|c| {
-        c.sources = segment_delta::config::Sources::Keys(vec![(
-            segment_delta::config::Secret::new("K1"),
-            "web".into(),
-        )]);
+        c.sources =
+            segment_delta::config::Sources::Keys(vec![(segment_delta::config::Secret::new("K1"), "web".into())]);
     });
     let event = json!({"userId": "u", "event": "E"}).to_string();
     let (status, body) = post(&h, "/v1/track", event.clone(), Some("WRONG")).await;
-    assert_eq!(
-        (status.as_u16(), body["error"].as_str()),
-        (401, Some("unknown write key"))
-    );
+    assert_eq!((status.as_u16(), body["error"].as_str()), (401, Some("unknown write key")));
     let (status, body) = post(&h, "/v1/track", event.clone(), None).await;
     assert_eq!(status, 401);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("missing write key")
-    );
+    assert!(body["error"].as_str().unwrap().starts_with("missing write key"));
     let with_body_key = json!({"userId": "u", "event": "E", "writeKey": "nope"}).to_string();
     assert_eq!(post(&h, "/v1/track", with_body_key, None).await.0, 401);
     assert!(!h.exists("web", "tracks"));
@@ -188,9 +133,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn gzip_bodies_and_their_limit() {
     let h = Harness::new(|_| {});
-    let body =
-        json!({"batch": [{"type": "track", "userId": "u", "event": "Zipped", "messageId": "z1"}]})
-            .to_string();
+    let body = json!({"batch": [{"type": "track", "userId": "u", "event": "Zipped", "messageId": "z1"}]}).to_string();
     let routes = segment_delta::http::routes(h.state.clone());
     let res = warp::test::request()
         .method("POST")
@@ -217,40 +160,20 @@ async fn gzip_bodies_and_their_limit() {
 #[tokio::test]
 async fn limits_are_enforced_and_named() {
     let h = Harness::new(|_| {});
-    let big = format!(
-        r#"{{"userId":"u","event":"E","properties":{{"s":"{}"}}}}"#,
-        "x".repeat(600 * 1024)
-    );
+    let big = format!(r#"{{"userId":"u","event":"E","properties":{{"s":"{}"}}}}"#, "x".repeat(600 * 1024));
     let (status, body) = post(&h, "/v1/track", big, None).await;
     assert_eq!(status, 413);
     assert!(body["error"].as_str().unwrap().contains("512000"));
-    let event = format!(
-        r#"{{"userId":"u","event":"E","properties":{{"s":"{}"}}}}"#,
-        "x".repeat(33 * 1024)
-    );
+    let event = format!(r#"{{"userId":"u","event":"E","properties":{{"s":"{}"}}}}"#, "x".repeat(33 * 1024));
     let (status, body) = post(&h, "/v1/track", event, None).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("32768 bytes per event")
-    );
-    let many: Vec<Value> = (0..2501)
-        .map(|i| json!({"type": "track", "userId": "u", "event": "E", "messageId": i.to_string()}))
-        .collect();
+    assert!(body["error"].as_str().unwrap().contains("32768 bytes per event"));
+    let many: Vec<Value> =
+        (0..2501).map(|i| json!({"type": "track", "userId": "u", "event": "E", "messageId": i.to_string()})).collect();
     let (status, body) = post(&h, "/v1/batch", json!({"batch": many}).to_string(), None).await;
     assert_eq!(status, 400);
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("2501 events, over the limit of 2500")
-    );
-    assert!(
-        !h.exists("segment", "tracks"),
-        "a refused request writes nothing"
-    );
+    assert!(body["error"].as_str().unwrap().contains("2501 events, over the limit of 2500"));
+    assert!(!h.exists("segment", "tracks"), "a refused request writes nothing");
 }
 
 #[tokio::test]
@@ -260,29 +183,19 @@ async fn malformed_json_and_wrong_types() {
         ("/v1/track", "{\"userId\": ", "malformed JSON"),
         ("/v1/batch", "[1,2]", "expected a JSON object"),
         ("/v1/batch", "{\"batch\": {}}", "\"batch\" must be an array"),
-        (
-            "/v1/batch",
-            "{\"batch\": [], \"context\": 5}",
-            "context must be an object",
-        ),
+        ("/v1/batch", "{\"batch\": [], \"context\": 5}", "context must be an object"),
         ("/v1/batch", "{\"nope\": []}", "needs a \"batch\" array"),
     ] {
         let (status, answer) = post(&h, path, body, None).await;
         assert_eq!(status, 400, "{body}");
-        assert!(
-            answer["error"].as_str().unwrap().contains(needle),
-            "{answer}"
-        );
+        assert!(answer["error"].as_str().unwrap().contains(needle), "{answer}");
     }
     // Items that are not events are kept in discards; the valid one lands.
     let body = r#"{"batch": [5, {"type": "track", "userId": "u", "event": "Ok", "messageId": "ok1"}, {"type": "track", "event": "NoId"}, {"type":"track","userId":"u","event":"E","properties":"str"}]}"#;
     assert_eq!(post(&h, "/v1/batch", body, None).await.0, 200);
     assert_eq!(ids(&h.table("segment", "ok")), vec!["ok1"]);
-    let mut reasons: Vec<String> = h
-        .table("segment", "discards")
-        .iter()
-        .map(|d| d["reason"].as_str().unwrap().to_string())
-        .collect();
+    let mut reasons: Vec<String> =
+        h.table("segment", "discards").iter().map(|d| d["reason"].as_str().unwrap().to_string()).collect();
     reasons.sort();
     assert_eq!(
         reasons,
@@ -307,58 +220,21 @@ async fn types_are_fixed_by_the_first_value_and_casts_are_lossless() {
         .filter(|(n, _)| ["n", "x", "s", "t", "b"].contains(&n.as_str()))
         .map(|(n, t)| (n.as_str(), t.as_str()))
         .collect();
-    assert_eq!(
-        typed,
-        vec![
-            ("n", "long"),
-            ("x", "double"),
-            ("s", "string"),
-            ("t", "timestamp"),
-            ("b", "boolean")
-        ]
-    );
+    assert_eq!(typed, vec![("n", "long"), ("x", "double"), ("s", "string"), ("t", "timestamp"), ("b", "boolean")]);
     let rows = h.table("segment", "e");
     let m2 = rows.iter().find(|r| r["id"] == "m2").unwrap();
     assert_eq!(
-        (
-            m2["n"].clone(),
-            m2["x"].clone(),
-            m2["s"].clone(),
-            m2["t"].clone(),
-            m2["b"].clone()
-        ),
-        (
-            Value::Null,
-            json!(2.0),
-            json!("5"),
-            Value::Null,
-            Value::Null
-        )
+        (m2["n"].clone(), m2["x"].clone(), m2["s"].clone(), m2["t"].clone(), m2["b"].clone()),
+        (Value::Null, json!(2.0), json!("5"), Value::Null, Value::Null)
     );
     let discards = h.table("segment", "discards");
     let mut lost: Vec<(String, String)> = discards
         .iter()
-        .map(|d| {
-            (
-                d["column_name"].as_str().unwrap().into(),
-                d["column_value"].as_str().unwrap().into(),
-            )
-        })
+        .map(|d| (d["column_name"].as_str().unwrap().into(), d["column_value"].as_str().unwrap().into()))
         .collect();
     lost.sort();
-    assert_eq!(
-        lost,
-        vec![
-            ("b".into(), "1".into()),
-            ("n".into(), "ten".into()),
-            ("t".into(), "never".into())
-        ]
-    );
-    assert!(
-        discards
-            .iter()
-            .all(|d| d["row_id"] == "m2" && d["table_name"] == "e")
-    );
+    assert_eq!(lost, vec![("b".into(), "1".into()), ("n".into(), "ten".into()), ("t".into(), "never".into())]);
+    assert!(discards.iter().all(|d| d["row_id"] == "m2" && d["table_name"] == "e"));
 }
 
 #[tokio::test]
@@ -383,27 +259,16 @@ async fn backpressure_answers_503_with_retry_after() {
     });
     let routes = segment_delta::http::routes(h.state.clone());
     let one = |id: &str| {
-        json!({"userId": "u", "event": "E", "messageId": id, "properties": {"pad": "x".repeat(80)}})
-            .to_string()
+        json!({"userId": "u", "event": "E", "messageId": id, "properties": {"pad": "x".repeat(80)}}).to_string()
     };
     let first = {
         let (routes, body) = (routes.clone(), one("first"));
-        tokio::spawn(async move {
-            warp::test::request()
-                .method("POST")
-                .path("/v1/track")
-                .body(body)
-                .reply(&routes)
-                .await
-        })
+        tokio::spawn(
+            async move { warp::test::request().method("POST").path("/v1/track").body(body).reply(&routes).await },
+        )
     };
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let res = warp::test::request()
-        .method("POST")
-        .path("/v1/track")
-        .body(one("second"))
-        .reply(&routes)
-        .await;
+    let res = warp::test::request().method("POST").path("/v1/track").body(one("second")).reply(&routes).await;
     assert_eq!(res.status(), 503);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(first.await.unwrap().status(), 200);
@@ -423,8 +288,7 @@ async fn functions_invocation_shape_answers_with_outputs_res() {
     let (status, answer) = post(&h, "/segment", invocation.to_string(), None).await;
     assert_eq!(status, 200);
     assert_eq!(answer["Outputs"]["res"]["statusCode"], 200);
-    let inner: Value =
-        serde_json::from_str(answer["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
+    let inner: Value = serde_json::from_str(answer["Outputs"]["res"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(inner, json!({"success": true}));
     assert!(answer["Logs"].is_array());
     assert_eq!(answer["ReturnValue"], Value::Null);
@@ -442,7 +306,9 @@ async fn hostile_items_fail_alone() {
     let mut body = Vec::new();
     body.extend_from_slice(b"{\"batch\":[");
     body.extend_from_slice(deep.as_bytes());
-    body.extend_from_slice(b",{\"type\":\"track\",\"userId\":\"u\",\"event\":\"Bad\",\"properties\":{\"s\":\"\xff\xfe\"}}");
+    body.extend_from_slice(
+        b",{\"type\":\"track\",\"userId\":\"u\",\"event\":\"Bad\",\"properties\":{\"s\":\"\xff\xfe\"}}",
+    );
     body.extend_from_slice(br#",{"type":"track","userId":"u\u0000x","event":"Good","messageId":"g1","properties":{"a`b; DROP TABLE x --":"v","nul\u0000key":"z\u0000"}}"#);
     body.extend_from_slice(b"]}");
     assert_eq!(post(&h, "/v1/batch", body, None).await.0, 200);
@@ -453,15 +319,7 @@ async fn hostile_items_fail_alone() {
     assert_eq!(good[0]["nul_key"], "z\u{0}");
     let discards = h.table("segment", "discards");
     assert_eq!(discards.len(), 2);
-    assert!(
-        discards
-            .iter()
-            .any(|d| d["reason"] == "the event is nested more than 128 levels deep")
-    );
-    assert!(
-        discards
-            .iter()
-            .any(|d| d["column_value"].as_str().unwrap().starts_with("base64:"))
-    );
+    assert!(discards.iter().any(|d| d["reason"] == "the event is nested more than 128 levels deep"));
+    assert!(discards.iter().any(|d| d["column_value"].as_str().unwrap().starts_with("base64:")));
     assert!(!h.exists("segment", "deep"));
 }

@@ -14,10 +14,7 @@ pub struct Fingerprints {
 
 impl Default for Fingerprints {
     fn default() -> Self {
-        Fingerprints {
-            a: RandomState::new(),
-            b: RandomState::new(),
-        }
+        Fingerprints { a: RandomState::new(), b: RandomState::new() }
     }
 }
 
@@ -36,11 +33,7 @@ pub struct Recent {
 
 impl Recent {
     pub fn new(capacity: usize) -> Self {
-        Recent {
-            set: HashSet::new(),
-            order: VecDeque::new(),
-            capacity,
-        }
+        Recent { set: HashSet::new(), order: VecDeque::new(), capacity }
     }
 
     pub fn contains(&self, k: &RowKey) -> bool {
@@ -76,11 +69,7 @@ mod tests {
     fn forgets_oldest_first() {
         let f = Fingerprints::default();
         let mut r = Recent::new(2);
-        let (a, b, c) = (
-            f.key(("s", "t", "1")),
-            f.key(("s", "t", "2")),
-            f.key(("s", "t", "3")),
-        );
+        let (a, b, c) = (f.key(("s", "t", "1")), f.key(("s", "t", "2")), f.key(("s", "t", "3")));
         assert_ne!(a, b);
         assert_eq!(a, f.key(("s", "t", "1")));
         r.insert(a);

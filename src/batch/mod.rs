@@ -23,9 +23,7 @@ const TABLE_CONCURRENCY: usize = 8;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
-    #[error(
-        "too much data is waiting to be written ({buffered} bytes, limit {limit}); retry shortly"
-    )]
+    #[error("too much data is waiting to be written ({buffered} bytes, limit {limit}); retry shortly")]
     Overloaded { buffered: usize, limit: usize },
     #[error("the server is shutting down; retry shortly")]
     ShuttingDown,
@@ -88,6 +86,8 @@ struct Inner {
     buffered: AtomicUsize,
     wake: Notify,
     closing: std::sync::atomic::AtomicBool,
+    /// Set on shutdown: every micro-batch is due at once.
+    draining: std::sync::atomic::AtomicBool,
     totals: Mutex<Totals>,
 }
 
@@ -112,13 +112,11 @@ impl Batcher {
             buffered: AtomicUsize::new(0),
             wake: Notify::new(),
             closing: Default::default(),
+            draining: Default::default(),
             totals: Mutex::new(Totals::default()),
         });
         let handle = tokio::spawn(flusher(inner.clone()));
-        Batcher {
-            inner,
-            flusher: Arc::new(Mutex::new(Some(handle))),
-        }
+        Batcher { inner, flusher: Arc::new(Mutex::new(Some(handle))) }
     }
 
     /// Adds a request's rows to the micro-batch and waits until they are committed.
@@ -141,29 +139,18 @@ impl Batcher {
             let schema = sub.schema;
             for mapped in sub.events {
                 for tr in mapped.rows {
-                    let key =
-                        inner
-                            .fingerprints
-                            .key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
+                    let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
                     if committed.contains(&key) || !p.keys.insert(key) {
                         continue;
                     }
                     let id = (schema.clone(), tr.table);
                     tables.insert(id.clone());
-                    p.tables
-                        .entry(id)
-                        .or_insert_with(|| (tr.kind, Vec::new()))
-                        .1
-                        .push((key, tr.row));
+                    p.tables.entry(id).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
                 }
                 for d in mapped.discards {
                     let key = inner.fingerprints.key((
                         schema.as_str(),
-                        (
-                            d.row_id.as_str(),
-                            d.table_name.as_str(),
-                            d.column_name.as_str(),
-                        ),
+                        (d.row_id.as_str(), d.table_name.as_str(), d.column_name.as_str()),
                         (d.column_value.as_str(), d.reason.as_str()),
                     ));
                     if committed.contains(&key) || !p.keys.insert(key) {
@@ -201,6 +188,12 @@ impl Batcher {
         lock(&self.inner.totals).clone()
     }
 
+    /// Writes every micro-batch as soon as it has rows, without waiting for the interval.
+    pub fn drain(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
+        self.inner.wake.notify_one();
+    }
+
     /// Stops taking requests, writes everything accepted, and waits for that to finish.
     pub async fn shutdown(&self) {
         self.inner.closing.store(true, Ordering::SeqCst);
@@ -218,24 +211,17 @@ async fn flusher(inner: Arc<Inner>) {
         let (due, closing) = {
             let p = lock(&inner.pending);
             let closing = inner.closing.load(Ordering::SeqCst);
+            let draining = closing || inner.draining.load(Ordering::SeqCst);
             let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes;
-            let due = p.first_at.map(|t| {
-                if full || closing {
-                    Instant::now()
-                } else {
-                    t + inner.policy.interval
-                }
-            });
+            let due = p.first_at.map(|t| if full || draining { Instant::now() } else { t + inner.policy.interval });
             (due, closing)
         };
         match due {
             None if closing => return,
             None => inner.wake.notified().await,
             Some(due) if due > Instant::now() => {
-                let sleep = tokio::time::sleep(
-                    due.saturating_duration_since(Instant::now())
-                        .max(Duration::from_millis(1)),
-                );
+                let sleep =
+                    tokio::time::sleep(due.saturating_duration_since(Instant::now()).max(Duration::from_millis(1)));
                 tokio::select! {
                     _ = sleep => {}
                     _ = inner.wake.notified() => {}
@@ -258,36 +244,23 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         for (_, rows) in batch.tables.values_mut() {
             rows.retain(|(k, _)| !committed.contains(k));
         }
+        for discards in batch.discards.values_mut() {
+            discards.retain(|(k, _)| !committed.contains(k));
+        }
+        batch.discards.retain(|_, d| !d.is_empty());
     }
     let mut failed: BTreeMap<TableId, Arc<WriteError>> = BTreeMap::new();
     let mut totals = Totals::default();
-    let writes = batch
-        .tables
-        .into_iter()
-        .map(|((schema, table), (kind, rows))| async move {
-            let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
-            let result = if rows.is_empty() {
-                Ok(Default::default())
-            } else {
-                inner
-                    .lake
-                    .append(
-                        TableWrite {
-                            schema: &schema,
-                            table: &table,
-                            kind,
-                            rows,
-                        },
-                        uuid_ts,
-                    )
-                    .await
-            };
-            ((schema, table), keys, result)
-        });
-    let results: Vec<_> = futures::stream::iter(writes)
-        .buffer_unordered(TABLE_CONCURRENCY)
-        .collect()
-        .await;
+    let writes = batch.tables.into_iter().map(|((schema, table), (kind, rows))| async move {
+        let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
+        let result = if rows.is_empty() {
+            Ok(Default::default())
+        } else {
+            inner.lake.append(TableWrite { schema: &schema, table: &table, kind, rows }, uuid_ts).await
+        };
+        ((schema, table), keys, result)
+    });
+    let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY).collect().await;
     let mut committed_keys = Vec::new();
     for (id, keys, result) in results {
         match result {
@@ -304,11 +277,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                         d.row_id.as_str(),
                         d.column_name.as_str(),
                     ));
-                    batch
-                        .discards
-                        .entry(id.0.clone())
-                        .or_default()
-                        .push((key, d));
+                    batch.discards.entry(id.0.clone()).or_default().push((key, d));
                 }
             }
             Err(e) => {
@@ -319,20 +288,11 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
     }
     for (schema, discards) in batch.discards {
         let id = (schema.clone(), "discards".to_string());
-        let (keys, rows): (Vec<RowKey>, Vec<Row>) =
-            discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
+        let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
         match inner
             .lake
-            .append(
-                TableWrite {
-                    schema: &schema,
-                    table: "discards",
-                    kind: TableKind::Discards,
-                    rows,
-                },
-                uuid_ts,
-            )
+            .append(TableWrite { schema: &schema, table: "discards", kind: TableKind::Discards, rows }, uuid_ts)
             .await
         {
             Ok(_) => {

@@ -4,8 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder,
-    TimestampMicrosecondBuilder,
+    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
@@ -39,12 +38,7 @@ pub fn column_type(t: &DataType) -> Option<ColumnType> {
 }
 
 pub fn arrow_schema(columns: &[(String, ColumnType)]) -> Arc<Schema> {
-    Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(n, t)| Field::new(n, arrow_type(*t), true))
-            .collect::<Vec<_>>(),
-    ))
+    Arc::new(Schema::new(columns.iter().map(|(n, t)| Field::new(n, arrow_type(*t), true)).collect::<Vec<_>>()))
 }
 
 enum Builder {
@@ -58,9 +52,7 @@ enum Builder {
 impl Builder {
     fn new(t: ColumnType, n: usize) -> Builder {
         match t {
-            ColumnType::Timestamp => {
-                Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC"))
-            }
+            ColumnType::Timestamp => Builder::Ts(TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC")),
             ColumnType::BigInt => Builder::Int(Int64Builder::with_capacity(n)),
             ColumnType::Double => Builder::Dbl(Float64Builder::with_capacity(n)),
             ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(n)),
@@ -97,9 +89,7 @@ impl Builder {
             Builder::Bool(b) => v.as_bool().map(|x| b.append_value(x)),
             Builder::Str(b) => {
                 match v {
-                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => {
-                        b.append_value(s)
-                    }
+                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => b.append_value(s),
                     other => b.append_value(other.to_text()),
                 }
                 Ok(())
@@ -124,26 +114,20 @@ impl Builder {
 
 /// Builds the batch for `columns` (which must cover every column the rows use, or the value is reported as
 /// outside the table). Values that cannot be cast become nulls and discards.
-pub fn build(
+pub fn build<'r>(
     table: &str,
     columns: &[(String, ColumnType)],
-    rows: &[Row],
+    rows: impl ExactSizeIterator<Item = &'r Row>,
     uuid_ts: Micros,
     unplaced: impl Fn(&str) -> Option<String>,
 ) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
-    let index: HashMap<&str, usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, (n, _))| (n.as_str(), i))
-        .collect();
-    let mut builders: Vec<Builder> = columns
-        .iter()
-        .map(|(_, t)| Builder::new(*t, rows.len()))
-        .collect();
+    let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+    let n = rows.len();
+    let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
     let uuid_col = index.get("uuid_ts").copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
-    for (i, row) in rows.iter().enumerate() {
+    for (i, row) in rows.enumerate() {
         let received_at = received_col
             .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
             .and_then(|(_, v)| v.as_timestamp().ok())
@@ -160,8 +144,7 @@ pub fn build(
         };
         for (name, value) in &row.cols {
             let Some(&c) = index.get(name.as_ref()) else {
-                let reason = unplaced(name)
-                    .unwrap_or_else(|| format!("column {name} is not in table {table}"));
+                let reason = unplaced(name).unwrap_or_else(|| format!("column {name} is not in table {table}"));
                 discard(name, value, reason);
                 continue;
             };
@@ -170,11 +153,7 @@ pub fn build(
             }
             let b = &mut builders[c];
             if b.len() > i {
-                discard(
-                    name,
-                    value,
-                    format!("column {name} appears twice in one row"),
-                );
+                discard(name, value, format!("column {name} appears twice in one row"));
                 continue;
             }
             b.nulls(i - b.len());
@@ -186,22 +165,19 @@ pub fn build(
     if let Some(c) = uuid_col
         && let Builder::Ts(b) = &mut builders[c]
     {
-        for _ in 0..rows.len() {
+        for _ in 0..n {
             b.append_value(uuid_ts);
         }
     }
     let arrays: Vec<ArrayRef> = builders
         .into_iter()
         .map(|mut b| {
-            let missing = rows.len() - b.len();
+            let missing = n - b.len();
             b.nulls(missing);
             b.finish()
         })
         .collect();
-    Ok((
-        RecordBatch::try_new(arrow_schema(columns), arrays)?,
-        discards,
-    ))
+    Ok((RecordBatch::try_new(arrow_schema(columns), arrays)?, discards))
 }
 
 #[cfg(test)]
@@ -211,10 +187,7 @@ mod tests {
     use deltalake::arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
     fn row(id: &str, cols: Vec<(&str, Scalar)>) -> Row {
-        Row {
-            id: id.into(),
-            cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect(),
-        }
+        Row { id: id.into(), cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect(), offset: None }
     }
 
     #[test]
@@ -229,7 +202,7 @@ mod tests {
         .iter()
         .map(|(n, t)| (n.to_string(), *t))
         .collect();
-        let rows = vec![
+        let rows = [
             row(
                 "a",
                 vec![
@@ -239,17 +212,10 @@ mod tests {
                     ("s", Scalar::Bool(true)),
                 ],
             ),
-            row(
-                "b",
-                vec![
-                    ("n", Scalar::Str("two".into())),
-                    ("s", Scalar::Float(1.5)),
-                    ("extra", Scalar::Int(9)),
-                ],
-            ),
+            row("b", vec![("n", Scalar::Str("two".into())), ("s", Scalar::Float(1.5)), ("extra", Scalar::Int(9))]),
             row("c", vec![]),
         ];
-        let (batch, discards) = build("t", &columns, &rows, 77, |_| None).unwrap();
+        let (batch, discards) = build("t", &columns, rows.iter(), 77, |_| None).unwrap();
         assert_eq!(batch.num_rows(), 3);
         let n = batch.column(1).as_primitive::<Int64Type>();
         assert_eq!((n.value(0), n.is_null(1), n.is_null(2)), (1, true, true));
@@ -258,21 +224,9 @@ mod tests {
         assert_eq!((s.value(0), s.value(1)), ("true", "1.5"));
         let u = batch.column(4).as_primitive::<TimestampMicrosecondType>();
         assert!((0..3).all(|i| u.value(i) == 77));
-        let got: Vec<_> = discards
-            .iter()
-            .map(|d| {
-                (
-                    d.row_id.as_str(),
-                    d.column_name.as_str(),
-                    d.column_value.as_str(),
-                )
-            })
-            .collect();
+        let got: Vec<_> =
+            discards.iter().map(|d| (d.row_id.as_str(), d.column_name.as_str(), d.column_value.as_str())).collect();
         assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9")]);
-        assert!(
-            discards[0]
-                .reason
-                .contains("STRING value cannot be stored in a BIGINT column")
-        );
+        assert!(discards[0].reason.contains("STRING value cannot be stored in a BIGINT column"));
     }
 }

@@ -2,16 +2,23 @@
 //! appended to with one commit per micro-batch.
 
 pub mod arrow;
+pub mod storage;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use deltalake::kernel::Transaction;
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
-use deltalake::{DeltaTable, DeltaTableError};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use url::Url;
 
 use crate::config::Lake;
+use crate::retry::Backoff;
 use crate::schema::rows::{Row, TableKind};
 use crate::schema::value::ColumnType;
 use crate::segment::time::Micros;
@@ -33,11 +40,7 @@ impl WriteError {
                 | DeltaTableError::Generic(_)
                 | DeltaTableError::SchemaMismatch { .. }
         );
-        WriteError {
-            table: table.to_string(),
-            message: e.to_string(),
-            retryable,
-        }
+        WriteError { table: table.to_string(), message: e.to_string(), retryable }
     }
 }
 
@@ -49,11 +52,20 @@ pub struct TableWrite<'a> {
     pub rows: Vec<Row>,
 }
 
+/// Quick rebases delta-rs does inside one attempt before it reports a conflict to the backoff loop.
+const INTERNAL_REBASES: usize = 3;
+
+/// How long a writer's `txn` entries are kept in a table's state.
+const TXN_RETENTION: &str = "interval 7 days";
+
 /// What one append committed.
 #[derive(Debug, Default)]
 pub struct Written {
     pub version: i64,
     pub rows: usize,
+    /// Rows already committed by an earlier delivery (same stream offset) or an earlier attempt.
+    pub skipped: usize,
+    pub conflict_retries: u32,
     pub new_columns: Vec<String>,
     /// Values that could not be stored as sent (cast failures, columns past the cap).
     pub discards: Vec<crate::schema::rows::Discard>,
@@ -66,6 +78,10 @@ pub struct Lakehouse {
     storage_options: HashMap<String, String>,
     max_columns: usize,
     tables: Mutex<HashMap<String, Slot>>,
+    backoff: Backoff,
+    /// This process's own `txn` app id, and the version its next commit carries.
+    writer_id: String,
+    commit_seq: AtomicU64,
 }
 
 /// The URL delta-rs opens for a table location (local paths become absolute `file://` URLs).
@@ -76,21 +92,19 @@ pub fn table_url(uri: &str) -> Result<Url, String> {
     let path = Path::new(uri);
     std::fs::create_dir_all(path).map_err(|e| format!("cannot create {uri}: {e}"))?;
     let abs = std::fs::canonicalize(path).map_err(|e| format!("{uri}: {e}"))?;
-    Url::from_directory_path(&abs)
-        .map_err(|()| format!("{} is not an absolute path", abs.display()))
+    Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
 }
 
 impl Lakehouse {
-    pub fn new(
-        lake: Lake,
-        storage_options: HashMap<String, String>,
-        max_columns: usize,
-    ) -> Lakehouse {
+    pub fn new(lake: Lake, storage_options: HashMap<String, String>, max_columns: usize) -> Lakehouse {
         Lakehouse {
             lake,
             storage_options,
             max_columns,
             tables: Mutex::new(HashMap::new()),
+            backoff: Backoff { total: std::time::Duration::from_secs(30), ..Backoff::default() },
+            writer_id: format!("segment-delta/writer/{}", uuid::Uuid::new_v4()),
+            commit_seq: AtomicU64::new(1),
         }
     }
 
@@ -105,17 +119,15 @@ impl Lakehouse {
 
     /// Opens a table, or returns an unloaded handle when none exists there yet.
     async fn open(&self, uri: &str, table: &str) -> Result<DeltaTable, WriteError> {
-        let url = table_url(uri).map_err(|message| WriteError {
-            table: table.into(),
-            message,
-            retryable: false,
-        })?;
+        let url = table_url(uri).map_err(|message| WriteError { table: table.into(), message, retryable: false })?;
         DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
             .await
             .map_err(|e| WriteError::delta(table, e))
     }
 
     /// Appends rows to `<lake>/<schema>/<table>` in one commit, creating the table or adding columns as needed.
+    /// Commit conflicts are retried with backoff; every commit carries this writer's own `txn` so that a retry after
+    /// an ambiguous failure never commits the same rows twice.
     pub async fn append(&self, w: TableWrite<'_>, uuid_ts: Micros) -> Result<Written, WriteError> {
         let uri = self.lake.table_uri(w.schema, w.table);
         let slot = self.slot(&uri);
@@ -124,129 +136,212 @@ impl Lakehouse {
             Some(dt) => dt,
             None => self.open(&uri, w.table).await?,
         };
-        let result = self.append_to(&mut dt, &w, uuid_ts).await;
-        if result.is_ok() {
+        let seq = self.commit_seq.fetch_add(1, Ordering::SeqCst) as i64;
+        let name = w.schema_and_table();
+        let started = Instant::now();
+        let mut conflicts = 0u32;
+        let result = loop {
+            match self.try_append(&mut dt, &w, uuid_ts, seq).await {
+                Ok(mut written) => {
+                    written.conflict_retries = conflicts;
+                    break Ok(written);
+                }
+                Err(Attempt::Fatal(e)) => break Err(e),
+                Err(Attempt::Conflict(e)) => {
+                    let Some(pause) = self.backoff.delay(conflicts, started) else {
+                        break Err(WriteError { retryable: true, ..e });
+                    };
+                    conflicts += 1;
+                    tracing::debug!(table = %name, attempt = conflicts, pause_ms = pause.as_millis() as u64, error = %e, "commit conflict; retrying");
+                    tokio::time::sleep(pause).await;
+                    if let Err(e) = self.refresh(&mut dt, &uri, w.table).await {
+                        break Err(e);
+                    }
+                }
+            }
+        };
+        if let Ok(written) = &result {
             *guard = Some(dt);
+            tracing::info!(table = %name, rows = written.rows, version = written.version, new_columns = written.new_columns.len(),
+                conflicts, skipped = written.skipped, "committed");
         }
         // On failure the handle is dropped: the next write reloads the table from storage.
         result
     }
 
-    async fn append_to(
+    async fn refresh(&self, dt: &mut DeltaTable, uri: &str, table: &str) -> Result<(), WriteError> {
+        if dt.version().is_some() && dt.update_incremental(None).await.is_ok() {
+            return Ok(());
+        }
+        *dt = self.open(uri, table).await?;
+        Ok(())
+    }
+
+    /// The version a stream's `txn` action records in this table, if any.
+    async fn txn_version(dt: &DeltaTable, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+        match dt.snapshot() {
+            Ok(s) => s.transaction_version(dt.log_store().as_ref(), app_id).await,
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// One attempt: plan the columns against the table as last loaded, build the batch, write and commit.
+    async fn try_append(
         &self,
         dt: &mut DeltaTable,
         w: &TableWrite<'_>,
         uuid_ts: Micros,
-    ) -> Result<Written, WriteError> {
+        seq: i64,
+    ) -> Result<Written, Attempt> {
         let table = w.table;
+        let fatal = |e: DeltaTableError| Attempt::classify(table, e);
+        // A previous attempt that failed ambiguously may have committed after all.
+        if let Some(done) = Self::txn_version(dt, &self.writer_id).await.map_err(fatal)?
+            && done >= seq
+        {
+            return Ok(Written {
+                version: dt.version().unwrap_or(0) as i64,
+                skipped: w.rows.len(),
+                ..Default::default()
+            });
+        }
+        // Rows of a stream at or below the version committed for it are redeliveries.
+        let mut committed: HashMap<Arc<str>, i64> = HashMap::new();
+        for app in w.rows.iter().filter_map(|r| r.offset.as_ref()).map(|o| o.app_id.clone()) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = committed.entry(app) {
+                let v = Self::txn_version(dt, slot.key()).await.map_err(fatal)?.unwrap_or(i64::MIN);
+                slot.insert(v);
+            }
+        }
+        let fresh: Vec<&Row> =
+            w.rows.iter().filter(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id])).collect();
+        let skipped = w.rows.len() - fresh.len();
+        if fresh.is_empty() {
+            return Ok(Written { version: dt.version().unwrap_or(0) as i64, skipped, ..Default::default() });
+        }
+        let mut txns = vec![Transaction::new_with_last_update(
+            self.writer_id.as_str(),
+            seq,
+            Some(chrono::Utc::now().timestamp_millis()),
+        )];
+        let mut highest: HashMap<&Arc<str>, i64> = HashMap::new();
+        for o in fresh.iter().filter_map(|r| r.offset.as_ref()) {
+            let h = highest.entry(&o.app_id).or_insert(o.seq);
+            *h = (*h).max(o.seq);
+        }
+        txns.extend(highest.into_iter().map(|(app, v)| {
+            Transaction::new_with_last_update(app.as_ref(), v, Some(chrono::Utc::now().timestamp_millis()))
+        }));
+        let props = CommitProperties::default()
+            .with_application_transactions(txns)
+            .with_max_retries(INTERNAL_REBASES)
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+
         let exists = dt.version().is_some();
-        let mut columns: Vec<(String, ColumnType)> = Vec::new();
-        let mut foreign: HashMap<String, String> = HashMap::new();
-        if exists {
-            let schema = dt
-                .snapshot()
-                .map_err(|e| WriteError::delta(table, e))?
-                .snapshot()
-                .arrow_schema();
-            for f in schema.fields() {
-                match arrow::column_type(f.data_type()) {
-                    Some(t) => columns.push((f.name().clone(), t)),
-                    None => {
-                        foreign.insert(
-                            f.name().clone(),
-                            format!(
-                                "column {} has type {} which this loader does not write",
+        let plan = if exists {
+            let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
+            self.plan(table, Some(&schema), w.kind, &fresh)
+        } else {
+            self.plan(table, None, w.kind, &fresh)
+        };
+        let (batch, discards) = arrow::build(table, &plan.columns, fresh.iter().copied(), uuid_ts, |name| {
+            plan.unplaced(table, name, self.max_columns)
+        })
+        .map_err(|e| Attempt::Fatal(WriteError { table: table.into(), message: e.to_string(), retryable: false }))?;
+        let rows = batch.num_rows();
+        let version = if exists {
+            let mut writer = RecordBatchWriter::for_table(dt).map_err(fatal)?.with_commit_properties(props);
+            let mode = if plan.new_columns.is_empty() { WriteMode::Default } else { WriteMode::MergeSchema };
+            writer.write_with_mode(batch, mode).await.map_err(fatal)?;
+            writer.flush_and_commit(dt).await.map_err(fatal)?
+        } else {
+            self.create_with(dt, &plan.columns, batch, props).await.map_err(fatal)?
+        };
+        self.maybe_checkpoint(dt, version).await;
+        Ok(Written {
+            version: version as i64,
+            rows,
+            new_columns: plan.new_columns,
+            discards,
+            conflict_retries: 0,
+            skipped,
+        })
+    }
+
+    /// Checkpoints every `delta.checkpointInterval` versions, so a cold start replays at most that many commits.
+    async fn maybe_checkpoint(&self, dt: &DeltaTable, version: u64) {
+        let interval = dt.snapshot().map(|s| s.table_config().checkpoint_interval().get()).unwrap_or(100);
+        if version == 0 || !version.is_multiple_of(interval) {
+            return;
+        }
+        match deltalake::checkpoints::create_checkpoint(dt, None).await {
+            Ok(()) => tracing::debug!(version, "checkpoint written"),
+            Err(e) => tracing::warn!(version, error = %e, "checkpoint failed; the next one will cover it"),
+        }
+    }
+
+    /// Which columns the batch has: the table's (or a new table's fixed ones), then new columns in order of first
+    /// appearance, up to the column cap.
+    fn plan(
+        &self,
+        table: &str,
+        existing: Option<&deltalake::arrow::datatypes::Schema>,
+        kind: TableKind,
+        rows: &[&Row],
+    ) -> Plan {
+        let mut plan = Plan::default();
+        match existing {
+            Some(schema) => {
+                for f in schema.fields() {
+                    match arrow::column_type(f.data_type()) {
+                        Some(t) => plan.columns.push((f.name().clone(), t)),
+                        None => {
+                            let reason = format!(
+                                "column {} of {table} has type {} which this loader does not write",
                                 f.name(),
                                 f.data_type()
-                            ),
-                        );
+                            );
+                            plan.foreign.insert(f.name().clone(), reason);
+                        }
                     }
                 }
             }
-        } else {
-            columns.extend(
-                w.kind
-                    .fixed_columns()
-                    .into_iter()
-                    .map(|(n, t)| (n.to_string(), t)),
-            );
+            None => plan.columns.extend(kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t))),
         }
-        let known = columns.len() + foreign.len();
-        let mut seen: std::collections::HashSet<String> = columns
-            .iter()
-            .map(|(n, _)| n.clone())
-            .chain(foreign.keys().cloned())
-            .collect();
-        let mut new_columns = Vec::new();
-        let mut over_cap = false;
-        for row in &w.rows {
+        let known = plan.columns.len() + plan.foreign.len();
+        let mut seen: HashSet<String> =
+            plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.foreign.keys().cloned()).collect();
+        for row in rows {
             for (name, value) in &row.cols {
                 if seen.contains(name.as_ref()) {
                     continue;
                 }
                 seen.insert(name.to_string());
-                if known + new_columns.len() >= self.max_columns {
-                    over_cap = true;
+                if known + plan.new_columns.len() >= self.max_columns {
+                    plan.over_cap = true;
                     continue;
                 }
-                new_columns.push(name.to_string());
-                columns.push((name.to_string(), value.natural_type()));
+                plan.new_columns.push(name.to_string());
+                plan.columns.push((name.to_string(), value.natural_type()));
             }
         }
-        let max = self.max_columns;
-        let (batch, discards) = arrow::build(table, &columns, &w.rows, uuid_ts, |name| {
-            foreign.get(name).cloned().or_else(|| {
-                over_cap.then(|| format!("table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"))
-            })
-        })
-        .map_err(|e| WriteError { table: table.into(), message: e.to_string(), retryable: false })?;
-        let rows = batch.num_rows();
-
-        let version = if exists {
-            let mut writer =
-                RecordBatchWriter::for_table(dt).map_err(|e| WriteError::delta(table, e))?;
-            let mode = if new_columns.is_empty() {
-                WriteMode::Default
-            } else {
-                WriteMode::MergeSchema
-            };
-            writer
-                .write_with_mode(batch, mode)
-                .await
-                .map_err(|e| WriteError::delta(table, e))?;
-            writer
-                .flush_and_commit(dt)
-                .await
-                .map_err(|e| WriteError::delta(table, e))?
-        } else {
-            self.create_with(dt, &w.schema_and_table(), &columns, batch)
-                .await?
-        };
-        tracing::info!(table = %w.schema_and_table(), rows, version, new_columns = new_columns.len(), "committed");
-        Ok(Written {
-            version: version as i64,
-            rows,
-            new_columns,
-            discards,
-        })
+        plan
     }
 
     /// Writes the first data file and creates the table with it in version 0.
     async fn create_with(
         &self,
         dt: &mut DeltaTable,
-        name: &str,
         columns: &[(String, ColumnType)],
         batch: deltalake::arrow::record_batch::RecordBatch,
-    ) -> Result<u64, WriteError> {
-        let err = |e| WriteError::delta(name, e);
+        props: CommitProperties,
+    ) -> Result<u64, DeltaTableError> {
         let uri = dt.table_url().to_string();
-        let schema = arrow::arrow_schema(columns);
         let mut writer =
-            RecordBatchWriter::try_new(&uri, schema, None, Some(self.storage_options.clone()))
-                .map_err(err)?;
-        writer.write(batch).await.map_err(err)?;
-        let adds = writer.flush().await.map_err(err)?;
+            RecordBatchWriter::try_new(&uri, arrow::arrow_schema(columns), None, Some(self.storage_options.clone()))?;
+        writer.write(batch).await?;
+        let adds = writer.flush().await?;
         let fields: Vec<deltalake::kernel::StructField> = columns
             .iter()
             .map(|(n, t)| deltalake::kernel::StructField::new(n.clone(), kernel_type(*t), true))
@@ -254,12 +349,54 @@ impl Lakehouse {
         let created = dt
             .create()
             .with_columns(fields)
+            .with_configuration_property(TableProperty::SetTransactionRetentionDuration, Some(TXN_RETENTION))
+            .with_commit_properties(props)
             .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
-            .await
-            .map_err(err)?;
+            .await?;
         let version = created.version().unwrap_or(0);
         *dt = created;
-        Ok(version as u64)
+        Ok(version)
+    }
+}
+
+/// The column plan of one attempt.
+#[derive(Default)]
+struct Plan {
+    columns: Vec<(String, ColumnType)>,
+    new_columns: Vec<String>,
+    /// Existing columns of types this loader does not write, with the reason.
+    foreign: HashMap<String, String>,
+    over_cap: bool,
+}
+
+impl Plan {
+    /// Why a row's column has no place in the batch.
+    fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<String> {
+        self.foreign.get(name).cloned().or_else(|| {
+            self.over_cap
+                .then(|| format!("table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"))
+        })
+    }
+}
+
+/// How one attempt failed: a conflict is retried after a pause, anything else is returned.
+enum Attempt {
+    Conflict(WriteError),
+    Fatal(WriteError),
+}
+
+impl Attempt {
+    fn classify(table: &str, e: DeltaTableError) -> Attempt {
+        let conflict = matches!(
+            &e,
+            DeltaTableError::Transaction {
+                source: TransactionError::CommitConflict(_)
+                    | TransactionError::MaxCommitAttempts(_)
+                    | TransactionError::VersionAlreadyExists(_)
+            } | DeltaTableError::VersionAlreadyExists(_)
+        ) || e.to_string().contains("already exists at that location");
+        let err = WriteError::delta(table, e);
+        if conflict { Attempt::Conflict(err) } else { Attempt::Fatal(err) }
     }
 }
 

@@ -37,19 +37,11 @@ pub struct ApiResponse {
 
 impl ApiResponse {
     pub fn ok() -> Self {
-        ApiResponse {
-            status: 200,
-            body: json!({"success": true}),
-            headers: Vec::new(),
-        }
+        ApiResponse { status: 200, body: json!({"success": true}), headers: Vec::new() }
     }
 
     pub fn error(status: u16, message: impl Into<String>) -> Self {
-        ApiResponse {
-            status,
-            body: json!({"success": false, "error": message.into()}),
-            headers: Vec::new(),
-        }
+        ApiResponse { status, body: json!({"success": false, "error": message.into()}), headers: Vec::new() }
     }
 }
 
@@ -59,11 +51,9 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     let path = req.path.trim_end_matches('/');
     if path.is_empty() {
         return match req.method {
-            "GET" | "HEAD" => ApiResponse {
-                status: 200,
-                body: json!({"name": "segment-delta", "status": "ok"}),
-                headers: vec![],
-            },
+            "GET" | "HEAD" => {
+                ApiResponse { status: 200, body: json!({"name": "segment-delta", "status": "ok"}), headers: vec![] }
+            }
             _ => ApiResponse::error(405, "only GET is served on /"),
         };
     }
@@ -83,10 +73,7 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
         Some(h) => match body::basic_user(&h) {
             Some(k) => Some(k),
             None => {
-                return ApiResponse::error(
-                    401,
-                    "Authorization must be Basic with the write key as user name",
-                );
+                return ApiResponse::error(401, "Authorization must be Basic with the write key as user name");
             }
         },
         None => None,
@@ -98,15 +85,9 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     }
     let raw_len = req.body.len();
     if raw_len > limits.max_request_bytes {
-        return body_error(BodyError::TooLarge {
-            limit: limits.max_request_bytes,
-        });
+        return body_error(BodyError::TooLarge { limit: limits.max_request_bytes });
     }
-    let data = match body::decode(
-        (req.header)("content-encoding").as_deref(),
-        req.body,
-        limits.max_request_bytes,
-    ) {
+    let data = match body::decode((req.header)("content-encoding").as_deref(), req.body, limits.max_request_bytes) {
         Ok(d) => d,
         Err(e) => return body_error(e),
     };
@@ -125,22 +106,11 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     };
 
     let received_at = now_micros();
-    let arrival = Arrival {
-        received_at,
-        context: parsed.context.as_ref(),
-        keep_received_at: false,
-    };
+    let arrival =
+        Arrival { received_at, context: parsed.context.as_ref(), keep_received_at: false, sent_at: parsed.sent_at };
     let implied_type = (!batch).then_some(endpoint);
-    let events: Vec<Mapped> = parsed
-        .events
-        .iter()
-        .map(|raw| map_raw(raw, &arrival, implied_type))
-        .collect();
-    let submission = Submission {
-        schema: schema.to_string(),
-        events,
-        bytes: data.len(),
-    };
+    let events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
+    let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
     match state.batcher.submit(submission).await {
         Ok(()) => ApiResponse::ok(),
         Err(e) => submit_error(&e),
@@ -148,17 +118,9 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
 }
 
 /// Maps one raw event; anything that cannot be read lands whole in `discards`.
-pub fn map_raw(
-    raw: &body::RawEvent<'_>,
-    arrival: &Arrival<'_>,
-    implied_type: Option<&str>,
-) -> Mapped {
+pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Mapped {
     let reject = |reason: String| {
-        let invalid = crate::segment::event::Invalid {
-            reason,
-            message_id: None,
-            table: None,
-        };
+        let invalid = crate::segment::event::Invalid { reason, message_id: None, table: None };
         Mapped::rejected(invalid, raw.text(), arrival.received_at)
     };
     let mut value = match raw.parse() {

@@ -15,17 +15,9 @@ use crate::segment::scan::{self, ScanError};
 pub enum BodyError {
     #[error("request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)")]
     TooLarge { limit: usize },
-    #[error(
-        "event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)"
-    )]
-    EventTooLarge {
-        index: usize,
-        size: usize,
-        limit: usize,
-    },
-    #[error(
-        "batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)"
-    )]
+    #[error("event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)")]
+    EventTooLarge { index: usize, size: usize, limit: usize },
+    #[error("batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)")]
     TooManyEvents { count: usize, limit: usize },
     #[error("body is not valid gzip: {0}")]
     Gzip(String),
@@ -120,13 +112,11 @@ pub struct Parsed<'a> {
     pub events: Vec<RawEvent<'a>>,
     pub write_key: Option<String>,
     pub context: Option<Map<String, Value>>,
+    /// A batch body's `sentAt`, for the events that carry none of their own.
+    pub sent_at: Option<crate::segment::time::Micros>,
 }
 
-fn field<T: serde::de::DeserializeOwned>(
-    body: &[u8],
-    r: std::ops::Range<usize>,
-    what: &str,
-) -> Result<T, BodyError> {
+fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>, what: &str) -> Result<T, BodyError> {
     serde_json::from_slice(&body[r]).map_err(|e| BodyError::Shape(format!("{what}: {e}")))
 }
 
@@ -139,57 +129,39 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     };
     if !batch {
         if body.len() > limits.max_event_bytes {
-            return Err(BodyError::EventTooLarge {
-                index: 0,
-                size: body.len(),
-                limit: limits.max_event_bytes,
-            });
+            return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
         }
-        return Ok(Parsed {
-            events: vec![RawEvent { bytes: body }],
-            write_key,
-            context: None,
-        });
+        return Ok(Parsed { events: vec![RawEvent { bytes: body }], write_key, context: None, sent_at: None });
     }
     let Some(range) = top.get("batch") else {
-        return Err(BodyError::Shape(
-            "a batch body needs a \"batch\" array".into(),
-        ));
+        return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
     };
     if body.get(range.start) != Some(&b'[') {
         return Err(BodyError::Shape("\"batch\" must be an array".into()));
     }
     let items = scan::array_items(body, range)?;
     if items.len() > limits.max_batch_events {
-        return Err(BodyError::TooManyEvents {
-            count: items.len(),
-            limit: limits.max_batch_events,
-        });
+        return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
     }
-    if let Some((index, r)) = items
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.len() > limits.max_event_bytes)
-    {
-        return Err(BodyError::EventTooLarge {
-            index,
-            size: r.len(),
-            limit: limits.max_event_bytes,
-        });
+    if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
+        return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
     }
     let context = match top.get("context") {
         Some(r) => field::<Option<Map<String, Value>>>(body, r, "context must be an object")?,
         None => None,
     };
-    let events = items
-        .into_iter()
-        .map(|r| RawEvent { bytes: &body[r] })
-        .collect();
-    Ok(Parsed {
-        events,
-        write_key,
-        context,
-    })
+    let sent_at = match top.get("sentAt") {
+        Some(r) => match field::<Option<String>>(body, r, "sentAt must be a string")? {
+            Some(s) => Some(
+                crate::segment::time::parse_timestamp(&s)
+                    .ok_or_else(|| BodyError::Shape(format!("sentAt {s:?} is not an ISO-8601 date-time")))?,
+            ),
+            None => None,
+        },
+        None => None,
+    };
+    let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
+    Ok(Parsed { events, write_key, context, sent_at })
 }
 
 #[cfg(test)]
@@ -207,51 +179,28 @@ mod tests {
     #[test]
     fn gzip_is_bounded_after_decompression() {
         let data = vec![b' '; 10_000];
-        assert_eq!(
-            decode(Some("gzip"), gz(&data), 10_000).unwrap().len(),
-            10_000
-        );
-        assert_eq!(
-            decode(Some("gzip"), gz(&data), 9_999),
-            Err(BodyError::TooLarge { limit: 9_999 })
-        );
-        assert!(matches!(
-            decode(Some("gzip"), b"not gzip".to_vec(), 100),
-            Err(BodyError::Gzip(_))
-        ));
-        assert_eq!(
-            decode(Some("br"), vec![], 100),
-            Err(BodyError::Encoding("br".into()))
-        );
+        assert_eq!(decode(Some("gzip"), gz(&data), 10_000).unwrap().len(), 10_000);
+        assert_eq!(decode(Some("gzip"), gz(&data), 9_999), Err(BodyError::TooLarge { limit: 9_999 }));
+        assert!(matches!(decode(Some("gzip"), b"not gzip".to_vec(), 100), Err(BodyError::Gzip(_))));
+        assert_eq!(decode(Some("br"), vec![], 100), Err(BodyError::Encoding("br".into())));
     }
 
     #[test]
     fn basic_auth_with_or_without_colon() {
-        assert_eq!(
-            basic_user(&format!("Basic {}", STANDARD.encode("KEY:"))).as_deref(),
-            Some("KEY")
-        );
-        assert_eq!(
-            basic_user(&format!("basic {}", STANDARD.encode("KEY"))).as_deref(),
-            Some("KEY")
-        );
+        assert_eq!(basic_user(&format!("Basic {}", STANDARD.encode("KEY:"))).as_deref(), Some("KEY"));
+        assert_eq!(basic_user(&format!("basic {}", STANDARD.encode("KEY"))).as_deref(), Some("KEY"));
         assert_eq!(basic_user("Bearer abc"), None);
         assert_eq!(basic_user("Basic !!!"), None);
     }
 
     #[test]
     fn limits_name_the_setting() {
-        let limits = Limits {
-            max_event_bytes: 20,
-            max_request_bytes: 1000,
-            max_batch_events: 2,
-        };
+        let limits = Limits { max_event_bytes: 20, max_request_bytes: 1000, max_batch_events: 2 };
         let e = split(br#"{"batch":[{},{},{}]}"#, true, &limits).unwrap_err();
         assert_eq!(e, BodyError::TooManyEvents { count: 3, limit: 2 });
         let e = split(br#"{"batch":[{},{"a":"0123456789012345"}]}"#, true, &limits).unwrap_err();
         assert!(
-            e.to_string().contains("event 1 is 24 bytes")
-                && e.to_string().contains("SEGMENT_DELTA_MAX_EVENT_BYTES")
+            e.to_string().contains("event 1 is 24 bytes") && e.to_string().contains("SEGMENT_DELTA_MAX_EVENT_BYTES")
         );
         let e = split(br#"{"batch":{}}"#, true, &limits).unwrap_err();
         assert_eq!(e.to_string(), "\"batch\" must be an array");
@@ -259,7 +208,8 @@ mod tests {
 
     #[test]
     fn bad_items_fail_alone() {
-        let body = b"{\"batch\":[{\"a\":1},{\"b\":\"\xff\"},{\"c\":tru}],\"writeKey\":\"K\",\"context\":{\"ip\":\"1\"}}";
+        let body =
+            b"{\"batch\":[{\"a\":1},{\"b\":\"\xff\"},{\"c\":tru}],\"writeKey\":\"K\",\"context\":{\"ip\":\"1\"}}";
         let p = split(body, true, &Limits::default()).unwrap();
         assert_eq!(p.write_key.as_deref(), Some("K"));
         assert_eq!(p.context.unwrap()["ip"], "1");
@@ -269,11 +219,7 @@ mod tests {
         assert!(p.events[2].parse().unwrap_err().contains("not valid JSON"));
         let deep = format!("{{\"p\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert_eq!(
-            RawEvent {
-                bytes: deep.as_bytes()
-            }
-            .parse()
-            .unwrap_err(),
+            RawEvent { bytes: deep.as_bytes() }.parse().unwrap_err(),
             "the event is nested more than 128 levels deep"
         );
     }

@@ -45,10 +45,7 @@ fn request_path(d: &HttpData) -> String {
     if let Some(p) = d.params.get("path").and_then(Value::as_str) {
         return format!("/v1/{}", p.trim_start_matches('/'));
     }
-    let after_scheme = d
-        .url
-        .split_once("://")
-        .map_or(d.url.as_str(), |(_, rest)| rest);
+    let after_scheme = d.url.split_once("://").map_or(d.url.as_str(), |(_, rest)| rest);
     let path = after_scheme.find('/').map_or("/", |i| &after_scheme[i..]);
     path.split(['?', '#']).next().unwrap_or("/").to_string()
 }
@@ -58,17 +55,11 @@ pub async fn http_invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
     let invocation: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
-            return (
-                400,
-                json!({"success": false, "error": format!("invocation is not valid JSON: {e}")}),
-            );
+            return (400, json!({"success": false, "error": format!("invocation is not valid JSON: {e}")}));
         }
     };
     let Some(req) = invocation.pointer("/Data/req") else {
-        return (
-            400,
-            json!({"success": false, "error": "invocation has no Data.req"}),
-        );
+        return (400, json!({"success": false, "error": "invocation has no Data.req"}));
     };
     // The host may double-encode values it cannot turn into objects.
     let req = match req {
@@ -78,46 +69,21 @@ pub async fn http_invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
     let data: HttpData = match serde_json::from_value(req) {
         Ok(d) => d,
         Err(e) => {
-            return (
-                400,
-                json!({"success": false, "error": format!("Data.req: {e}")}),
-            );
+            return (400, json!({"success": false, "error": format!("Data.req: {e}")}));
         }
     };
-    let headers: HashMap<String, String> = data
-        .headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_text(v)?)))
-        .collect();
+    let headers: HashMap<String, String> =
+        data.headers.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_text(v)?))).collect();
     let body = match &data.body {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => s.clone().into_bytes(),
         Some(other) => other.to_string().into_bytes(),
     };
     let path = request_path(&data);
-    let method = if data.method.is_empty() {
-        "POST".to_string()
-    } else {
-        data.method.to_ascii_uppercase()
-    };
+    let method = if data.method.is_empty() { "POST".to_string() } else { data.method.to_ascii_uppercase() };
     let lookup = |name: &str| headers.get(name).cloned();
-    let res = api::handle(
-        state,
-        ApiRequest {
-            method: &method,
-            path: &path,
-            header: &lookup,
-            body,
-        },
-    )
-    .await;
-    (
-        200,
-        invocation_answer(
-            json!({"res": http_output(&res)}),
-            vec![format!("{method} {path} -> {}", res.status)],
-        ),
-    )
+    let res = api::handle(state, ApiRequest { method: &method, path: &path, header: &lookup, body }).await;
+    (200, invocation_answer(json!({"res": http_output(&res)}), vec![format!("{method} {path} -> {}", res.status)]))
 }
 
 fn http_output(res: &ApiResponse) -> Value {

@@ -19,8 +19,7 @@ fn reply(status: u16, body: String, headers: &[(&'static str, String)]) -> Respo
     for (k, v) in headers {
         r = r.header(*k, v);
     }
-    r.body(body)
-        .unwrap_or_else(|_| Response::new(String::new()))
+    r.body(body).unwrap_or_else(|_| Response::new(String::new()))
 }
 
 fn to_reply(res: ApiResponse) -> Response<String> {
@@ -34,18 +33,15 @@ async fn read_body(
 ) -> Result<Vec<u8>, ApiResponse> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let mut chunk = chunk.map_err(|e| {
-            ApiResponse::error(400, format!("could not read the request body: {e}"))
-        })?;
+        let mut chunk = chunk.map_err(|e| ApiResponse::error(400, format!("could not read the request body: {e}")))?;
         while chunk.has_remaining() {
             let part = chunk.chunk();
             if body.len() + part.len() > limit {
-                return Err(ApiResponse::error(
-                    413,
-                    format!(
-                        "request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)"
-                    ),
-                ));
+                let message = format!("request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)");
+                let mut res = ApiResponse::error(413, message);
+                // The rest of the body is never read, so the connection cannot carry another request.
+                res.headers.push(("connection", "close".into()));
+                return Err(res);
             }
             body.extend_from_slice(part);
             let n = part.len();
@@ -56,9 +52,7 @@ async fn read_body(
 }
 
 /// Every route of the handler.
-pub fn routes(
-    state: AppState,
-) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone {
+pub fn routes(state: AppState) -> impl Filter<Extract = (Response<String>,), Error = warp::Rejection> + Clone {
     warp::any()
         .and(warp::method())
         .and(warp::path::full())
@@ -94,22 +88,8 @@ async fn serve_one(
         let (status, answer) = functions::http_invocation(state, &body).await;
         return reply(status, answer.to_string(), &[]);
     }
-    let lookup = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-    };
-    let res = api::handle(
-        state,
-        ApiRequest {
-            method: method.as_str(),
-            path,
-            header: &lookup,
-            body,
-        },
-    )
-    .await;
+    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let res = api::handle(state, ApiRequest { method: method.as_str(), path, header: &lookup, body }).await;
     if res.status >= 500 {
         tracing::warn!(path, status = res.status, error = %res.body["error"], "request failed");
     }

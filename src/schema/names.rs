@@ -63,9 +63,7 @@ pub fn snake_case(s: &str) -> String {
     out.push_str(&s[..head]);
 
     let mut i = head;
-    if bytes[i].is_ascii_uppercase()
-        && (!head_has_lower || (head_has_underscore && !lower_since_underscore))
-    {
+    if bytes[i].is_ascii_uppercase() && (!head_has_lower || (head_has_underscore && !lower_since_underscore)) {
         // Continue the head's last word instead of starting a new one.
         i = push_word(bytes, i, &mut out);
     }
@@ -119,10 +117,7 @@ mod tests {
         ("sample_text", "sample_text"),
         ("sample___text", "sample_text"),
         ("sampleText", "sample_text"),
-        (
-            "inviteYourCustomersAddInvites",
-            "invite_your_customers_add_invites",
-        ),
+        ("inviteYourCustomersAddInvites", "invite_your_customers_add_invites"),
         ("sample 2 Text", "sample_2_text"),
         ("   sample   2    Text   ", "sample_2_text"),
         ("   $#$sample   2    Text   ", "sample_2_text"),
@@ -250,11 +245,7 @@ mod tests {
             let out = snake_case(input);
             assert!(!out.starts_with('_') && !out.ends_with('_'), "{out:?}");
             assert!(!out.contains("__"), "{out:?}");
-            assert!(
-                out.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
-                "{out:?}"
-            );
+            assert!(out.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{out:?}");
         }
     }
 

@@ -15,17 +15,8 @@ use crate::segment::time::Micros;
 pub const MAX_NAME_LEN: usize = 255;
 
 /// Table names the loader owns; an event named like one of them gets a leading underscore.
-pub const RESERVED_TABLES: &[&str] = &[
-    "tracks",
-    "identifies",
-    "users",
-    "pages",
-    "screens",
-    "groups",
-    "aliases",
-    "accounts",
-    "discards",
-];
+pub const RESERVED_TABLES: &[&str] =
+    &["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "accounts", "discards"];
 
 /// Which fixed columns a table has beyond the dynamic ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,11 +81,20 @@ impl TableKind {
     }
 }
 
+/// Where a row came from in an ordered stream (an Event Hub partition): written with the commit as a Delta
+/// `txn` action so that a redelivered event is recognised and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offset {
+    pub app_id: Arc<str>,
+    pub seq: i64,
+}
+
 /// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub id: Arc<str>,
     pub cols: Vec<(Arc<str>, Scalar)>,
+    pub offset: Option<Offset>,
 }
 
 /// A value, or a whole event, that could not be stored as sent.
@@ -121,6 +121,7 @@ impl Discard {
                 ("reason".into(), text(self.reason)),
                 ("received_at".into(), Scalar::from(self.received_at)),
             ],
+            offset: None,
         }
     }
 }
@@ -161,20 +162,12 @@ impl Mapped {
 pub fn event_table(name: &str) -> Result<String, String> {
     let t = snake_case(name);
     if t.is_empty() {
-        return Err(format!(
-            "event name {name:?} has no letter or digit to make a table name from"
-        ));
+        return Err(format!("event name {name:?} has no letter or digit to make a table name from"));
     }
     if t.len() > MAX_NAME_LEN {
-        return Err(format!(
-            "event name gives a table name longer than {MAX_NAME_LEN} characters"
-        ));
+        return Err(format!("event name gives a table name longer than {MAX_NAME_LEN} characters"));
     }
-    Ok(if RESERVED_TABLES.contains(&t.as_str()) {
-        format!("_{t}")
-    } else {
-        t
-    })
+    Ok(if RESERVED_TABLES.contains(&t.as_str()) { format!("_{t}") } else { t })
 }
 
 /// Which source of a column wins when two fill the same name: earlier sources always win.
@@ -221,37 +214,20 @@ impl RowBuilder<'_> {
             return self.discard(path, value.to_text(), reason);
         }
         if column.len() > MAX_NAME_LEN {
-            let reason =
-                format!("{path:?} gives a column name longer than {MAX_NAME_LEN} characters");
+            let reason = format!("{path:?} gives a column name longer than {MAX_NAME_LEN} characters");
             return self.discard(&column, value.to_text(), reason);
         }
         let Some(slot) = self.slots.get(&column) else {
-            self.slots.insert(
-                column.clone(),
-                Slot {
-                    index: self.cols.len(),
-                    source,
-                    path: path.to_string(),
-                },
-            );
+            self.slots.insert(column.clone(), Slot { index: self.cols.len(), source, path: path.to_string() });
             self.cols.push((column.into(), value));
             return;
         };
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
-        let rank = |p: &str| {
-            (
-                p == column,
-                p.replace('.', "_") == column,
-                std::cmp::Reverse(p.to_string()),
-            )
-        };
+        let rank = |p: &str| (p == column, p.replace('.', "_") == column, std::cmp::Reverse(p.to_string()));
         let new_wins = source == slot.source && rank(path) > rank(&slot.path);
         let (winner, loser_path, loser_value) = if new_wins {
             let index = slot.index;
-            let old_path = std::mem::replace(
-                &mut self.slots.get_mut(&column).expect("slot").path,
-                path.to_string(),
-            );
+            let old_path = std::mem::replace(&mut self.slots.get_mut(&column).expect("slot").path, path.to_string());
             let old = std::mem::replace(&mut self.cols[index].1, value);
             (path.to_string(), old_path, old)
         } else {
@@ -268,11 +244,7 @@ impl RowBuilder<'_> {
     /// Flattens an object with `_`; arrays are kept as JSON text.
     fn flatten(&mut self, source: Source, prefix: &str, obj: &Map<String, Value>) {
         for (k, v) in obj {
-            let path = if prefix.is_empty() {
-                k.clone()
-            } else {
-                format!("{prefix}.{k}")
-            };
+            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
             match v {
                 Value::Object(inner) => self.flatten(source, &path, inner),
                 other => {
@@ -323,11 +295,7 @@ pub fn map_event(event: Event) -> Mapped {
         _ => None,
     };
 
-    let mut tables = vec![(
-        kind.table().to_string(),
-        TableKind::of(kind),
-        kind != EventType::Track,
-    )];
+    let mut tables = vec![(kind.table().to_string(), TableKind::of(kind), kind != EventType::Track)];
     if let Some(t) = own_table {
         tables.push((t, TableKind::Event, true));
     }
@@ -348,62 +316,23 @@ pub fn map_event(event: Event) -> Mapped {
             ("received_at", Some(event.received_at.into())),
             ("sent_at", event.sent_at.map(Scalar::from)),
             ("timestamp", Some(event.timestamp.into())),
-            (
-                "original_timestamp",
-                event.original_timestamp.map(Scalar::from),
-            ),
+            ("original_timestamp", event.original_timestamp.map(Scalar::from)),
             (
                 "event",
-                event
-                    .event
-                    .as_deref()
-                    .and_then(|e| event_table(e).ok())
-                    .map(|t| text(t.trim_start_matches('_'))),
+                event.event.as_deref().and_then(|e| event_table(e).ok()).map(|t| text(t.trim_start_matches('_'))),
             ),
             ("event_text", event.event.as_deref().map(text)),
-            (
-                "name",
-                event
-                    .name
-                    .as_deref()
-                    .filter(|_| matches!(kind, EventType::Page | EventType::Screen))
-                    .map(text),
-            ),
+            ("name", event.name.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
             (
                 "category",
-                event
-                    .category
-                    .as_deref()
-                    .filter(|_| matches!(kind, EventType::Page | EventType::Screen))
-                    .map(text),
+                event.category.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text),
             ),
-            (
-                "group_id",
-                event
-                    .group_id
-                    .as_deref()
-                    .filter(|_| kind == EventType::Group)
-                    .map(text),
-            ),
-            (
-                "previous_id",
-                event
-                    .previous_id
-                    .as_deref()
-                    .filter(|_| kind == EventType::Alias)
-                    .map(text),
-            ),
+            ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
+            ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
         ];
         // Every fixed column of the table is reserved, whether this event fills it or not.
         for (name, _) in table_kind.fixed_columns() {
-            b.slots.insert(
-                name.to_string(),
-                Slot {
-                    index: usize::MAX,
-                    source: Source::Fixed,
-                    path: name.to_string(),
-                },
-            );
+            b.slots.insert(name.to_string(), Slot { index: usize::MAX, source: Source::Fixed, path: name.to_string() });
         }
         for (name, value) in fixed {
             if let (Some(v), Some(slot)) = (value, b.slots.get_mut(name)) {
@@ -416,14 +345,7 @@ pub fn map_event(event: Event) -> Mapped {
             b.flatten(Source::Payload, "", &event.payload);
         }
         let cols = b.cols;
-        out.rows.push(TableRow {
-            table,
-            kind: table_kind,
-            row: Row {
-                id: id.clone(),
-                cols,
-            },
-        });
+        out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols, offset: None } });
     }
     for p in event.problems {
         out.discards.push(Discard {
@@ -447,203 +369,101 @@ mod tests {
     const NOW: Micros = 1_793_534_460_000_000;
 
     fn map(v: Value) -> Mapped {
-        let arrival = Arrival {
-            received_at: NOW,
-            context: None,
-            keep_received_at: false,
-        };
+        let arrival = Arrival { received_at: NOW, context: None, keep_received_at: false, sent_at: None };
         map_event(Event::from_json(v, &arrival).expect("valid"))
     }
 
     fn cols(m: &Mapped, table: &str) -> Vec<(String, Scalar)> {
-        let r = m
-            .rows
-            .iter()
-            .find(|r| r.table == table)
-            .unwrap_or_else(|| panic!("no row for {table}"));
-        r.row
-            .cols
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.clone()))
-            .collect()
+        let r = m.rows.iter().find(|r| r.table == table).unwrap_or_else(|| panic!("no row for {table}"));
+        r.row.cols.iter().map(|(n, v)| (n.to_string(), v.clone())).collect()
     }
 
     fn get(m: &Mapped, table: &str, col: &str) -> Option<Scalar> {
-        cols(m, table)
-            .into_iter()
-            .find(|(n, _)| n == col)
-            .map(|(_, v)| v)
+        cols(m, table).into_iter().find(|(n, _)| n == col).map(|(_, v)| v)
     }
 
     #[test]
     fn track_goes_to_tracks_and_its_own_table() {
-        let m = map(
-            json!({"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
+        let m = map(json!({"type": "track", "event": "Order Completed", "userId": "u1", "messageId": "m1",
             "properties": {"revenue": 9.5, "item Count": 2, "isFirstTime": true,
                            "shipping": {"address": {"city": "Berlin"}}, "products": [{"sku": "a"}], "coupon": null},
-            "context": {"library": {"name": "analytics.js"}, "userAgent": "UA"}}),
-        );
+            "context": {"library": {"name": "analytics.js"}, "userAgent": "UA"}}));
         assert_eq!(
-            m.rows
-                .iter()
-                .map(|r| (r.table.as_str(), r.kind))
-                .collect::<Vec<_>>(),
-            vec![
-                ("tracks", TableKind::Tracks),
-                ("order_completed", TableKind::Event)
-            ]
+            m.rows.iter().map(|r| (r.table.as_str(), r.kind)).collect::<Vec<_>>(),
+            vec![("tracks", TableKind::Tracks), ("order_completed", TableKind::Event)]
         );
-        assert_eq!(
-            get(&m, "tracks", "revenue"),
-            None,
-            "tracks holds no properties"
-        );
-        assert_eq!(
-            get(&m, "tracks", "event"),
-            Some(Scalar::Str("order_completed".into()))
-        );
-        assert_eq!(
-            get(&m, "tracks", "event_text"),
-            Some(Scalar::Str("Order Completed".into()))
-        );
-        assert_eq!(
-            get(&m, "tracks", "context_library_name"),
-            Some(Scalar::Str("analytics.js".into()))
-        );
-        assert_eq!(
-            get(&m, "tracks", "context_user_agent"),
-            Some(Scalar::Str("UA".into()))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "revenue"),
-            Some(Scalar::Float(9.5))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "item_count"),
-            Some(Scalar::Int(2))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "is_first_time"),
-            Some(Scalar::Bool(true))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "shipping_address_city"),
-            Some(Scalar::Str("Berlin".into()))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "products"),
-            Some(Scalar::Str(r#"[{"sku":"a"}]"#.into()))
-        );
-        assert_eq!(
-            get(&m, "order_completed", "coupon"),
-            None,
-            "null creates no column"
-        );
-        assert_eq!(
-            get(&m, "order_completed", "id"),
-            Some(Scalar::Str("m1".into()))
-        );
+        assert_eq!(get(&m, "tracks", "revenue"), None, "tracks holds no properties");
+        assert_eq!(get(&m, "tracks", "event"), Some(Scalar::Str("order_completed".into())));
+        assert_eq!(get(&m, "tracks", "event_text"), Some(Scalar::Str("Order Completed".into())));
+        assert_eq!(get(&m, "tracks", "context_library_name"), Some(Scalar::Str("analytics.js".into())));
+        assert_eq!(get(&m, "tracks", "context_user_agent"), Some(Scalar::Str("UA".into())));
+        assert_eq!(get(&m, "order_completed", "revenue"), Some(Scalar::Float(9.5)));
+        assert_eq!(get(&m, "order_completed", "item_count"), Some(Scalar::Int(2)));
+        assert_eq!(get(&m, "order_completed", "is_first_time"), Some(Scalar::Bool(true)));
+        assert_eq!(get(&m, "order_completed", "shipping_address_city"), Some(Scalar::Str("Berlin".into())));
+        assert_eq!(get(&m, "order_completed", "products"), Some(Scalar::Str(r#"[{"sku":"a"}]"#.into())));
+        assert_eq!(get(&m, "order_completed", "coupon"), None, "null creates no column");
+        assert_eq!(get(&m, "order_completed", "id"), Some(Scalar::Str("m1".into())));
         assert!(m.discards.is_empty());
     }
 
     #[test]
     fn each_type_routes_to_its_table() {
         for (v, table, col, want) in [
-            (
-                json!({"type": "identify", "userId": "u", "traits": {"email": "e@x"}}),
-                "identifies",
-                "email",
-                "e@x",
-            ),
+            (json!({"type": "identify", "userId": "u", "traits": {"email": "e@x"}}), "identifies", "email", "e@x"),
             (
                 json!({"type": "page", "userId": "u", "name": "Home", "category": "Docs", "properties": {"path": "/"}}),
                 "pages",
                 "name",
                 "Home",
             ),
-            (
-                json!({"type": "screen", "userId": "u", "name": "Feed"}),
-                "screens",
-                "name",
-                "Feed",
-            ),
+            (json!({"type": "screen", "userId": "u", "name": "Feed"}), "screens", "name", "Feed"),
             (
                 json!({"type": "group", "userId": "u", "groupId": "g1", "traits": {"industry": "x"}}),
                 "groups",
                 "group_id",
                 "g1",
             ),
-            (
-                json!({"type": "alias", "userId": "u", "previousId": "a1"}),
-                "aliases",
-                "previous_id",
-                "a1",
-            ),
+            (json!({"type": "alias", "userId": "u", "previousId": "a1"}), "aliases", "previous_id", "a1"),
         ] {
             let m = map(v);
             assert_eq!(m.rows.len(), 1);
-            assert_eq!(
-                get(&m, table, col),
-                Some(Scalar::Str(want.into())),
-                "{table}.{col}"
-            );
+            assert_eq!(get(&m, table, col), Some(Scalar::Str(want.into())), "{table}.{col}");
         }
     }
 
     #[test]
     fn collisions_are_deterministic_and_never_silent() {
-        for props in [
-            json!({"Plan Name": "a", "plan_name": "b"}),
-            json!({"plan_name": "b", "Plan Name": "a"}),
-        ] {
+        for props in [json!({"Plan Name": "a", "plan_name": "b"}), json!({"plan_name": "b", "Plan Name": "a"})] {
             let m = map(json!({"type": "identify", "userId": "u", "traits": props}));
-            assert_eq!(
-                get(&m, "identifies", "plan_name"),
-                Some(Scalar::Str("b".into()))
-            );
+            assert_eq!(get(&m, "identifies", "plan_name"), Some(Scalar::Str("b".into())));
             assert_eq!(m.discards.len(), 1);
             assert_eq!(m.discards[0].column_value, "a");
-            assert!(
-                m.discards[0]
-                    .reason
-                    .contains("\"Plan Name\" and \"plan_name\" both become column plan_name")
-            );
+            assert!(m.discards[0].reason.contains("\"Plan Name\" and \"plan_name\" both become column plan_name"));
         }
         // Neither spelled like the column: the smaller original key wins, whatever the order.
-        for props in [
-            json!({"Plan-Name": 1, "Plan Name": 2}),
-            json!({"Plan Name": 2, "Plan-Name": 1}),
-        ] {
+        for props in [json!({"Plan-Name": 1, "Plan Name": 2}), json!({"Plan Name": 2, "Plan-Name": 1})] {
             let m = map(json!({"type": "identify", "userId": "u", "traits": props}));
             assert_eq!(get(&m, "identifies", "plan_name"), Some(Scalar::Int(2)));
             assert_eq!(m.discards[0].column_value, "1");
         }
-        let m =
-            map(json!({"type": "identify", "userId": "u", "traits": {"a": {"b": 1}, "a_b": 2}}));
+        let m = map(json!({"type": "identify", "userId": "u", "traits": {"a": {"b": 1}, "a_b": 2}}));
         assert_eq!(get(&m, "identifies", "a_b"), Some(Scalar::Int(2)));
         assert_eq!(m.discards.len(), 1);
     }
 
     #[test]
     fn reserved_columns_are_protected() {
-        let m = map(
-            json!({"type": "track", "event": "E", "userId": "real", "messageId": "m",
+        let m = map(json!({"type": "track", "event": "E", "userId": "real", "messageId": "m",
             "properties": {"user_id": "fake", "id": "x", "receivedAt": "2020-01-01T00:00:00Z", "event": "no", "context_ip": "9"},
-            "context": {"ip": "1.1.1.1"}}),
-        );
+            "context": {"ip": "1.1.1.1"}}));
         assert_eq!(get(&m, "e", "user_id"), Some(Scalar::Str("real".into())));
         assert_eq!(get(&m, "e", "id"), Some(Scalar::Str("m".into())));
         assert_eq!(get(&m, "e", "event"), Some(Scalar::Str("e".into())));
-        assert_eq!(
-            get(&m, "e", "context_ip"),
-            Some(Scalar::Str("1.1.1.1".into()))
-        );
+        assert_eq!(get(&m, "e", "context_ip"), Some(Scalar::Str("1.1.1.1".into())));
         let mut lost: Vec<&str> = m.discards.iter().map(|d| d.column_name.as_str()).collect();
         lost.sort();
-        assert_eq!(
-            lost,
-            vec!["context_ip", "event", "id", "received_at", "user_id"]
-        );
+        assert_eq!(lost, vec!["context_ip", "event", "id", "received_at", "user_id"]);
         // sent_at is reserved even when the event does not fill it.
         let m = map(json!({"type": "identify", "userId": "u", "traits": {"sent_at": "x"}}));
         assert_eq!(get(&m, "identifies", "sent_at"), None);
@@ -658,27 +478,16 @@ mod tests {
         assert_eq!(event_table("discards").unwrap(), "_discards");
         assert!(event_table("$$$").is_err());
         assert!(event_table(&"a".repeat(300)).is_err());
-        let m =
-            map(json!({"type": "track", "event": "!!!", "userId": "u", "properties": {"p": 1}}));
+        let m = map(json!({"type": "track", "event": "!!!", "userId": "u", "properties": {"p": 1}}));
         assert_eq!(m.rows.len(), 1, "still lands in tracks");
-        assert_eq!(
-            m.discards.len(),
-            2,
-            "the name and each property are kept in discards"
-        );
+        assert_eq!(m.discards.len(), 2, "the name and each property are kept in discards");
     }
 
     #[test]
     fn unusable_names_are_discarded() {
-        let m = map(
-            json!({"type": "identify", "userId": "u", "traits": {"$$": 1, "ok": 2, "x": {"": 3}}}),
-        );
+        let m = map(json!({"type": "identify", "userId": "u", "traits": {"$$": 1, "ok": 2, "x": {"": 3}}}));
         assert_eq!(get(&m, "identifies", "ok"), Some(Scalar::Int(2)));
-        assert_eq!(
-            get(&m, "identifies", "x"),
-            Some(Scalar::Int(3)),
-            "an empty nested key adds nothing to the name"
-        );
+        assert_eq!(get(&m, "identifies", "x"), Some(Scalar::Int(3)), "an empty nested key adds nothing to the name");
         assert_eq!(m.discards.len(), 1);
         assert!(m.discards[0].reason.contains("no letter or digit"));
         let long = "k".repeat(300);

@@ -58,11 +58,7 @@ pub struct CastError {
 
 impl fmt::Display for CastError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "a {} value cannot be stored in a {} column without loss",
-            self.from, self.to
-        )
+        write!(f, "a {} value cannot be stored in a {} column without loss", self.from, self.to)
     }
 }
 
@@ -113,9 +109,7 @@ impl Scalar {
         match self {
             Scalar::Bool(b) => b.to_string(),
             Scalar::Int(i) => i.to_string(),
-            Scalar::Float(f) => {
-                serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string())
-            }
+            Scalar::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()),
             Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, s) => s.to_string(),
         }
     }
@@ -153,10 +147,7 @@ impl Scalar {
     }
 
     fn cast_error(&self, to: ColumnType) -> CastError {
-        CastError {
-            from: self.natural_type(),
-            to,
-        }
+        CastError { from: self.natural_type(), to }
     }
 }
 
@@ -183,10 +174,7 @@ mod tests {
         assert_eq!(s(json!(-42)).natural_type(), ColumnType::BigInt);
         assert_eq!(s(json!(4.5)).natural_type(), ColumnType::Double);
         assert_eq!(s(json!("hi")).natural_type(), ColumnType::String);
-        assert_eq!(
-            s(json!("2026-11-01T00:00:00Z")).natural_type(),
-            ColumnType::Timestamp
-        );
+        assert_eq!(s(json!("2026-11-01T00:00:00Z")).natural_type(), ColumnType::Timestamp);
         assert_eq!(s(json!("2026-11-01")).natural_type(), ColumnType::String);
         assert_eq!(s(json!([1, 2])), Scalar::Str("[1,2]".into()));
         assert_eq!(s(json!(u64::MAX)).natural_type(), ColumnType::String);
@@ -204,10 +192,7 @@ mod tests {
         assert!(s(json!("yesterday")).as_timestamp().is_err());
         assert!(s(json!(u64::MAX)).as_bigint().is_err());
         let e = s(json!("abc")).as_double().unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "a STRING value cannot be stored in a DOUBLE column without loss"
-        );
+        assert_eq!(e.to_string(), "a STRING value cannot be stored in a DOUBLE column without loss");
     }
 
     #[test]
@@ -216,10 +201,7 @@ mod tests {
         assert_eq!(s(json!(12)).to_text(), "12");
         assert_eq!(s(json!(1.5)).to_text(), "1.5");
         assert_eq!(s(json!(u64::MAX)).to_text(), "18446744073709551615");
-        assert_eq!(
-            s(json!("2026-11-01T00:00:00.000Z")).to_text(),
-            "2026-11-01T00:00:00.000Z"
-        );
+        assert_eq!(s(json!("2026-11-01T00:00:00.000Z")).to_text(), "2026-11-01T00:00:00.000Z");
         assert_eq!(s(json!({"a": [1]})).to_text(), r#"{"a":[1]}"#);
     }
 }

@@ -8,15 +8,8 @@ use crate::segment::time::{Micros, corrected_timestamp, parse_timestamp};
 pub const MAX_MESSAGE_ID_CHARS: usize = 100;
 
 /// Top-level fields SDKs send for routing or bookkeeping; Segment stores none of them.
-const IGNORED_FIELDS: &[&str] = &[
-    "integrations",
-    "writeKey",
-    "_metadata",
-    "channel",
-    "version",
-    "projectId",
-    "options",
-];
+const IGNORED_FIELDS: &[&str] =
+    &["integrations", "writeKey", "_metadata", "channel", "version", "projectId", "options"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventType {
@@ -62,6 +55,8 @@ pub struct Arrival<'a> {
     pub context: Option<&'a Map<String, Value>>,
     /// Backfills keep the `receivedAt` recorded in the file; live traffic uses the arrival time.
     pub keep_received_at: bool,
+    /// A batch body's `sentAt`, which SDKs send once for all its events.
+    pub sent_at: Option<Micros>,
 }
 
 /// A field the event carried that cannot be stored as sent; the rest of the event still lands.
@@ -135,68 +130,47 @@ fn merge_under(over: &mut Map<String, Value>, base: &Map<String, Value>) {
 impl Event {
     pub fn from_json(v: Value, arrival: &Arrival<'_>) -> Result<Event, Invalid> {
         let Value::Object(mut obj) = v else {
-            return Err(Invalid {
-                reason: "an event must be a JSON object".into(),
-                message_id: None,
-                table: None,
-            });
+            return Err(Invalid { reason: "an event must be a JSON object".into(), message_id: None, table: None });
         };
         let message_id = match obj.get("messageId").map(id_text) {
             Some(Ok(Some(id))) => Some(id),
             Some(Ok(None)) | None => None,
             Some(Err(())) => {
-                return Err(Invalid {
-                    reason: "messageId must be a string".into(),
-                    message_id: None,
-                    table: None,
-                });
+                return Err(Invalid { reason: "messageId must be a string".into(), message_id: None, table: None });
             }
         };
-        let invalid = |reason: String, table: Option<&'static str>| Invalid {
-            reason,
-            message_id: message_id.clone(),
-            table,
-        };
+        let invalid =
+            |reason: String, table: Option<&'static str>| Invalid { reason, message_id: message_id.clone(), table };
         let kind = match obj.get("type") {
-            Some(Value::String(t)) => EventType::parse(t)
-                .ok_or_else(|| invalid(format!("unknown event type {t:?}: expected track, identify, page, screen, group or alias"), None))?,
+            Some(Value::String(t)) => EventType::parse(t).ok_or_else(|| {
+                invalid(
+                    format!("unknown event type {t:?}: expected track, identify, page, screen, group or alias"),
+                    None,
+                )
+            })?,
             Some(_) => return Err(invalid("type must be a string".into(), None)),
             None => return Err(invalid("the event has no type".into(), None)),
         };
         let table = Some(kind.table());
-        if message_id
-            .as_ref()
-            .is_some_and(|id| id.chars().count() > MAX_MESSAGE_ID_CHARS)
-        {
-            return Err(invalid(
-                format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"),
-                table,
-            ));
+        if message_id.as_ref().is_some_and(|id| id.chars().count() > MAX_MESSAGE_ID_CHARS) {
+            return Err(invalid(format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"), table));
         }
         let text_field = |name: &str| -> Result<Option<String>, Invalid> {
             match obj.get(name).map(id_text) {
                 None => Ok(None),
                 Some(Ok(v)) => Ok(v),
-                Some(Err(())) => Err(invalid(
-                    format!("{name} must be a string or a number"),
-                    table,
-                )),
+                Some(Err(())) => Err(invalid(format!("{name} must be a string or a number"), table)),
             }
         };
         let screen_or_page = matches!(kind, EventType::Page | EventType::Screen);
         let user_id = text_field("userId")?;
         let anonymous_id = text_field("anonymousId")?;
         if user_id.is_none() && anonymous_id.is_none() {
-            return Err(invalid(
-                "the event has neither userId nor anonymousId".into(),
-                table,
-            ));
+            return Err(invalid("the event has neither userId nor anonymousId".into(), table));
         }
         let mut event = Event {
             kind,
-            message_id: message_id
-                .clone()
-                .unwrap_or_else(|| format!("api-{}", uuid::Uuid::new_v4())),
+            message_id: message_id.clone().unwrap_or_else(|| format!("api-{}", uuid::Uuid::new_v4())),
             user_id,
             anonymous_id,
             received_at: arrival.received_at,
@@ -204,26 +178,10 @@ impl Event {
             original_timestamp: None,
             timestamp: arrival.received_at,
             event: None,
-            name: if screen_or_page {
-                text_field("name")?
-            } else {
-                None
-            },
-            category: if screen_or_page {
-                text_field("category")?
-            } else {
-                None
-            },
-            group_id: if kind == EventType::Group {
-                text_field("groupId")?
-            } else {
-                None
-            },
-            previous_id: if kind == EventType::Alias {
-                text_field("previousId")?
-            } else {
-                None
-            },
+            name: if screen_or_page { text_field("name")? } else { None },
+            category: if screen_or_page { text_field("category")? } else { None },
+            group_id: if kind == EventType::Group { text_field("groupId")? } else { None },
+            previous_id: if kind == EventType::Alias { text_field("previousId")? } else { None },
             context: Map::new(),
             payload: Map::new(),
             problems: Vec::new(),
@@ -232,10 +190,7 @@ impl Event {
             EventType::Track => match obj.get("event") {
                 Some(Value::String(e)) if !e.is_empty() => event.event = Some(e.clone()),
                 Some(Value::String(_)) | Some(Value::Null) | None => {
-                    return Err(invalid(
-                        "a track event needs a non-empty event name".into(),
-                        table,
-                    ));
+                    return Err(invalid("a track event needs a non-empty event name".into(), table));
                 }
                 Some(_) => return Err(invalid("event must be a string".into(), table)),
             },
@@ -255,8 +210,8 @@ impl Event {
         };
         for (key, value) in std::mem::take(&mut obj) {
             match key.as_str() {
-                "type" | "messageId" | "userId" | "anonymousId" | "timestamp"
-                | "originalTimestamp" | "sentAt" | "receivedAt" => {
+                "type" | "messageId" | "userId" | "anonymousId" | "timestamp" | "originalTimestamp" | "sentAt"
+                | "receivedAt" => {
                     obj.insert(key, value);
                 }
                 "event" if kind == EventType::Track => {}
@@ -268,10 +223,7 @@ impl Event {
                 k if IGNORED_FIELDS.contains(&k) => {}
                 _ if value.is_null() => {}
                 _ => event.problems.push(FieldProblem {
-                    reason: format!(
-                        "{key:?} is not a field of a {} event",
-                        payload_key_type(kind)
-                    ),
+                    reason: format!("{key:?} is not a field of a {} event", payload_key_type(kind)),
                     field: key,
                     value: value.to_string(),
                 }),
@@ -281,27 +233,15 @@ impl Event {
             merge_under(&mut event.context, base);
         }
 
-        let received_at = if arrival.keep_received_at {
-            event.time(&obj, "receivedAt")
-        } else {
-            None
-        };
+        let received_at = if arrival.keep_received_at { event.time(&obj, "receivedAt") } else { None };
         event.received_at = received_at.unwrap_or(arrival.received_at);
-        event.sent_at = event.time(&obj, "sentAt");
-        event.original_timestamp = event
-            .time(&obj, "timestamp")
-            .or_else(|| event.time(&obj, "originalTimestamp"));
-        event.timestamp =
-            corrected_timestamp(event.received_at, event.sent_at, event.original_timestamp);
+        event.sent_at = event.time(&obj, "sentAt").or(arrival.sent_at);
+        event.original_timestamp = event.time(&obj, "timestamp").or_else(|| event.time(&obj, "originalTimestamp"));
+        event.timestamp = corrected_timestamp(event.received_at, event.sent_at, event.original_timestamp);
         Ok(event)
     }
 
-    fn take_object(
-        &mut self,
-        key: String,
-        value: Value,
-        slot: impl FnOnce(&mut Self) -> &mut Map<String, Value>,
-    ) {
+    fn take_object(&mut self, key: String, value: Value, slot: impl FnOnce(&mut Self) -> &mut Map<String, Value>) {
         match value {
             Value::Object(m) => *slot(self) = m,
             Value::Null => {}
@@ -322,9 +262,7 @@ impl Event {
             other => {
                 self.problems.push(FieldProblem {
                     field: field.to_string(),
-                    value: other
-                        .as_str()
-                        .map_or_else(|| other.to_string(), str::to_string),
+                    value: other.as_str().map_or_else(|| other.to_string(), str::to_string),
                     reason: format!("{field} is not an ISO-8601 date-time"),
                 });
                 None
@@ -352,11 +290,7 @@ mod tests {
     const NOW: Micros = 1_793_534_460_000_000; // 2026-11-01T12:01:00Z
 
     fn arrival() -> Arrival<'static> {
-        Arrival {
-            received_at: NOW,
-            context: None,
-            keep_received_at: false,
-        }
+        Arrival { received_at: NOW, context: None, keep_received_at: false, sent_at: None }
     }
 
     fn ok(v: Value) -> Event {
@@ -364,42 +298,22 @@ mod tests {
     }
 
     fn bad(v: Value) -> String {
-        Event::from_json(v, &arrival())
-            .expect_err("invalid event")
-            .reason
+        Event::from_json(v, &arrival()).expect_err("invalid event").reason
     }
 
     #[test]
     fn validates_like_segment() {
-        assert_eq!(
-            bad(json!({"type": "track", "event": "X"})),
-            "the event has neither userId nor anonymousId"
-        );
-        assert_eq!(
-            bad(json!({"type": "track", "userId": "u"})),
-            "a track event needs a non-empty event name"
-        );
+        assert_eq!(bad(json!({"type": "track", "event": "X"})), "the event has neither userId nor anonymousId");
+        assert_eq!(bad(json!({"type": "track", "userId": "u"})), "a track event needs a non-empty event name");
         assert_eq!(
             bad(json!({"type": "track", "userId": "u", "event": ""})),
             "a track event needs a non-empty event name"
         );
-        assert!(
-            bad(json!({"type": "click", "userId": "u"}))
-                .starts_with("unknown event type \"click\"")
-        );
+        assert!(bad(json!({"type": "click", "userId": "u"})).starts_with("unknown event type \"click\""));
         assert_eq!(bad(json!({"userId": "u"})), "the event has no type");
-        assert_eq!(
-            bad(json!({"type": "group", "userId": "u"})),
-            "a group event needs a groupId"
-        );
-        assert_eq!(
-            bad(json!({"type": "alias", "userId": "u"})),
-            "an alias event needs a previousId"
-        );
-        assert_eq!(
-            bad(json!({"type": "identify", "userId": {"a": 1}})),
-            "userId must be a string or a number"
-        );
+        assert_eq!(bad(json!({"type": "group", "userId": "u"})), "a group event needs a groupId");
+        assert_eq!(bad(json!({"type": "alias", "userId": "u"})), "an alias event needs a previousId");
+        assert_eq!(bad(json!({"type": "identify", "userId": {"a": 1}})), "userId must be a string or a number");
         assert_eq!(bad(json!([1])), "an event must be a JSON object");
         let long = "m".repeat(101);
         assert_eq!(
@@ -415,47 +329,22 @@ mod tests {
     fn corrects_clock_skew() {
         let e = ok(json!({"type": "track", "event": "E", "anonymousId": "a",
             "timestamp": "2026-11-01T12:10:00Z", "sentAt": "2026-11-01T12:11:00Z"}));
-        assert_eq!(
-            e.timestamp,
-            parse_timestamp("2026-11-01T12:00:00Z").unwrap()
-        );
-        assert_eq!(
-            e.original_timestamp,
-            parse_timestamp("2026-11-01T12:10:00Z")
-        );
+        assert_eq!(e.timestamp, parse_timestamp("2026-11-01T12:00:00Z").unwrap());
+        assert_eq!(e.original_timestamp, parse_timestamp("2026-11-01T12:10:00Z"));
         assert_eq!(e.received_at, NOW);
-        let e = ok(
-            json!({"type": "track", "event": "E", "anonymousId": "a", "receivedAt": "2020-01-01T00:00:00Z"}),
-        );
-        assert_eq!(
-            e.received_at, NOW,
-            "live traffic ignores a client's receivedAt"
-        );
+        let e = ok(json!({"type": "track", "event": "E", "anonymousId": "a", "receivedAt": "2020-01-01T00:00:00Z"}));
+        assert_eq!(e.received_at, NOW, "live traffic ignores a client's receivedAt");
     }
 
     #[test]
     fn keeps_problems_instead_of_dropping() {
-        let e = ok(
-            json!({"type": "page", "userId": "u", "sentAt": "yesterday", "properties": "oops",
-            "colour": "red", "integrations": {"All": true}}),
-        );
-        let fields: Vec<_> = e
-            .problems
-            .iter()
-            .map(|p| (p.field.as_str(), p.value.as_str()))
-            .collect();
-        assert_eq!(
-            fields,
-            vec![
-                ("properties", "\"oops\""),
-                ("colour", "\"red\""),
-                ("sentAt", "yesterday")
-            ]
-        );
+        let e = ok(json!({"type": "page", "userId": "u", "sentAt": "yesterday", "properties": "oops",
+            "colour": "red", "integrations": {"All": true}}));
+        let fields: Vec<_> = e.problems.iter().map(|p| (p.field.as_str(), p.value.as_str())).collect();
+        assert_eq!(fields, vec![("properties", "\"oops\""), ("colour", "\"red\""), ("sentAt", "yesterday")]);
         assert_eq!(e.sent_at, None);
         // A field of another event type is not silently ignored either.
-        let e =
-            ok(json!({"type": "track", "event": "E", "userId": "u", "name": "n", "groupId": "g"}));
+        let e = ok(json!({"type": "track", "event": "E", "userId": "u", "name": "n", "groupId": "g"}));
         let fields: Vec<_> = e.problems.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, vec!["name", "groupId"]);
     }
@@ -463,19 +352,12 @@ mod tests {
     #[test]
     fn batch_context_merges_under_the_event_context() {
         let batch = json!({"library": {"name": "lib", "version": "1"}, "ip": "1.1.1.1"});
-        let arrival = Arrival {
-            received_at: NOW,
-            context: batch.as_object(),
-            keep_received_at: false,
-        };
+        let arrival = Arrival { received_at: NOW, context: batch.as_object(), keep_received_at: false, sent_at: None };
         let e = Event::from_json(
             json!({"type": "identify", "userId": "u", "context": {"ip": "2.2.2.2", "library": {"version": "2"}}}),
             &arrival,
         )
         .unwrap();
-        assert_eq!(
-            Value::Object(e.context),
-            json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}})
-        );
+        assert_eq!(Value::Object(e.context), json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}}));
     }
 }

@@ -20,11 +20,7 @@ pub struct TopLevel {
 
 impl TopLevel {
     pub fn get(&self, key: &str) -> Option<Range<usize>> {
-        self.fields
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, r)| r.clone())
+        self.fields.iter().rev().find(|(k, _)| k == key).map(|(_, r)| r.clone())
     }
 }
 
@@ -89,8 +85,7 @@ pub fn skip_value(b: &[u8], i: usize) -> Result<usize, ScanError> {
         b',' | b':' | b'}' | b']' => err(start, "expected a value"),
         _ => {
             let mut j = start;
-            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
-            {
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
                 j += 1;
             }
             Ok(j)
@@ -114,8 +109,7 @@ pub fn top_level_object(b: &[u8]) -> Result<TopLevel, ScanError> {
             return err(i, "expected a field name");
         }
         let key_end = skip_string(b, i)?;
-        let key: String =
-            serde_json::from_slice(&b[i..key_end]).or(err(i, "invalid field name"))?;
+        let key: String = serde_json::from_slice(&b[i..key_end]).or(err(i, "invalid field name"))?;
         i = skip_ws(b, key_end);
         if b.get(i) != Some(&b':') {
             return err(i, "expected ':' after a field name");
@@ -170,28 +164,13 @@ mod tests {
     fn items(body: &str) -> Vec<&str> {
         let top = top_level_object(body.as_bytes()).unwrap();
         let r = top.get("batch").unwrap();
-        array_items(body.as_bytes(), r)
-            .unwrap()
-            .into_iter()
-            .map(|r| &body[r])
-            .collect()
+        array_items(body.as_bytes(), r).unwrap().into_iter().map(|r| &body[r]).collect()
     }
 
     #[test]
     fn splits_batch_items() {
-        let body =
-            r#" {"batch": [ {"a":"x]}\"{"} , [1,[2]],"s", 12 ,true,null ], "writeKey":"k"} "#;
-        assert_eq!(
-            items(body),
-            vec![
-                r#"{"a":"x]}\"{"}"#,
-                "[1,[2]]",
-                r#""s""#,
-                "12",
-                "true",
-                "null"
-            ]
-        );
+        let body = r#" {"batch": [ {"a":"x]}\"{"} , [1,[2]],"s", 12 ,true,null ], "writeKey":"k"} "#;
+        assert_eq!(items(body), vec![r#"{"a":"x]}\"{"}"#, "[1,[2]]", r#""s""#, "12", "true", "null"]);
         let top = top_level_object(body.as_bytes()).unwrap();
         assert_eq!(&body[top.get("writeKey").unwrap()], r#""k""#);
         assert!(items(r#"{"batch":[]}"#).is_empty());

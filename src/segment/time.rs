@@ -32,11 +32,7 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
 /// The event time Segment stores as `timestamp`: the caller's time shifted by the device clock's error,
 /// `received_at - (sent_at - original_timestamp)`. Without `sentAt` the caller's time is taken as is; without
 /// any caller time it is the arrival time.
-pub fn corrected_timestamp(
-    received_at: Micros,
-    sent_at: Option<Micros>,
-    original: Option<Micros>,
-) -> Micros {
+pub fn corrected_timestamp(received_at: Micros, sent_at: Option<Micros>, original: Option<Micros>) -> Micros {
     match (sent_at, original) {
         (Some(sent), Some(orig)) => received_at.saturating_sub(sent.saturating_sub(orig)),
         (None, Some(orig)) => orig,
@@ -99,14 +95,8 @@ mod tests {
         let received = ts("2026-11-01T12:01:00Z");
         let sent = ts("2026-11-01T12:11:00Z");
         let original = ts("2026-11-01T12:10:00Z");
-        assert_eq!(
-            corrected_timestamp(received, Some(sent), Some(original)),
-            ts("2026-11-01T12:00:00Z")
-        );
-        assert_eq!(
-            corrected_timestamp(received, None, Some(original)),
-            original
-        );
+        assert_eq!(corrected_timestamp(received, Some(sent), Some(original)), ts("2026-11-01T12:00:00Z"));
+        assert_eq!(corrected_timestamp(received, None, Some(original)), original);
         assert_eq!(corrected_timestamp(received, Some(sent), None), received);
         assert_eq!(corrected_timestamp(received, None, None), received);
     }

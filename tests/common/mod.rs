@@ -25,25 +25,12 @@ pub struct Harness {
 impl Harness {
     pub fn new(tune: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config {
-            lake: Lake::Local(dir.path().to_path_buf()),
-            ..Config::default()
-        };
+        let mut config = Config { lake: Lake::Local(dir.path().to_path_buf()), ..Config::default() };
         config.flush.interval = Duration::from_millis(20);
         tune(&mut config);
-        let lake = Arc::new(Lakehouse::new(
-            config.lake.clone(),
-            HashMap::new(),
-            config.max_columns,
-        ));
+        let lake = Arc::new(Lakehouse::new(config.lake.clone(), HashMap::new(), config.max_columns));
         let batcher = Batcher::start(lake, config.flush, config.dedup_capacity);
-        Harness {
-            dir,
-            state: AppState {
-                config: Arc::new(config),
-                batcher,
-            },
-        }
+        Harness { dir, state: AppState { config: Arc::new(config), batcher } }
     }
 
     pub fn table(&self, schema: &str, table: &str) -> Vec<Map<String, Value>> {
@@ -51,12 +38,7 @@ impl Harness {
     }
 
     pub fn exists(&self, schema: &str, table: &str) -> bool {
-        self.dir
-            .path()
-            .join(schema)
-            .join(table)
-            .join("_delta_log")
-            .exists()
+        self.dir.path().join(schema).join(table).join("_delta_log").exists()
     }
 }
 
@@ -73,10 +55,8 @@ pub fn read_table(path: &Path) -> Vec<Map<String, Value>> {
         .collect();
     files.sort();
     for f in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap())
-            .unwrap()
-            .build()
-            .unwrap();
+        let reader =
+            ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&f).unwrap()).unwrap().build().unwrap();
         for batch in reader {
             let batch = batch.unwrap();
             let schema = batch.schema();
@@ -89,12 +69,8 @@ pub fn read_table(path: &Path) -> Vec<Map<String, Value>> {
                     } else {
                         match field.data_type() {
                             DataType::Utf8 => Value::from(col.as_string::<i32>().value(i)),
-                            DataType::Int64 => {
-                                Value::from(col.as_primitive::<Int64Type>().value(i))
-                            }
-                            DataType::Float64 => {
-                                Value::from(col.as_primitive::<Float64Type>().value(i))
-                            }
+                            DataType::Int64 => Value::from(col.as_primitive::<Int64Type>().value(i)),
+                            DataType::Float64 => Value::from(col.as_primitive::<Float64Type>().value(i)),
                             DataType::Boolean => Value::from(col.as_boolean().value(i)),
                             DataType::Timestamp(..) => {
                                 Value::from(col.as_primitive::<TimestampMicrosecondType>().value(i))
@@ -134,11 +110,6 @@ pub fn delta_columns(path: &Path) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|f| {
-            (
-                f["name"].as_str().unwrap().to_string(),
-                f["type"].as_str().unwrap_or("complex").to_string(),
-            )
-        })
+        .map(|f| (f["name"].as_str().unwrap().to_string(), f["type"].as_str().unwrap_or("complex").to_string()))
         .collect()
 }

@@ -203,10 +203,9 @@ class Server:
         self.lake = workdir / "lake"
         self.stderr_path = workdir / "server.stderr"
         self.env = {"SEGMENT_DELTA_LAKE": str(self.lake), "SEGMENT_DELTA_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS,
-                    "SEGMENT_DELTA_LOG_FORMAT": "text", **env}
+                    "SEGMENT_DELTA_LOG_FORMAT": "text", "NO_COLOR": "1", **env}
         self.proc: subprocess.Popen | None = None
         self.port = 0
-        self.http = requests.Session()
 
     @property
     def url(self) -> str:
@@ -245,7 +244,6 @@ class Server:
         """SIGTERM, then the exit code (the server flushes what it accepted and exits 0)."""
         if self in LIVE:
             LIVE.remove(self)
-        self.http.close()
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else 0
         self.proc.send_signal(signal.SIGTERM)
@@ -263,9 +261,14 @@ class Server:
         return self.proc is not None and self.proc.poll() is None and self.get("/").status_code == 200
 
     # HTTP -------------------------------------------------------------------------------------------------------
+    # Each request opens its own connection: keep-alive reuse is tested on its own (test_limits.py), so that a
+    # problem there fails one test instead of whichever request happens to come next.
 
     def get(self, path: str) -> requests.Response:
-        return self.http.get(self.url + path, timeout=HTTP_TIMEOUT_S)
+        return requests.get(self.url + path, timeout=HTTP_TIMEOUT_S)
+
+    def request(self, method: str, path: str, **kwargs) -> requests.Response:
+        return requests.request(method, self.url + path, timeout=HTTP_TIMEOUT_S, **kwargs)
 
     def post(self, path: str, body, *, key: str | None = None, gzip: bool = False,
              headers: dict | None = None) -> requests.Response:
@@ -281,7 +284,7 @@ class Server:
         if gzip:
             body = gzip_module.compress(body)
             h["Content-Encoding"] = "gzip"
-        return self.http.post(self.url + path, data=body, headers=h, timeout=HTTP_TIMEOUT_S)
+        return requests.post(self.url + path, data=body, headers=h, timeout=HTTP_TIMEOUT_S)
 
     # The lake ---------------------------------------------------------------------------------------------------
 

@@ -43,6 +43,12 @@ def test_key_in_the_body(keyed):
     assert "identifies" not in keyed.tables("web")
 
 
+def test_same_message_id_in_two_sources_lands_in_both(keyed):
+    assert keyed.post("/v1/track", track("shared-1"), key="K1").status_code == 200
+    assert keyed.post("/v1/track", track("shared-1"), key="K2").status_code == 200
+    assert "shared-1" in ids(keyed, "web") and "shared-1" in ids(keyed, "ios")
+
+
 def test_basic_user_without_colon(keyed):
     header = {"Authorization": "Basic " + base64.b64encode(b"K2").decode()}
     assert keyed.post("/v1/track", track("ios-nocolon-1"), headers=header).status_code == 200

@@ -1,7 +1,11 @@
 """Repeated messageIds (client retries) are acknowledged but written once."""
 
 import json
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 
 from conftest import generate, read_discards, tables_of
 
@@ -66,3 +70,24 @@ def test_repeated_invalid_event_is_discarded_once(server):
         assert server.post("/v1/batch", {"batch": [bad]}).status_code == 200
     discards = read_discards(server.lake)
     assert [d["row_id"] for d in discards] == ["dup-bad-1"]
+
+
+def test_repeat_during_a_flush_does_not_duplicate_discards(server):
+    """Copy 1 rides with 500 corpus events, so its flush takes a while; copies 2.. arrive during that flush."""
+    repeated = [{"type": "track", "event": "No Ids", "messageId": "race-bad"},
+                {"type": "track", "userId": "u1", "event": "Race Collide", "messageId": "race-coll",
+                 "properties": {"A b": 1, "a_b": 2}}]
+    big = json.loads(generate(500, seed=24, batch=500)[0])["batch"] + repeated
+    first = {}
+    sender = threading.Thread(target=lambda: first.setdefault("status", server.post("/v1/batch", {"batch": big}).status_code))
+    sender.start()
+    time.sleep(0.5)  # past the 200 ms flush interval: copy 1 is being written now
+    repeats = []
+    while sender.is_alive() and len(repeats) < 20:
+        repeats.append(server.post("/v1/batch", {"batch": repeated}).status_code)
+        time.sleep(0.1)
+    sender.join()
+    assert first["status"] == 200 and repeats and set(repeats) == {200}
+    assert server.read("race_collide").num_rows == 1
+    discards = [(d["row_id"], d["column_name"]) for d in read_discards(server.lake) if d["row_id"].startswith("race-")]
+    assert sorted(discards) == [("race-bad", ""), ("race-coll", "a_b")]

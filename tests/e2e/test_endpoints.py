@@ -46,6 +46,7 @@ def test_import_is_batch(endpoints):
 
 def test_batch_context_merges_under_each_events_context(endpoints):
     body = {"context": {"ip": "198.51.100.1", "library": {"name": "batch-lib", "version": "9"}},
+            "integrations": {"All": False}, "writeKey": "any",
             "batch": [{"type": "track", "userId": "u3", "event": "Ctx Merged", "messageId": "ctx-1",
                        "context": {"library": {"version": "1"}}},
                       {"type": "track", "userId": "u3", "event": "Ctx Merged", "messageId": "ctx-2",
@@ -71,3 +72,18 @@ def test_type_conflicts_become_null_and_discards(endpoints):
     assert (rows["typed-2"]["count"], rows["typed-2"]["flag"], rows["typed-2"]["when"]) == (None, None, None)
     lost = {(d["column_name"], d["column_value"]) for d in read_discards(endpoints.lake) if d["row_id"] == "typed-2"}
     assert lost == {("count", "three"), ("flag", "yes"), ("when", "not a date")}
+
+
+def test_fields_that_cannot_be_stored_are_discarded_not_dropped(endpoints):
+    body = {"type": "page", "userId": "u5", "messageId": "odd-1", "name": "Odd", "properties": "not an object",
+            "colour": "red", "sentAt": "yesterday", "integrations": {"All": True}, "channel": "server",
+            "originalTimestamp": "2026-11-01T08:00:00.000Z"}
+    assert endpoints.post("/v1/page", body).status_code == 200
+    row = rows_by_id(endpoints.read("pages"))["odd-1"]
+    assert row["name"] == "Odd" and row["sent_at"] is None
+    # Without sentAt there is nothing to correct: timestamp is the caller's (originalTimestamp here).
+    assert str(row["original_timestamp"]) == str(row["timestamp"]) == "2026-11-01 08:00:00+00:00"
+    lost = {d["column_name"]: (d["table_name"], d["column_value"]) for d in read_discards(endpoints.lake)
+            if d["row_id"] == "odd-1"}
+    assert lost == {"properties": ("pages", '"not an object"'), "colour": ("pages", '"red"'),
+                    "sentAt": ("pages", "yesterday")}

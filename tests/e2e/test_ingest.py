@@ -6,7 +6,10 @@ import re
 import subprocess
 from collections import Counter
 
-from conftest import binary, clean_env, describe, generate, lake_tables, read_discards, read_table, tables_of
+import pytest
+
+from conftest import (binary, clean_env, describe, generate, lake_tables, parse_ts, read_discards, read_table,
+                      tables_of)
 
 
 def run_ingest(lake, *args, timeout=300):
@@ -57,6 +60,8 @@ def test_ingest_json_array_batch_bodies_and_bad_lines(tmp_path):
     """A .json file (an array of events), a JSONL file of /v1/batch bodies with a batch context, and lines that are
     not events: every valid event lands, every bad line is a discard."""
     events = [json.loads(line) for line in generate(30, seed=3)]
+    # A backfill keeps the receivedAt its file recorded (live traffic never does).
+    events[0]["receivedAt"] = "2026-10-01T00:00:00.000Z"
     array_file = tmp_path / "array.json"
     array_file.write_text(json.dumps(events[:10], indent=2))
     batch_body = {"batch": events[10:25], "context": {"batchCtx": "yes", "library": {"name": "ignored"}}}
@@ -78,6 +83,11 @@ def test_ingest_json_array_batch_bodies_and_bad_lines(tmp_path):
     discards = read_discards(lake)
     assert len(discards) == 2, describe(discards)
     assert {d["row_id"] for d in discards} == {"", "noids"}
+    kept = next(r for r in read_table(lake, "segment", tables_of(events[0])[0]).to_pylist()
+                if r["id"] == events[0]["messageId"])
+    received = parse_ts(events[0]["receivedAt"])
+    assert kept["received_at"] == received
+    assert kept["timestamp"] == received - (parse_ts(events[0]["sentAt"]) - parse_ts(events[0]["timestamp"]))
     # The batch context reached the batch's events, under each event's own context.
     for e in events[10:25]:
         table = tables_of(e)[0]
@@ -92,3 +102,20 @@ def test_ingest_refuses_a_missing_file(tmp_path):
                        text=True, timeout=60)
     assert p.returncode != 0
     assert "missing.jsonl" in p.stderr
+
+
+def test_ingest_one_hostile_item_does_not_sink_its_batch_line(tmp_path):
+    ok = [{"type": "track", "userId": "u1", "event": "Fine", "messageId": f"ok-{i}"} for i in range(3)]
+    deep = (b'{"type":"track","userId":"u1","event":"Deep","messageId":"deep-1","properties":{"p":'
+            + b"[" * 200 + b"]" * 200 + b"}}")
+    line = b'{"batch":[' + b",".join([json.dumps(ok[0]).encode(), deep, json.dumps(ok[1]).encode()]) + b"]}"
+    path = tmp_path / "batches.jsonl"
+    path.write_bytes(line + b"\n" + json.dumps(ok[2]).encode() + b"\n")
+    lake = tmp_path / "lake"
+
+    got = summary(run_ingest(lake, path))
+
+    assert read_table(lake, "segment", "fine").column("id").to_pylist() == ["ok-0", "ok-1", "ok-2"]
+    [d] = read_discards(lake)
+    assert "nested more than 128 levels" in d["reason"] and d["column_value"] == deep.decode()
+    assert (got["events"], got["discards"]) == (4, 1)

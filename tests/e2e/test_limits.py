@@ -3,6 +3,7 @@ written, and the server still up."""
 
 import gzip
 import json
+import socket
 
 import pytest
 
@@ -103,10 +104,46 @@ def test_unknown_path_is_404(refused, path):
 def test_wrong_method_is_405(refused):
     r = refused.get("/v1/batch")
     error_of(r, 405)
-    r = refused.http.delete(refused.url + "/")
+    r = refused.request("DELETE", "/")
     error_of(r, 405)
 
 
 def test_ping(refused):
     r = refused.get("/")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def http_exchange(sock, request: bytes) -> tuple[int, dict, bytes]:
+    """Sends one request on an open connection and reads one response (Content-Length framed)."""
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"connection closed before a response; got {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:])}
+    length = int(headers.get("content-length", "0"))
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("connection closed inside a response body")
+        rest += chunk
+    return int(lines[0].split()[1]), headers, rest[:length]
+
+
+def test_connection_after_413_is_closed_explicitly_or_reusable(limited):
+    big = json.dumps(track(s="x" * (2 * 1024 * 1024))).encode()
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", limited.port), timeout=30) as sock:
+            status, headers, body = http_exchange(
+                sock, b"POST /v1/track HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n" % len(big) + big)
+            assert status == 413 and b"SEGMENT_DELTA_MAX_REQUEST_BYTES" in body
+            if headers.get("connection", "").lower() == "close":
+                continue  # announced: a client opens a new connection
+            # Not announced, so a client may send its next request on this connection: it must be answered.
+            status, _, _ = http_exchange(sock, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert status == 200

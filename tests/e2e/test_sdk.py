@@ -106,8 +106,6 @@ def test_received_at_is_the_arrival_time(sdk_rows):
             assert before <= row["received_at"] <= row["uuid_ts"] <= after, (table, row["id"])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the batch-level sentAt that analytics-python (and analytics-node, "
-                   "analytics-go) send is ignored, so SDK events get no sent_at and no clock-skew correction")
 def test_batch_sent_at_corrects_clock_skew(sdk_rows):
     rows, before, after = sdk_rows
     row = rows["tracks"]["sdk-track-1"]
