@@ -3,6 +3,7 @@
 pub mod batch;
 pub mod config;
 pub mod delta;
+pub mod eventhub;
 pub mod http;
 pub mod ingest;
 pub mod retry;

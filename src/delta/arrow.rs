@@ -140,6 +140,7 @@ pub fn build<'r>(
                 column_value: value.to_text(),
                 reason,
                 received_at,
+                offset: row.offset.clone(),
             })
         };
         for (name, value) in &row.cols {

@@ -213,11 +213,27 @@ impl Lakehouse {
                 slot.insert(v);
             }
         }
-        let fresh: Vec<&Row> =
-            w.rows.iter().filter(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id])).collect();
-        let skipped = w.rows.len() - fresh.len();
+        let (fresh, redelivered): (Vec<&Row>, Vec<&Row>) =
+            w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
+        let skipped = redelivered.len();
+        let exists = dt.version().is_some();
+        let plan = if exists {
+            let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
+            self.plan(table, Some(&schema), w.kind, &fresh)
+        } else {
+            self.plan(table, None, w.kind, &fresh)
+        };
+        let build = |rows: &[&Row]| {
+            arrow::build(table, &plan.columns, rows.iter().copied(), uuid_ts, |name| {
+                plan.unplaced(table, name, self.max_columns)
+            })
+            .map_err(|e| Attempt::Fatal(WriteError { table: table.into(), message: e.to_string(), retryable: false }))
+        };
+        // A redelivered row is not written again, but what it could not store is reported again: the discards
+        // table keeps its own stream offsets and skips what it already holds.
+        let mut discards = if redelivered.is_empty() { Vec::new() } else { build(&redelivered)?.1 };
         if fresh.is_empty() {
-            return Ok(Written { version: dt.version().unwrap_or(0) as i64, skipped, ..Default::default() });
+            return Ok(Written { version: dt.version().unwrap_or(0) as i64, skipped, discards, ..Default::default() });
         }
         let mut txns = vec![Transaction::new_with_last_update(
             self.writer_id.as_str(),
@@ -238,17 +254,8 @@ impl Lakehouse {
             .with_create_checkpoint(false)
             .with_cleanup_expired_logs(Some(false));
 
-        let exists = dt.version().is_some();
-        let plan = if exists {
-            let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
-            self.plan(table, Some(&schema), w.kind, &fresh)
-        } else {
-            self.plan(table, None, w.kind, &fresh)
-        };
-        let (batch, discards) = arrow::build(table, &plan.columns, fresh.iter().copied(), uuid_ts, |name| {
-            plan.unplaced(table, name, self.max_columns)
-        })
-        .map_err(|e| Attempt::Fatal(WriteError { table: table.into(), message: e.to_string(), retryable: false }))?;
+        let (batch, fresh_discards) = build(&fresh)?;
+        discards.extend(fresh_discards);
         let rows = batch.num_rows();
         let version = if exists {
             let mut writer = RecordBatchWriter::for_table(dt).map_err(fatal)?.with_commit_properties(props);

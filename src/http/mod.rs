@@ -30,6 +30,7 @@ fn to_reply(res: ApiResponse) -> Response<String> {
 async fn read_body(
     mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: usize,
+    setting: &str,
 ) -> Result<Vec<u8>, ApiResponse> {
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -37,7 +38,7 @@ async fn read_body(
         while chunk.has_remaining() {
             let part = chunk.chunk();
             if body.len() + part.len() > limit {
-                let message = format!("request body is larger than {limit} bytes (SEGMENT_DELTA_MAX_REQUEST_BYTES)");
+                let message = format!("request body is larger than {limit} bytes ({setting})");
                 let mut res = ApiResponse::error(413, message);
                 // The rest of the body is never read, so the connection cannot carry another request.
                 res.headers.push(("connection", "close".into()));
@@ -77,15 +78,28 @@ async fn serve_one(
     headers: HeaderMap,
     stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
 ) -> Response<String> {
-    // Compressed bodies are bounded again after decompression; the raw read is bounded here.
-    let limit = state.config.limits.max_request_bytes;
-    let body = match read_body(stream, limit.max(64 * 1024)).await {
+    let function = path.trim_matches('/');
+    let invocation = method == Method::POST
+        && [functions::HTTP_FUNCTION, crate::eventhub::EVENTHUB_FUNCTION]
+            .iter()
+            .any(|f| function.eq_ignore_ascii_case(f));
+    // The host's invocations carry whole Event Hub batches; they are bounded by the buffer, not the API limit.
+    // Compressed API bodies are bounded again after decompression.
+    let (limit, setting) = if invocation {
+        (state.config.flush.max_buffered_bytes, "SEGMENT_DELTA_MAX_BUFFERED_BYTES")
+    } else {
+        (state.config.limits.max_request_bytes, "SEGMENT_DELTA_MAX_REQUEST_BYTES")
+    };
+    let body = match read_body(stream, limit, setting).await {
         Ok(b) => b,
         Err(res) => return to_reply(res),
     };
-    let function = path.trim_matches('/');
-    if method == Method::POST && function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
-        let (status, answer) = functions::http_invocation(state, &body).await;
+    if invocation {
+        let (status, answer) = if function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
+            functions::http_invocation(state, &body).await
+        } else {
+            crate::eventhub::invocation(state, &body).await
+        };
         return reply(status, answer.to_string(), &[]);
     }
     let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);

@@ -106,6 +106,8 @@ pub struct Discard {
     pub column_value: String,
     pub reason: String,
     pub received_at: Micros,
+    /// The stream offset of the event it came from, if any.
+    pub offset: Option<Offset>,
 }
 
 impl Discard {
@@ -121,7 +123,7 @@ impl Discard {
                 ("reason".into(), text(self.reason)),
                 ("received_at".into(), Scalar::from(self.received_at)),
             ],
-            offset: None,
+            offset: self.offset,
         }
     }
 }
@@ -142,6 +144,19 @@ pub struct Mapped {
 }
 
 impl Mapped {
+    /// Marks every row and discard with the stream offset of the event they came from.
+    pub fn with_offset(mut self, offset: Option<Offset>) -> Mapped {
+        if offset.is_some() {
+            for r in &mut self.rows {
+                r.row.offset.clone_from(&offset);
+            }
+            for d in &mut self.discards {
+                d.offset.clone_from(&offset);
+            }
+        }
+        self
+    }
+
     /// An event that could not be read at all: kept whole in `discards`.
     pub fn rejected(invalid: Invalid, raw: String, received_at: Micros) -> Mapped {
         Mapped {
@@ -153,6 +168,7 @@ impl Mapped {
                 column_value: raw,
                 reason: invalid.reason,
                 received_at,
+                offset: None,
             }],
         }
     }
@@ -205,6 +221,7 @@ impl RowBuilder<'_> {
             column_value: value,
             reason,
             received_at: self.received_at,
+            offset: None,
         });
     }
 
@@ -278,6 +295,7 @@ pub fn map_event(event: Event) -> Mapped {
                     column_value: name.clone(),
                     reason: format!("{reason}; the event is in tracks only, its properties follow"),
                     received_at: event.received_at,
+                    offset: None,
                 });
                 for (k, v) in &event.payload {
                     out.discards.push(Discard {
@@ -287,6 +305,7 @@ pub fn map_event(event: Event) -> Mapped {
                         column_value: v.to_string(),
                         reason: "property of an event with no table name".into(),
                         received_at: event.received_at,
+                        offset: None,
                     });
                 }
                 None
@@ -355,6 +374,7 @@ pub fn map_event(event: Event) -> Mapped {
             column_value: p.value,
             reason: p.reason,
             received_at: event.received_at,
+            offset: None,
         });
     }
     out

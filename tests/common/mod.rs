@@ -24,13 +24,26 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(tune: impl FnOnce(&mut Config)) -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut config = Config { lake: Lake::Local(dir.path().to_path_buf()), ..Config::default() };
+        Harness::with_dir(tempfile::tempdir().expect("tempdir"), tune)
+    }
+
+    /// Another handler process on the same lake (a restart, or a second instance).
+    pub fn sibling(&self, tune: impl FnOnce(&mut Config)) -> AppState {
+        Harness::state_for(self.dir.path(), tune)
+    }
+
+    fn with_dir(dir: tempfile::TempDir, tune: impl FnOnce(&mut Config)) -> Harness {
+        let state = Harness::state_for(dir.path(), tune);
+        Harness { dir, state }
+    }
+
+    fn state_for(path: &Path, tune: impl FnOnce(&mut Config)) -> AppState {
+        let mut config = Config { lake: Lake::Local(path.to_path_buf()), ..Config::default() };
         config.flush.interval = Duration::from_millis(20);
         tune(&mut config);
         let lake = Arc::new(Lakehouse::new(config.lake.clone(), HashMap::new(), config.max_columns));
         let batcher = Batcher::start(lake, config.flush, config.dedup_capacity);
-        Harness { dir, state: AppState { config: Arc::new(config), batcher } }
+        AppState { config: Arc::new(config), batcher }
     }
 
     pub fn table(&self, schema: &str, table: &str) -> Vec<Map<String, Value>> {
