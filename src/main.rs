@@ -41,7 +41,11 @@ fn init_logging(json: bool) {
             "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=off,delta_kernel=off",
         )
     });
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().flatten_event(true).init();
     } else {

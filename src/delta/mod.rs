@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use deltalake::kernel::Transaction;
-use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, CommitProperties, TransactionError};
+use deltalake::kernel::{Action, MetadataExt, StructField, StructType, Transaction};
+use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
@@ -71,7 +72,15 @@ pub struct Written {
     pub discards: Vec<crate::schema::rows::Discard>,
 }
 
-type Slot = Arc<tokio::sync::Mutex<Option<DeltaTable>>>;
+/// A table handle kept across writes, with the stream versions its `txn` actions record as of that handle.
+/// The versions stay valid across this writer's own commits (a commit that raced another with the same app id
+/// fails as a conflict) and are dropped on every reload.
+struct Cached {
+    dt: DeltaTable,
+    txns: HashMap<Arc<str>, i64>,
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
 pub struct Lakehouse {
     lake: Lake,
@@ -132,38 +141,49 @@ impl Lakehouse {
         let uri = self.lake.table_uri(w.schema, w.table);
         let slot = self.slot(&uri);
         let mut guard = slot.lock().await;
-        let mut dt = match guard.take() {
-            Some(dt) => dt,
-            None => self.open(&uri, w.table).await?,
+        let mut cached = match guard.take() {
+            Some(c) => c,
+            None => Cached { dt: self.open(&uri, w.table).await?, txns: HashMap::new() },
         };
         let seq = self.commit_seq.fetch_add(1, Ordering::SeqCst) as i64;
         let name = w.schema_and_table();
         let started = Instant::now();
-        let mut conflicts = 0u32;
+        let mut retries = 0u32;
+        let mut maybe_landed = false;
         let result = loop {
-            match self.try_append(&mut dt, &w, uuid_ts, seq).await {
+            match self.try_append(&mut cached, &w, uuid_ts, seq, maybe_landed, &mut retries).await {
                 Ok(mut written) => {
-                    written.conflict_retries = conflicts;
+                    written.conflict_retries = retries;
                     break Ok(written);
                 }
                 Err(Attempt::Fatal(e)) => break Err(e),
-                Err(Attempt::Conflict(e)) => {
-                    let Some(pause) = self.backoff.delay(conflicts, started) else {
-                        break Err(WriteError { retryable: true, ..e });
+                Err(Attempt::Conflict(e) | Attempt::Transient(e)) if self.backoff.delay(retries, started).is_none() => {
+                    break Err(WriteError { retryable: true, ..e });
+                }
+                Err(attempt) => {
+                    let (kind, e) = match attempt {
+                        Attempt::Transient(e) => {
+                            // The commit may have landed before the error: the next attempt checks first.
+                            maybe_landed = true;
+                            ("storage error", e)
+                        }
+                        Attempt::Conflict(e) | Attempt::Fatal(e) => ("commit conflict", e),
                     };
-                    conflicts += 1;
-                    tracing::debug!(table = %name, attempt = conflicts, pause_ms = pause.as_millis() as u64, error = %e, "commit conflict; retrying");
+                    let pause = self.backoff.delay(retries, started).unwrap_or_default();
+                    retries += 1;
+                    tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
                     tokio::time::sleep(pause).await;
-                    if let Err(e) = self.refresh(&mut dt, &uri, w.table).await {
+                    cached.txns.clear();
+                    if let Err(e) = self.refresh(&mut cached.dt, &uri, w.table).await {
                         break Err(e);
                     }
                 }
             }
         };
         if let Ok(written) = &result {
-            *guard = Some(dt);
+            *guard = Some(cached);
             tracing::info!(table = %name, rows = written.rows, version = written.version, new_columns = written.new_columns.len(),
-                conflicts, skipped = written.skipped, "committed");
+                conflicts = retries, skipped = written.skipped, "committed");
         }
         // On failure the handle is dropped: the next write reloads the table from storage.
         result
@@ -188,15 +208,19 @@ impl Lakehouse {
     /// One attempt: plan the columns against the table as last loaded, build the batch, write and commit.
     async fn try_append(
         &self,
-        dt: &mut DeltaTable,
+        cached: &mut Cached,
         w: &TableWrite<'_>,
         uuid_ts: Micros,
         seq: i64,
+        maybe_landed: bool,
+        retries: &mut u32,
     ) -> Result<Written, Attempt> {
         let table = w.table;
         let fatal = |e: DeltaTableError| Attempt::classify(table, e);
+        let Cached { dt, txns } = cached;
         // A previous attempt that failed ambiguously may have committed after all.
-        if let Some(done) = Self::txn_version(dt, &self.writer_id).await.map_err(fatal)?
+        if maybe_landed
+            && let Some(done) = Self::txn_version(dt, &self.writer_id).await.map_err(fatal)?
             && done >= seq
         {
             return Ok(Written {
@@ -206,13 +230,13 @@ impl Lakehouse {
             });
         }
         // Rows of a stream at or below the version committed for it are redeliveries.
-        let mut committed: HashMap<Arc<str>, i64> = HashMap::new();
         for app in w.rows.iter().filter_map(|r| r.offset.as_ref()).map(|o| o.app_id.clone()) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = committed.entry(app) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = txns.entry(app) {
                 let v = Self::txn_version(dt, slot.key()).await.map_err(fatal)?.unwrap_or(i64::MIN);
                 slot.insert(v);
             }
         }
+        let committed = &*txns;
         let (fresh, redelivered): (Vec<&Row>, Vec<&Row>) =
             w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
         let skipped = redelivered.len();
@@ -235,21 +259,21 @@ impl Lakehouse {
         if fresh.is_empty() {
             return Ok(Written { version: dt.version().unwrap_or(0) as i64, skipped, discards, ..Default::default() });
         }
-        let mut txns = vec![Transaction::new_with_last_update(
+        let mut actions = vec![Transaction::new_with_last_update(
             self.writer_id.as_str(),
             seq,
             Some(chrono::Utc::now().timestamp_millis()),
         )];
-        let mut highest: HashMap<&Arc<str>, i64> = HashMap::new();
+        let mut highest: HashMap<Arc<str>, i64> = HashMap::new();
         for o in fresh.iter().filter_map(|r| r.offset.as_ref()) {
-            let h = highest.entry(&o.app_id).or_insert(o.seq);
+            let h = highest.entry(o.app_id.clone()).or_insert(o.seq);
             *h = (*h).max(o.seq);
         }
-        txns.extend(highest.into_iter().map(|(app, v)| {
-            Transaction::new_with_last_update(app.as_ref(), v, Some(chrono::Utc::now().timestamp_millis()))
+        actions.extend(highest.iter().map(|(app, v)| {
+            Transaction::new_with_last_update(app.as_ref(), *v, Some(chrono::Utc::now().timestamp_millis()))
         }));
         let props = CommitProperties::default()
-            .with_application_transactions(txns)
+            .with_application_transactions(actions)
             .with_max_retries(INTERNAL_REBASES)
             .with_create_checkpoint(false)
             .with_cleanup_expired_logs(Some(false));
@@ -258,13 +282,15 @@ impl Lakehouse {
         discards.extend(fresh_discards);
         let rows = batch.num_rows();
         let version = if exists {
-            let mut writer = RecordBatchWriter::for_table(dt).map_err(fatal)?.with_commit_properties(props);
+            let mut writer = RecordBatchWriter::for_table(dt).map_err(fatal)?;
             let mode = if plan.new_columns.is_empty() { WriteMode::Default } else { WriteMode::MergeSchema };
             writer.write_with_mode(batch, mode).await.map_err(fatal)?;
-            writer.flush_and_commit(dt).await.map_err(fatal)?
+            let adds = writer.flush().await.map_err(fatal)?;
+            self.commit_files(dt, &plan.columns, adds, props, retries).await?
         } else {
             self.create_with(dt, &plan.columns, batch, props).await.map_err(fatal)?
         };
+        txns.extend(highest);
         self.maybe_checkpoint(dt, version).await;
         Ok(Written {
             version: version as i64,
@@ -274,6 +300,66 @@ impl Lakehouse {
             conflict_retries: 0,
             skipped,
         })
+    }
+
+    /// Commits written data files, adding the columns the table lacks. When another writer commits first, the
+    /// same files are committed again after a pause, as long as the table's columns still fit them; a change that
+    /// does not fit (or a racing commit of the same stream) goes back to the caller to rebuild.
+    async fn commit_files(
+        &self,
+        dt: &mut DeltaTable,
+        columns: &[(String, ColumnType)],
+        adds: Vec<deltalake::kernel::Add>,
+        props: CommitProperties,
+        retries: &mut u32,
+    ) -> Result<u64, Attempt> {
+        let table = dt.table_url().to_string();
+        let started = Instant::now();
+        loop {
+            let snapshot = dt.snapshot().map_err(|e| Attempt::classify(&table, e))?;
+            let mut actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
+            if let Some(metadata) = widened_metadata(snapshot, columns).map_err(|e| Attempt::classify(&table, e))? {
+                actions.push(Action::Metadata(metadata));
+            }
+            let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
+            let result = CommitBuilder::from(props.clone())
+                .with_actions(actions)
+                .build(Some(snapshot), dt.log_store(), op)
+                .await;
+            let e = match result {
+                Ok(finalized) => {
+                    let version = finalized.version();
+                    dt.state = Some(finalized.snapshot());
+                    return Ok(version);
+                }
+                Err(e) => e,
+            };
+            let reusable = matches!(
+                &e,
+                DeltaTableError::Transaction {
+                    source: TransactionError::MaxCommitAttempts(_)
+                        | TransactionError::VersionAlreadyExists(_)
+                        | TransactionError::CommitConflict(CommitConflictError::MetadataChanged)
+                }
+            );
+            let Some(pause) = reusable.then(|| self.backoff.delay(*retries, started)).flatten() else {
+                return Err(Attempt::classify(&table, e));
+            };
+            *retries += 1;
+            tokio::time::sleep(pause).await;
+            dt.update_incremental(None).await.map_err(|e| Attempt::classify(&table, e))?;
+            let current = dt.snapshot().map_err(|e| Attempt::classify(&table, e))?.snapshot().arrow_schema();
+            let fits = columns.iter().all(|(name, t)| {
+                current.field_with_name(name).map_or(true, |f| arrow::column_type(f.data_type()) == Some(*t))
+            });
+            if !fits {
+                return Err(Attempt::Conflict(WriteError {
+                    table,
+                    message: "another writer gave a column a different type; rebuilding".into(),
+                    retryable: true,
+                }));
+            }
+        }
     }
 
     /// Checkpoints every `delta.checkpointInterval` versions, so a cold start replays at most that many commits.
@@ -386,9 +472,11 @@ impl Plan {
     }
 }
 
-/// How one attempt failed: a conflict is retried after a pause, anything else is returned.
+/// How one attempt failed: a conflict (nothing committed) and a storage error (the commit may have landed) are
+/// retried after a pause; anything else is returned.
 enum Attempt {
     Conflict(WriteError),
+    Transient(WriteError),
     Fatal(WriteError),
 }
 
@@ -402,9 +490,41 @@ impl Attempt {
                     | TransactionError::VersionAlreadyExists(_)
             } | DeltaTableError::VersionAlreadyExists(_)
         ) || e.to_string().contains("already exists at that location");
+        let transient = matches!(
+            &e,
+            DeltaTableError::ObjectStore { .. }
+                | DeltaTableError::Io { .. }
+                | DeltaTableError::Transaction { source: TransactionError::ObjectStore { .. } }
+        );
         let err = WriteError::delta(table, e);
-        if conflict { Attempt::Conflict(err) } else { Attempt::Fatal(err) }
+        if conflict {
+            Attempt::Conflict(err)
+        } else if transient {
+            Attempt::Transient(err)
+        } else {
+            Attempt::Fatal(err)
+        }
     }
+}
+
+/// The table's metadata with the columns it lacks appended, or `None` when it has them all.
+fn widened_metadata(
+    snapshot: &deltalake::table::state::DeltaTableState,
+    columns: &[(String, ColumnType)],
+) -> Result<Option<deltalake::kernel::Metadata>, DeltaTableError> {
+    let schema = snapshot.schema();
+    let mut fields: Vec<StructField> = schema.fields().cloned().collect();
+    let before = fields.len();
+    for (name, t) in columns {
+        if schema.field(name).is_none() {
+            fields.push(StructField::new(name.clone(), kernel_type(*t), true));
+        }
+    }
+    if fields.len() == before {
+        return Ok(None);
+    }
+    let widened = StructType::try_new(fields)?;
+    Ok(Some(snapshot.metadata().clone().with_schema(&widened)?))
 }
 
 fn kernel_type(t: ColumnType) -> deltalake::kernel::DataType {
