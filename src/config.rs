@@ -151,6 +151,8 @@ pub struct Config {
     pub storage: crate::delta::storage::Storage,
     /// The schema for Event Hub events that carry no known write key.
     pub eventhub_schema: Option<String>,
+    /// Unity Catalog through Databricks SQL; `None` keeps the Delta log as the only catalog.
+    pub databricks: Option<crate::databricks::DatabricksConfig>,
     pub sources: Sources,
     pub limits: Limits,
     pub flush: FlushPolicy,
@@ -169,6 +171,7 @@ impl Default for Config {
             lake: Lake::Local(PathBuf::from("./lake")),
             storage: Default::default(),
             eventhub_schema: None,
+            databricks: None,
             sources: Sources::Open { schema: "segment".into() },
             limits: Limits::default(),
             flush: FlushPolicy::default(),
@@ -250,6 +253,7 @@ impl Config {
             }
         };
         c.storage = crate::delta::storage::from_lookup(&c.lake, &get)?;
+        c.databricks = crate::databricks::DatabricksConfig::from_lookup(&get)?;
         c.eventhub_schema = match get("SEGMENT_DELTA_EVENTHUB_SCHEMA").filter(|s| !s.trim().is_empty()) {
             Some(s) => {
                 let s = s.trim().to_string();

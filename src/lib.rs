@@ -2,6 +2,7 @@
 
 pub mod batch;
 pub mod config;
+pub mod databricks;
 pub mod delta;
 pub mod eventhub;
 pub mod http;

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 use segment_delta::batch::Batcher;
 use segment_delta::config::{Config, check_schema_name};
+use segment_delta::databricks::Catalog;
 use segment_delta::delta::Lakehouse;
 use segment_delta::http::{self, api::AppState};
 
@@ -25,6 +26,13 @@ struct Cli {
 enum Command {
     /// Serve the Segment Tracking API on 127.0.0.1:$FUNCTIONS_CUSTOMHANDLER_PORT (7071 when unset).
     Serve,
+    /// Check (and with --apply, prepare) what Unity Catalog needs: credentials, catalog, grants, external
+    /// location, warehouse, schemas. Prints a checklist; exits non-zero when something fails.
+    Setup {
+        /// Create the warehouse and the schemas when they are missing.
+        #[arg(long)]
+        apply: bool,
+    },
     /// Load Segment events from JSONL or JSON files (optionally gzipped) through the same pipeline.
     Ingest {
         /// Schema to load into; defaults to the one schema of SEGMENT_DELTA_SOURCES, or `segment` locally.
@@ -73,15 +81,44 @@ async fn shutdown_signal(batcher: Batcher) {
     batcher.drain();
 }
 
-fn build(config: &Config) -> (Arc<Lakehouse>, Batcher) {
-    let lake = Arc::new(Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns));
+fn build(config: &Config) -> anyhow::Result<(Arc<Lakehouse>, Batcher)> {
+    let mut lake = Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns);
+    if let Some(db) = &config.databricks {
+        let catalog = Catalog::new(db)?;
+        tracing::info!(host = %db.host, catalog = %db.catalog, auth = db.auth.kind(), "Unity Catalog kept in step through Databricks SQL");
+        lake = lake.with_catalog(Arc::new(catalog));
+    }
+    let lake = Arc::new(lake);
     let batcher = Batcher::start(lake.clone(), config.flush, config.dedup_capacity);
-    (lake, batcher)
+    Ok((lake, batcher))
+}
+
+async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
+    let Some(db) = &config.databricks else {
+        anyhow::bail!(
+            "DATABRICKS_HOST is not set: without it the Delta log is the only catalog and there is nothing to set up"
+        );
+    };
+    let catalog = Catalog::new(db)?;
+    let lake = match &config.lake {
+        segment_delta::config::Lake::Remote(uri) => uri.clone(),
+        segment_delta::config::Lake::Local(p) => p.display().to_string(),
+    };
+    let checks = segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), apply).await;
+    for c in &checks {
+        println!("{c}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    println!("{} passed, {failed} failed", checks.len() - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     let config = Arc::new(config);
-    let (_, batcher) = build(&config);
+    let (_, batcher) = build(&config)?;
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, lake = ?config.lake, credential = %config.storage.credential, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
@@ -103,7 +140,7 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
             _ => anyhow::bail!("several sources are configured: choose one with --schema"),
         },
     };
-    let (_, batcher) = build(&config);
+    let (_, batcher) = build(&config)?;
     let result = segment_delta::ingest::run(&batcher, &schema, &files).await;
     batcher.shutdown().await;
     let summary = result?;
@@ -125,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
+            Command::Setup { apply } => setup(config, apply).await,
             Command::Ingest { schema, files } => ingest(config, schema, files).await,
         }
     })

@@ -18,12 +18,12 @@ param tags object
   'Standard'
   'Premium'
 ])
-param skuName string
+param namespaceSkuName string
 
 @description('Throughput units (Standard) or processing units (Premium).')
 @minValue(1)
 @maxValue(40)
-param capacity int
+param namespaceCapacity int
 
 @description('Name of the hub.')
 param hubName string
@@ -51,16 +51,14 @@ resource namespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   location: location
   tags: tags
   sku: {
-    name: skuName
-    tier: skuName
-    capacity: capacity
+    name: namespaceSkuName
+    tier: namespaceSkuName
+    capacity: namespaceCapacity
   }
   properties: {
     disableLocalAuth: true
     minimumTlsVersion: '1.2'
     publicNetworkAccess: 'Enabled'
-    isAutoInflateEnabled: false
-    kafkaEnabled: false
   }
 }
 

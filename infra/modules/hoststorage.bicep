@@ -24,6 +24,9 @@ var storageQueueDataContributor = '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
 var storageTableDataContributor = '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  //checkov:skip=CKV_AZURE_35:The Functions host on Flex Consumption without virtual network integration reaches its storage over the public endpoint; every request needs an Entra ID token (shared keys are off).
+  //checkov:skip=CKV_AZURE_59:Public network access is the Functions host's path to its storage on Flex Consumption without virtual network integration; anonymous and shared-key access are both off.
+  //checkov:skip=CKV_AZURE_206:Holds only host state and the deployment package, both recreated by a deploy; locally redundant storage is enough.
   name: name
   location: location
   tags: tags
@@ -64,11 +67,6 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       expirationAction: 'Log'
     }
   }
-  //checkov:skip=CKV_AZURE_35:The Functions host on Flex Consumption without virtual network integration reaches its storage over the public endpoint; every request needs an Entra ID token (shared keys are off).
-  //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35.
-  //checkov:skip=CKV2_AZURE_33:Private endpoints need a virtual network, which this template does not create; see CKV_AZURE_35.
-  //checkov:skip=CKV_AZURE_206:Holds only host state and the deployment package, both recreated by a deploy; locally redundant storage is enough.
-  //checkov:skip=CKV2_AZURE_1:Microsoft-managed keys with infrastructure encryption; customer-managed keys are an organisational choice this template leaves open.
 }
 
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {

@@ -23,7 +23,7 @@ param tags object
   'Standard_GZRS'
   'Standard_RAGZRS'
 ])
-param skuName string
+param skuName string = 'Standard_GRS'
 
 @description('Container that holds the lake.')
 param containerName string
@@ -52,6 +52,8 @@ param softDeleteDays int = 7
 var storageBlobDataContributor = 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
 
 resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  //checkov:skip=CKV_AZURE_35:The function app on Flex Consumption reaches the lake over the public endpoint unless it is given virtual network integration; networkDefaultAction switches to Deny for such deployments. Access needs an Entra ID token in every case (shared keys are off).
+  //checkov:skip=CKV_AZURE_59:Public network access is the function app's path to the lake on Flex Consumption without virtual network integration; anonymous and shared-key access are both off.
   name: name
   location: location
   tags: tags
@@ -102,10 +104,6 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' = {
       expirationAction: 'Log'
     }
   }
-  //checkov:skip=CKV_AZURE_35:The function app on Flex Consumption reaches the lake over the public endpoint unless it is given virtual network integration; networkDefaultAction switches to Deny for such deployments. Access needs an Entra ID token in every case (shared keys are off).
-  //checkov:skip=CKV_AZURE_59:Same reason as CKV_AZURE_35: the public endpoint is the path from the function app; anonymous and shared-key access are both off.
-  //checkov:skip=CKV2_AZURE_33:Private endpoints need a virtual network, which this template does not create; see CKV_AZURE_35.
-  //checkov:skip=CKV2_AZURE_1:Microsoft-managed keys with infrastructure encryption; customer-managed keys are an organisational choice this template leaves open.
 }
 
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {

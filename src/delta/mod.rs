@@ -19,6 +19,7 @@ use deltalake::{DeltaTable, DeltaTableError, TableProperty};
 use url::Url;
 
 use crate::config::Lake;
+use crate::databricks::{Catalog, CatalogError};
 use crate::retry::Backoff;
 use crate::schema::rows::{Row, TableKind};
 use crate::schema::value::ColumnType;
@@ -91,6 +92,7 @@ pub struct Lakehouse {
     /// This process's own `txn` app id, and the version its next commit carries.
     writer_id: String,
     commit_seq: AtomicU64,
+    catalog: Option<Arc<Catalog>>,
 }
 
 /// The URL delta-rs opens for a table location (local paths become absolute `file://` URLs).
@@ -114,7 +116,14 @@ impl Lakehouse {
             backoff: Backoff { total: std::time::Duration::from_secs(30), ..Backoff::default() },
             writer_id: format!("segment-delta/writer/{}", uuid::Uuid::new_v4()),
             commit_seq: AtomicU64::new(1),
+            catalog: None,
         }
+    }
+
+    /// Keeps Unity Catalog in step: tables are registered after their first commit and widened through SQL.
+    pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Lakehouse {
+        self.catalog = Some(catalog);
+        self
     }
 
     pub fn lake(&self) -> &Lake {
@@ -241,12 +250,35 @@ impl Lakehouse {
             w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
         let skipped = redelivered.len();
         let exists = dt.version().is_some();
-        let plan = if exists {
+        let location = self.lake.table_uri(w.schema, table);
+        let mut plan = if exists {
+            check_features(dt, table).map_err(Attempt::Fatal)?;
             let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
             self.plan(table, Some(&schema), w.kind, &fresh)
         } else {
             self.plan(table, None, w.kind, &fresh)
         };
+        if let (Some(catalog), true) = (&self.catalog, exists) {
+            let catalog_err = |e: CatalogError| {
+                let err = WriteError { table: table.into(), message: e.message, retryable: e.retryable };
+                if e.retryable { Attempt::Transient(err) } else { Attempt::Fatal(err) }
+            };
+            if plan.new_columns.is_empty() {
+                // The first look at a table this process has not written yet; no call after that.
+                catalog.register(w.schema, table, &location).await.map_err(catalog_err)?;
+            } else {
+                // New columns go through the warehouse, which changes the Delta log as Databricks does;
+                // then the table is read again and the rows are appended to it as it now is.
+                let new: Vec<(String, ColumnType)> =
+                    plan.columns.iter().filter(|(n, _)| plan.new_columns.contains(n)).cloned().collect();
+                catalog.add_columns(w.schema, table, &location, &new).await.map_err(catalog_err)?;
+                dt.update_incremental(None).await.map_err(fatal)?;
+                txns.clear();
+                check_features(dt, table).map_err(Attempt::Fatal)?;
+                let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
+                plan = self.plan(table, Some(&schema), w.kind, &fresh);
+            }
+        }
         let build = |rows: &[&Row]| {
             arrow::build(table, &plan.columns, rows.iter().copied(), uuid_ts, |name| {
                 plan.unplaced(table, name, self.max_columns)
@@ -288,7 +320,14 @@ impl Lakehouse {
             let adds = writer.flush().await.map_err(fatal)?;
             self.commit_files(dt, &plan.columns, adds, props, retries).await?
         } else {
-            self.create_with(dt, &plan.columns, batch, props).await.map_err(fatal)?
+            let version = self.create_with(dt, &plan.columns, batch, props).await.map_err(fatal)?;
+            if let Some(catalog) = &self.catalog
+                && let Err(e) = catalog.register(w.schema, table, &location).await
+            {
+                // The rows are committed; the next write to this table tries the registration again.
+                tracing::warn!(table, error = %e, "table written but not yet registered in Unity Catalog");
+            }
+            version
         };
         txns.extend(highest);
         self.maybe_checkpoint(dt, version).await;
@@ -505,6 +544,49 @@ impl Attempt {
             Attempt::Fatal(err)
         }
     }
+}
+
+/// Delta features this writer cannot honour: a table Databricks upgraded to one of them is reported, not written.
+const UNSUPPORTED_FEATURES: &[&str] = &[
+    "typeWidening",
+    "typeWidening-preview",
+    "rowTracking",
+    "domainMetadata",
+    "inCommitTimestamp",
+    "clustering",
+    "variantType",
+    "variantType-preview",
+    "icebergCompatV1",
+    "icebergCompatV2",
+    "collations-preview",
+];
+
+fn check_features(dt: &DeltaTable, table: &str) -> Result<(), WriteError> {
+    let Ok(snapshot) = dt.snapshot() else { return Ok(()) };
+    let p = snapshot.protocol();
+    let mut found: Vec<String> = p
+        .writer_features()
+        .into_iter()
+        .flatten()
+        .map(|f| f.as_ref().to_string())
+        .chain(p.reader_features().into_iter().flatten().map(|f| f.to_string()))
+        .filter(|f| UNSUPPORTED_FEATURES.contains(&f.as_str()))
+        .collect();
+    found.sort();
+    found.dedup();
+    if found.is_empty() && p.min_writer_version() <= 7 {
+        return Ok(());
+    }
+    Err(WriteError {
+        table: table.into(),
+        message: format!(
+            "the table uses Delta features this writer cannot write ({}; writer version {}); nothing was written. \
+             Disable them on the table (or let Databricks write to it) and retry",
+            if found.is_empty() { "none named".to_string() } else { found.join(", ") },
+            p.min_writer_version()
+        ),
+        retryable: false,
+    })
 }
 
 /// The table's metadata with the columns it lacks appended, or `None` when it has them all.

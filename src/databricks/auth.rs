@@ -1,0 +1,277 @@
+//! Databricks credentials: a personal access token, OAuth machine-to-machine, or a Microsoft Entra token for a
+//! managed identity, workload identity or service principal. Tokens are cached and renewed before they expire.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use tokio::sync::Mutex;
+
+use crate::config::{ConfigError, Secret};
+
+/// The AzureDatabricks first-party application: the resource Entra tokens are issued for.
+pub const AZURE_DATABRICKS_RESOURCE: &str = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d";
+
+/// How tokens are obtained.
+#[derive(Clone)]
+pub enum Auth {
+    Pat(Secret),
+    OAuthM2m {
+        client_id: String,
+        client_secret: Secret,
+    },
+    /// Managed identity: the App Service / Functions endpoint (`IDENTITY_ENDPOINT` + `IDENTITY_HEADER`), or the
+    /// instance metadata endpoint when that is absent.
+    AzureMsi {
+        endpoint: Option<String>,
+        header: Option<Secret>,
+        client_id: Option<String>,
+    },
+    AzureClientSecret {
+        tenant_id: String,
+        client_id: String,
+        client_secret: Secret,
+        authority: String,
+    },
+    AzureWorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: String,
+        authority: String,
+    },
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.kind())
+    }
+}
+
+impl Auth {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Auth::Pat(_) => "personal access token",
+            Auth::OAuthM2m { .. } => "OAuth machine-to-machine",
+            Auth::AzureMsi { .. } => "Microsoft Entra managed identity",
+            Auth::AzureClientSecret { .. } => "Microsoft Entra service principal (client secret)",
+            Auth::AzureWorkloadIdentity { .. } => "Microsoft Entra workload identity",
+        }
+    }
+
+    /// Chooses the credential from `DATABRICKS_AUTH_TYPE`, else from what is set: a token, then OAuth client
+    /// credentials, then Entra (client secret, workload identity, managed identity).
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, ConfigError> {
+        let val = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let need = |k: &'static str, kind: &str| {
+            val(k).ok_or_else(|| ConfigError::Invalid {
+                name: k,
+                message: format!("is required for Databricks auth {kind}"),
+            })
+        };
+        let authority = val("AZURE_AUTHORITY_HOST")
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+            .trim_end_matches('/')
+            .to_string();
+        let kind = match val("DATABRICKS_AUTH_TYPE") {
+            Some(k) => k,
+            None if val("DATABRICKS_TOKEN").is_some() => "pat".into(),
+            None if val("DATABRICKS_CLIENT_ID").is_some() => "oauth-m2m".into(),
+            None if val("AZURE_CLIENT_SECRET").is_some() => "azure-client-secret".into(),
+            None if val("AZURE_FEDERATED_TOKEN_FILE").is_some() => "azure-workload-identity".into(),
+            None => "azure-msi".into(),
+        };
+        Ok(match kind.as_str() {
+            "pat" => Auth::Pat(Secret::new(need("DATABRICKS_TOKEN", "pat")?)),
+            "oauth-m2m" => Auth::OAuthM2m {
+                client_id: need("DATABRICKS_CLIENT_ID", "oauth-m2m")?,
+                client_secret: Secret::new(need("DATABRICKS_CLIENT_SECRET", "oauth-m2m")?),
+            },
+            "azure-client-secret" => Auth::AzureClientSecret {
+                tenant_id: need("AZURE_TENANT_ID", "azure-client-secret")?,
+                client_id: need("AZURE_CLIENT_ID", "azure-client-secret")?,
+                client_secret: Secret::new(need("AZURE_CLIENT_SECRET", "azure-client-secret")?),
+                authority,
+            },
+            "azure-workload-identity" => Auth::AzureWorkloadIdentity {
+                tenant_id: need("AZURE_TENANT_ID", "azure-workload-identity")?,
+                client_id: need("AZURE_CLIENT_ID", "azure-workload-identity")?,
+                token_file: need("AZURE_FEDERATED_TOKEN_FILE", "azure-workload-identity")?,
+                authority,
+            },
+            "azure-msi" => Auth::AzureMsi {
+                endpoint: val("IDENTITY_ENDPOINT"),
+                header: val("IDENTITY_HEADER").map(Secret::new),
+                client_id: val("AZURE_CLIENT_ID"),
+            },
+            other => {
+                return Err(ConfigError::Invalid {
+                    name: "DATABRICKS_AUTH_TYPE",
+                    message: format!(
+                        "{other:?}: expected pat, oauth-m2m, azure-msi, azure-client-secret or azure-workload-identity"
+                    ),
+                });
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not obtain a Databricks token ({kind}): {message}")]
+pub struct AuthError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+struct TokenAnswer {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+    #[serde(default)]
+    expires_on: Option<serde_json::Value>,
+}
+
+fn number(v: &Option<serde_json::Value>) -> Option<i64> {
+    match v.as_ref()? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+/// A token with its renewal deadline.
+struct Cached {
+    token: Secret,
+    renew_at: Instant,
+}
+
+/// Hands out a valid token, fetching a new one when the cached one is near its end or was refused.
+pub struct TokenSource {
+    auth: Auth,
+    host: String,
+    http: reqwest::Client,
+    cached: Mutex<Option<Cached>>,
+}
+
+impl TokenSource {
+    pub fn new(auth: Auth, host: String, http: reqwest::Client) -> Self {
+        TokenSource { auth, host, http, cached: Mutex::new(None) }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.auth.kind()
+    }
+
+    pub async fn token(&self) -> Result<Secret, AuthError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref()
+            && Instant::now() < c.renew_at
+        {
+            return Ok(c.token.clone());
+        }
+        let (token, lifetime) = self.fetch().await?;
+        // Renew when three quarters of the lifetime is gone (and at most five minutes before the end).
+        let early = (lifetime / 4).min(Duration::from_secs(300));
+        *cached = Some(Cached { token: token.clone(), renew_at: Instant::now() + lifetime.saturating_sub(early) });
+        Ok(token)
+    }
+
+    /// Forgets the cached token after the service refused it.
+    pub async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+
+    async fn fetch(&self) -> Result<(Secret, Duration), AuthError> {
+        let err = |message: String| AuthError { kind: self.auth.kind(), message };
+        let scope = format!("{AZURE_DATABRICKS_RESOURCE}/.default");
+        let request = match &self.auth {
+            Auth::Pat(t) => return Ok((t.clone(), Duration::from_secs(365 * 24 * 3600))),
+            Auth::OAuthM2m { client_id, client_secret } => self
+                .http
+                .post(format!("{}/oidc/v1/token", self.host))
+                .basic_auth(client_id, Some(client_secret.expose()))
+                .form(&[("grant_type", "client_credentials"), ("scope", "all-apis")]),
+            Auth::AzureClientSecret { tenant_id, client_id, client_secret, authority } => {
+                self.http.post(format!("{authority}/{tenant_id}/oauth2/v2.0/token")).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", client_secret.expose()),
+                    ("scope", scope.as_str()),
+                ])
+            }
+            Auth::AzureWorkloadIdentity { tenant_id, client_id, token_file, authority } => {
+                let assertion = std::fs::read_to_string(token_file).map_err(|e| err(format!("{token_file}: {e}")))?;
+                self.http.post(format!("{authority}/{tenant_id}/oauth2/v2.0/token")).form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+                    ("client_assertion", assertion.trim()),
+                    ("scope", scope.as_str()),
+                ])
+            }
+            Auth::AzureMsi { endpoint, header, client_id } => {
+                let mut query = vec![("resource", AZURE_DATABRICKS_RESOURCE.to_string())];
+                if let Some(id) = client_id {
+                    query.push(("client_id", id.clone()));
+                }
+                match (endpoint, header) {
+                    (Some(endpoint), Some(header)) => {
+                        query.push(("api-version", "2019-08-01".into()));
+                        self.http.get(endpoint).query(&query).header("X-IDENTITY-HEADER", header.expose())
+                    }
+                    _ => {
+                        query.push(("api-version", "2018-02-01".into()));
+                        self.http
+                            .get("http://169.254.169.254/metadata/identity/oauth2/token")
+                            .query(&query)
+                            .header("Metadata", "true")
+                    }
+                }
+            }
+        };
+        let res = request.send().await.map_err(|e| err(e.to_string()))?;
+        let status = res.status();
+        let body = res.text().await.map_err(|e| err(e.to_string()))?;
+        if !status.is_success() {
+            // Token endpoints echo no secrets; keep the answer short in case they echo much else.
+            let snippet: String = body.chars().take(300).collect();
+            return Err(err(format!("HTTP {status}: {snippet}")));
+        }
+        let answer: TokenAnswer =
+            serde_json::from_str(&body).map_err(|e| err(format!("unreadable token answer: {e}")))?;
+        let lifetime = match (number(&answer.expires_in), number(&answer.expires_on)) {
+            (Some(secs), _) => Duration::from_secs(secs.max(1) as u64),
+            (None, Some(at)) => Duration::from_secs((at - chrono::Utc::now().timestamp()).max(1) as u64),
+            (None, None) => Duration::from_secs(3000),
+        };
+        Ok((Secret::new(answer.access_token), lifetime))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn auth(vars: &[(&str, &str)]) -> Result<Auth, ConfigError> {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Auth::from_lookup(&|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn picks_the_credential_like_the_databricks_sdks() {
+        assert_eq!(auth(&[("DATABRICKS_TOKEN", "dapi1")]).unwrap().kind(), "personal access token");
+        let a = auth(&[("DATABRICKS_CLIENT_ID", "c"), ("DATABRICKS_CLIENT_SECRET", "s")]).unwrap();
+        assert_eq!(a.kind(), "OAuth machine-to-machine");
+        let a = auth(&[("AZURE_CLIENT_ID", "c"), ("AZURE_TENANT_ID", "t"), ("AZURE_CLIENT_SECRET", "SECRET")]).unwrap();
+        assert_eq!(a.kind(), "Microsoft Entra service principal (client secret)");
+        assert!(!format!("{a:?}").contains("SECRET"));
+        assert_eq!(
+            auth(&[("IDENTITY_ENDPOINT", "http://x"), ("IDENTITY_HEADER", "h")]).unwrap().kind(),
+            "Microsoft Entra managed identity"
+        );
+        let e = auth(&[("DATABRICKS_AUTH_TYPE", "oauth-m2m")]).unwrap_err().to_string();
+        assert!(e.starts_with("DATABRICKS_CLIENT_ID: is required"), "{e}");
+        assert!(auth(&[("DATABRICKS_AUTH_TYPE", "magic")]).is_err());
+    }
+}

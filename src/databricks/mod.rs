@@ -1,0 +1,215 @@
+//! Unity Catalog through Databricks SQL: the loader registers the tables it creates and adds the columns it
+//! needs by running DDL on a small SQL warehouse. An append that adds nothing makes no call at all.
+
+pub mod auth;
+pub mod client;
+pub mod setup;
+pub mod sql;
+pub mod statements;
+pub mod warehouse;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use reqwest::Method;
+use tokio::sync::{Mutex, OnceCell};
+
+use crate::config::ConfigError;
+use crate::schema::value::ColumnType;
+use auth::{Auth, TokenSource};
+use client::{ApiError, Client};
+use statements::StatementError;
+
+/// Databricks settings; absent when `DATABRICKS_HOST` is unset (the Delta log alone is then the catalog).
+#[derive(Debug, Clone)]
+pub struct DatabricksConfig {
+    pub host: String,
+    pub auth: Auth,
+    pub catalog: String,
+    pub warehouse_id: Option<String>,
+    /// How long one statement may take, including a warehouse start.
+    pub statement_timeout: Duration,
+}
+
+impl DatabricksConfig {
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Option<DatabricksConfig>, ConfigError> {
+        let val = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let Some(host) = val("DATABRICKS_HOST") else { return Ok(None) };
+        let host = if host.contains("://") { host } else { format!("https://{host}") };
+        let catalog = val("DATABRICKS_CATALOG").ok_or(ConfigError::Invalid {
+            name: "DATABRICKS_CATALOG",
+            message: "is required when DATABRICKS_HOST is set: the Unity Catalog catalog the tables are registered in"
+                .into(),
+        })?;
+        let secs = match val("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS") {
+            None => 300,
+            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
+                name: "SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS",
+                message: format!("{v:?} is not a number of seconds"),
+            })?,
+        };
+        Ok(Some(DatabricksConfig {
+            host: host.trim_end_matches('/').to_string(),
+            auth: Auth::from_lookup(get)?,
+            catalog,
+            warehouse_id: val("DATABRICKS_WAREHOUSE_ID"),
+            statement_timeout: Duration::from_secs(secs),
+        }))
+    }
+}
+
+/// A catalog call that failed; `retryable` says whether the same write can succeed later.
+#[derive(Debug, thiserror::Error)]
+#[error("Unity Catalog: {message}")]
+pub struct CatalogError {
+    pub message: String,
+    pub retryable: bool,
+}
+
+impl From<StatementError> for CatalogError {
+    fn from(e: StatementError) -> Self {
+        CatalogError { retryable: e.retryable(), message: e.to_string() }
+    }
+}
+
+impl From<ApiError> for CatalogError {
+    fn from(e: ApiError) -> Self {
+        CatalogError { retryable: e.retryable(), message: e.to_string() }
+    }
+}
+
+impl From<warehouse::WarehouseError> for CatalogError {
+    fn from(e: warehouse::WarehouseError) -> Self {
+        let retryable = !matches!(&e, warehouse::WarehouseError::Api(a) if !a.retryable());
+        CatalogError { retryable, message: e.to_string() }
+    }
+}
+
+pub struct Catalog {
+    client: Client,
+    pub catalog: String,
+    warehouse_id: Option<String>,
+    warehouse: OnceCell<String>,
+    timeout: Duration,
+    schemas: Mutex<HashSet<String>>,
+    registered: Mutex<HashSet<(String, String)>>,
+}
+
+impl Catalog {
+    pub fn new(cfg: &DatabricksConfig) -> Result<Catalog, CatalogError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| CatalogError { message: e.to_string(), retryable: false })?;
+        let tokens = TokenSource::new(cfg.auth.clone(), cfg.host.clone(), http.clone());
+        Ok(Catalog {
+            client: Client::new(cfg.host.clone(), tokens, http, Duration::from_secs(60)),
+            catalog: cfg.catalog.clone(),
+            warehouse_id: cfg.warehouse_id.clone(),
+            warehouse: OnceCell::new(),
+            timeout: cfg.statement_timeout,
+            schemas: Mutex::new(HashSet::new()),
+            registered: Mutex::new(HashSet::new()),
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn configured_warehouse(&self) -> Option<&str> {
+        self.warehouse_id.as_deref()
+    }
+
+    /// The warehouse id, found or created (and started) on first use.
+    pub async fn warehouse(&self) -> Result<String, CatalogError> {
+        self.warehouse
+            .get_or_try_init(|| async {
+                let (id, created) = warehouse::resolve(&self.client, self.warehouse_id.as_deref(), true).await?;
+                if created {
+                    tracing::info!(warehouse = %id, "created SQL warehouse {}", warehouse::WAREHOUSE_NAME);
+                }
+                warehouse::ensure_running(&self.client, &id, self.timeout).await?;
+                Ok::<_, CatalogError>(id)
+            })
+            .await
+            .cloned()
+    }
+
+    pub async fn run(&self, statement: &str) -> Result<serde_json::Value, CatalogError> {
+        let warehouse = self.warehouse().await?;
+        tracing::info!(statement, "running on the SQL warehouse");
+        Ok(statements::execute(&self.client, &warehouse, &self.catalog, statement, self.timeout).await?)
+    }
+
+    /// The columns Unity Catalog lists for a table (lower-case), or `None` when it does not know the table.
+    pub async fn table_columns(&self, schema: &str, table: &str) -> Result<Option<HashSet<String>>, CatalogError> {
+        let full = format!("{}.{schema}.{table}", self.catalog);
+        match self.client.call(Method::GET, &format!("/api/2.1/unity-catalog/tables/{full}"), None).await {
+            Ok(t) => Ok(Some(
+                t["columns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c["name"].as_str())
+                    .map(str::to_ascii_lowercase)
+                    .collect(),
+            )),
+            Err(ApiError::Http { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Makes sure Unity Catalog knows the table at `location`; after the first look this makes no call.
+    pub async fn register(&self, schema: &str, table: &str, location: &str) -> Result<(), CatalogError> {
+        let key = (schema.to_string(), table.to_string());
+        if self.registered.lock().await.contains(&key) {
+            return Ok(());
+        }
+        if self.table_columns(schema, table).await?.is_none() {
+            if !self.schemas.lock().await.contains(schema) {
+                self.run(&sql::create_schema(&self.catalog, schema)).await?;
+                self.schemas.lock().await.insert(schema.to_string());
+            }
+            self.run(&sql::create_table(&self.catalog, schema, table, location)).await?;
+        }
+        self.registered.lock().await.insert(key);
+        Ok(())
+    }
+
+    /// Adds the columns Unity Catalog does not list yet. A column another writer added meanwhile is success.
+    pub async fn add_columns(
+        &self,
+        schema: &str,
+        table: &str,
+        location: &str,
+        columns: &[(String, ColumnType)],
+    ) -> Result<usize, CatalogError> {
+        self.register(schema, table, location).await?;
+        let known = self.table_columns(schema, table).await?.unwrap_or_default();
+        let missing: Vec<(String, ColumnType)> =
+            columns.iter().filter(|(n, _)| !known.contains(&n.to_ascii_lowercase())).cloned().collect();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        match self.run(&sql::add_columns(&self.catalog, schema, table, &missing)).await {
+            Ok(_) => Ok(missing.len()),
+            Err(e) if e.message.contains("FIELDS_ALREADY_EXISTS") => {
+                // Another instance added some of them first; add whatever is still missing, once.
+                let known = self.table_columns(schema, table).await?.unwrap_or_default();
+                let still: Vec<(String, ColumnType)> =
+                    missing.into_iter().filter(|(n, _)| !known.contains(&n.to_ascii_lowercase())).collect();
+                if !still.is_empty() {
+                    self.run(&sql::add_columns(&self.catalog, schema, table, &still)).await?;
+                }
+                Ok(still.len())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Forgets what is known of a table, so the next write looks again.
+    pub async fn forget(&self, schema: &str, table: &str) {
+        self.registered.lock().await.remove(&(schema.to_string(), table.to_string()));
+    }
+}
