@@ -34,7 +34,8 @@ async fn post(h: &Harness, path: &str, body: String) -> (u16, Value) {
 #[test]
 fn host_json_starts_the_handler() {
     let host: Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/host.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/host.json")).unwrap())
+            .unwrap();
     let handler = &host["customHandler"];
     assert_eq!(handler["description"]["defaultExecutablePath"], "segment-delta");
     assert_eq!(handler["description"]["arguments"], json!(["serve"]));
@@ -64,9 +65,15 @@ async fn every_function_is_served() {
                 assert_eq!((status, answer["Outputs"]["res"]["statusCode"].as_u64()), (200, Some(200)), "{answer}");
             }
             "eventHubTrigger" => {
-                assert_eq!((trigger["cardinality"].as_str(), trigger["dataType"].as_str()), (Some("many"), Some("string")));
+                assert_eq!(
+                    (trigger["cardinality"].as_str(), trigger["dataType"].as_str()),
+                    (Some("many"), Some("string"))
+                );
                 assert_eq!(def["retry"]["maxRetryCount"], -1, "a failed batch must be retried, never skipped");
-                let events = serde_json::to_string(&[json!({"type": "track", "userId": "u", "event": "Routed", "messageId": "hub-1"}).to_string()]).unwrap();
+                let events = serde_json::to_string(&[
+                    json!({"type": "track", "userId": "u", "event": "Routed", "messageId": "hub-1"}).to_string(),
+                ])
+                .unwrap();
                 let inv = json!({"Data": {trigger["name"].as_str().unwrap(): events}, "Metadata": {"SequenceNumberArray": "[1]"}});
                 let (status, answer) = post(&h, &format!("/{name}"), inv.to_string()).await;
                 assert_eq!(status, 200, "{answer}");
@@ -74,7 +81,8 @@ async fn every_function_is_served() {
             other => panic!("function {name} has a trigger this binary does not serve: {other}"),
         }
     }
-    let mut ids: Vec<String> = h.table("segment", "routed").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    let mut ids: Vec<String> =
+        h.table("segment", "routed").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
     ids.sort();
     assert_eq!(ids, vec!["hub-1", "segment-1", "segment-2"]);
 }

@@ -29,6 +29,8 @@ pub struct DatabricksConfig {
     pub warehouse_id: Option<String>,
     /// How long one statement may take, including a warehouse start.
     pub statement_timeout: Duration,
+    /// How long 429/503 answers and network errors are retried before a write fails.
+    pub retry_budget: Duration,
 }
 
 impl DatabricksConfig {
@@ -41,19 +43,19 @@ impl DatabricksConfig {
             message: "is required when DATABRICKS_HOST is set: the Unity Catalog catalog the tables are registered in"
                 .into(),
         })?;
-        let secs = match val("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS") {
-            None => 300,
-            Some(v) => v.parse().map_err(|_| ConfigError::Invalid {
-                name: "SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS",
-                message: format!("{v:?} is not a number of seconds"),
-            })?,
+        let secs = |name: &'static str, default: u64| match val(name) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .map_err(|_| ConfigError::Invalid { name, message: format!("{v:?} is not a number of seconds") }),
         };
         Ok(Some(DatabricksConfig {
             host: host.trim_end_matches('/').to_string(),
             auth: Auth::from_lookup(get)?,
             catalog,
             warehouse_id: val("DATABRICKS_WAREHOUSE_ID"),
-            statement_timeout: Duration::from_secs(secs),
+            statement_timeout: Duration::from_secs(secs("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS", 300)?),
+            retry_budget: Duration::from_secs(secs("SEGMENT_DELTA_DATABRICKS_RETRY_SECS", 60)?),
         }))
     }
 }
@@ -103,7 +105,7 @@ impl Catalog {
             .map_err(|e| CatalogError { message: e.to_string(), retryable: false })?;
         let tokens = TokenSource::new(cfg.auth.clone(), cfg.host.clone(), http.clone());
         Ok(Catalog {
-            client: Client::new(cfg.host.clone(), tokens, http, Duration::from_secs(60)),
+            client: Client::new(cfg.host.clone(), tokens, http, cfg.retry_budget),
             catalog: cfg.catalog.clone(),
             warehouse_id: cfg.warehouse_id.clone(),
             warehouse: OnceCell::new(),

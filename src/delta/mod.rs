@@ -482,7 +482,9 @@ impl Lakehouse {
             .create()
             .with_columns(fields)
             .with_configuration_property(TableProperty::SetTransactionRetentionDuration, Some(TXN_RETENTION))
-            .with_commit_properties(props)
+            // Version 0 is written once: when another writer created the table first, delta-rs would otherwise
+            // retry this create as version 1, replacing the table's metadata. The caller reloads and appends.
+            .with_commit_properties(props.with_max_retries(0))
             .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
             .await?;
         let version = created.version().unwrap_or(0);

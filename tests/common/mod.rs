@@ -41,7 +41,11 @@ impl Harness {
         let mut config = Config { lake: Lake::Local(path.to_path_buf()), ..Config::default() };
         config.flush.interval = Duration::from_millis(20);
         tune(&mut config);
-        let lake = Arc::new(Lakehouse::new(config.lake.clone(), HashMap::new(), config.max_columns));
+        let mut lake = Lakehouse::new(config.lake.clone(), HashMap::new(), config.max_columns);
+        if let Some(db) = &config.databricks {
+            lake = lake.with_catalog(Arc::new(segment_delta::databricks::Catalog::new(db).expect("catalog")));
+        }
+        let lake = Arc::new(lake);
         let batcher = Batcher::start(lake, config.flush, config.dedup_capacity);
         AppState { config: Arc::new(config), batcher }
     }

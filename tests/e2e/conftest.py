@@ -2,7 +2,10 @@
 `deltalake` package (delta-rs through pyarrow), a reader independent of the server's own code.
 
 The binary comes from SEGMENT_DELTA_BIN, else `${CARGO_TARGET_DIR:-target}/debug/segment-delta` under the repo
-root. The shared corpus generator comes from SEGMENT_DELTA_SHARED, else `<repo>/../shared`.
+root. The shared corpus generator comes from SEGMENT_DELTA_SHARED, else `<repo>/../shared`. Tests of a lake on
+Azure Blob Storage run against Azurite: AZURITE_BLOB_BIN, else
+`$HOME/.cache/segment-delta/node/node_modules/.bin/azurite-blob` (`npm install --prefix
+"$HOME/.cache/segment-delta/node" azurite@3`); those tests fail when it is missing.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip as gzip_module
+import itertools
 import json
 import os
 import re
@@ -18,12 +22,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import requests
+from azure.storage.blob import BlobServiceClient
 from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[2]
@@ -167,6 +175,203 @@ def assert_row_matches(row: dict, event: dict, table: str) -> None:
     assert row["uuid_ts"] >= received, where
 
 
+# The corpus through a server: 5,000 events as ten /v1/batch bodies, and what the tables must then hold. Shared by
+# the local lake (test_corpus.py) and the lake on Azurite (test_azurite.py).
+
+CORPUS_COUNT, CORPUS_BATCH = 5_000, 500
+CORPUS_GZIPPED = {1, 4, 8}  # which bodies go gzip-compressed
+
+
+@pytest.fixture(scope="session")
+def corpus() -> tuple[list[bytes], list[dict]]:
+    """The corpus's /v1/batch bodies and their events."""
+    bodies = generate(CORPUS_COUNT, seed=7, batch=CORPUS_BATCH)
+    assert len(bodies) == CORPUS_COUNT // CORPUS_BATCH
+    events = [e for body in bodies for e in json.loads(body)["batch"]]
+    assert len(events) == CORPUS_COUNT
+    return bodies, events
+
+
+@dataclass
+class LoadedCorpus:
+    server: "Server"
+    events: list[dict]
+    answers: list[tuple[int, int, str]]  # (body index, status, answer text)
+    before: datetime
+    after: datetime
+
+
+def send_corpus(server: "Server", corpus, key: str | None = None, one_by_one: int = 2,
+                threads: int = 4) -> LoadedCorpus:
+    """Sends the corpus's bodies: `one_by_one` one after the other, then the rest over `threads` threads."""
+    bodies, events = corpus
+    before = datetime.now(timezone.utc)
+
+    def send(i):
+        r = server.post("/v1/batch", bodies[i], gzip=i in CORPUS_GZIPPED, key=key)
+        return i, r.status_code, r.text
+
+    answers = [send(i) for i in range(one_by_one)]
+    with ThreadPoolExecutor(threads) as pool:
+        answers += list(pool.map(send, range(one_by_one, len(bodies))))
+    return LoadedCorpus(server, events, answers, before, datetime.now(timezone.utc))
+
+
+def check_corpus_acknowledged(loaded: LoadedCorpus) -> None:
+    bad = [(i, status, text) for i, status, text in loaded.answers
+           if status != 200 or json.loads(text) != {"success": True}]
+    assert not bad
+
+
+def check_corpus_tables(loaded: LoadedCorpus) -> None:
+    """Each table holds exactly the ids of its events, each once."""
+    server, events = loaded.server, loaded.events
+    want: dict[str, set[str]] = {}
+    for e in events:
+        for table in tables_of(e):
+            want.setdefault(table, set()).add(e["messageId"])
+    kinds = Counter(e["type"] for e in events)
+    assert len(want["tracks"]) == kinds["track"]
+    assert {t: len(want[t]) for t in ("pages", "identifies", "screens", "groups", "aliases")} == {
+        "pages": kinds["page"], "identifies": kinds["identify"], "screens": kinds["screen"],
+        "groups": kinds["group"], "aliases": kinds["alias"]}
+    assert len(want) == 6 + 40, "the corpus has 40 track event names"
+
+    assert server.tables() - {"discards"} == set(want)
+    counts, missing, unexpected = {}, {}, {}
+    for table, ids in want.items():
+        got = server.read(table).column("id").to_pylist()
+        counts[table] = len(got)
+        if set(got) != ids:
+            missing[table] = sorted(ids - set(got))[:5]
+            unexpected[table] = sorted(set(got) - ids)[:5]
+    assert counts == {t: len(ids) for t, ids in want.items()}
+    assert not missing and not unexpected
+
+
+def check_corpus_no_discards(loaded: LoadedCorpus) -> None:
+    discards = read_discards(loaded.server.lake)
+    assert not discards, f"{len(discards)} discards for a clean corpus:\n{describe(discards)}"
+
+
+def check_corpus_columns_and_types(loaded: LoadedCorpus) -> None:
+    server, events = loaded.server, loaded.events
+    schema = server.read("order_completed").schema
+    ts = pa.timestamp("us", tz="UTC")
+    want = {
+        "id": pa.string(), "anonymous_id": pa.string(), "user_id": pa.string(),
+        "received_at": ts, "sent_at": ts, "timestamp": ts, "original_timestamp": ts, "uuid_ts": ts,
+        "event": pa.string(), "event_text": pa.string(),
+        "revenue": pa.float64(), "currency": pa.string(), "category": pa.string(), "order_id": pa.string(),
+        "products": pa.string(), "shipping_method": pa.string(), "shipping_cost": pa.float64(),
+        "shipping_address_city": pa.string(), "shipping_address_country": pa.string(), "coupon": pa.string(),
+        "is_first_time": pa.bool_(), "item_count": pa.int64(),
+        "context_library_name": pa.string(), "context_library_version": pa.string(), "context_ip": pa.string(),
+        "context_user_agent": pa.string(), "context_network_wifi": pa.bool_(), "context_screen_width": pa.int64(),
+        "context_screen_density": pa.int64(), "context_page_url": pa.string(), "context_campaign_name": pa.string(),
+        "context_app_build": pa.string(), "context_os_version": pa.string(),
+    }
+    got = {f.name: f.type for f in schema}
+    assert {c: got.get(c) for c in want} == want
+    # No column that no Order Completed event fills (the camelCase/space keys only in their snake_case spelling).
+    assert not {"isFirstTime", "item Count", "is_firsttime", "itemcount", "properties", "context"} & set(got)
+    filled = set()
+    for e in events:
+        if e["type"] == "track" and e["event"] == "Order Completed":
+            filled |= set(expected_row(e, "order_completed"))
+    assert set(got) == filled | {"received_at", "timestamp", "uuid_ts"}
+
+    identifies = {f.name: f.type for f in server.read("identifies").schema}
+    assert identifies["created_at"] == ts and identifies["logins"] == pa.int64()
+    assert identifies["company_employee_count"] == pa.int64() and identifies["address_postal_code"] == pa.string()
+    assert {f.name: f.type for f in server.read("groups").schema}["employees"] == pa.int64()
+
+
+def _pick(events, predicate, what):
+    for e in events:
+        if predicate(e):
+            return e
+    raise AssertionError(f"the corpus has no {what}")
+
+
+def corpus_samples(events: list[dict]) -> list[dict]:
+    """One event of each kind worth a close look; the first is a web Order Completed with a coupon."""
+    lib = lambda e: e["context"]["library"]["name"]
+    props = lambda e: e.get("properties", {})
+    return [
+        _pick(events, lambda e: e.get("event") == "Order Completed" and props(e).get("coupon")
+              and lib(e) == "analytics.js", "web Order Completed with a coupon"),
+        _pick(events, lambda e: e.get("event") == "Order Completed" and props(e).get("coupon") is None
+              and lib(e) != "analytics.js", "mobile Order Completed without coupon"),
+        _pick(events, lambda e: e["type"] == "track" and "userId" not in e, "anonymous track"),
+        _pick(events, lambda e: e.get("event", "").startswith("Video"), "video event"),
+        _pick(events, lambda e: e.get("event") == "Experiment Viewed", "Experiment Viewed"),
+        _pick(events, lambda e: e["type"] == "page", "page"),
+        _pick(events, lambda e: e["type"] == "identify", "identify"),
+        _pick(events, lambda e: e["type"] == "screen", "screen"),
+        _pick(events, lambda e: e["type"] == "group", "group"),
+        _pick(events, lambda e: e["type"] == "alias", "alias"),
+    ]
+
+
+def check_corpus_sample_rows(loaded: LoadedCorpus) -> None:
+    server, events = loaded.server, loaded.events
+    cache = {}
+    checked = 0
+    for event in corpus_samples(events):
+        for table in tables_of(event):
+            if table not in cache:
+                cache[table] = {r["id"]: r for r in server.read(table).to_pylist()}
+            row = cache[table].get(event["messageId"])
+            assert row is not None, f"{event['messageId']} not in {table}"
+            assert_row_matches(row, event, table)
+            checked += 1
+    assert checked >= 14
+
+
+def check_corpus_specific_values(loaded: LoadedCorpus) -> None:
+    """A few columns spelled out, so a failure reads plainly."""
+    server, events = loaded.server, loaded.events
+    e = corpus_samples(events)[0]
+    row = next(r for r in server.read("order_completed").to_pylist() if r["id"] == e["messageId"])
+    p = e["properties"]
+    assert row["event"] == "order_completed" and row["event_text"] == "Order Completed"
+    assert row["revenue"] == p["revenue"] and row["item_count"] == p["item Count"]
+    assert row["is_first_time"] is p["isFirstTime"]
+    assert row["shipping_address_city"] == p["shipping"]["address"]["city"]
+    assert json.loads(row["products"]) == p["products"]
+    assert row["coupon"] == p["coupon"]
+    assert row["context_library_name"] == "analytics.js"
+    assert row["context_page_url"] == e["context"]["page"]["url"]
+    assert row["original_timestamp"] == parse_ts(e["timestamp"])
+    assert row["timestamp"] == row["received_at"] - (parse_ts(e["sentAt"]) - parse_ts(e["timestamp"]))
+
+
+def check_corpus_track_timestamps(loaded: LoadedCorpus) -> None:
+    """For every track row: ids, sent_at and original_timestamp as sent, received_at within the sending window,
+    timestamp skew-corrected from received_at, uuid_ts no earlier than received_at."""
+    server, events, before, after = loaded.server, loaded.events, loaded.before, loaded.after
+    by_id = {e["messageId"]: e for e in events if e["type"] == "track"}
+    wrong = []
+    for row in server.read("tracks").to_pylist():
+        e = by_id[row["id"]]
+        sent, original = parse_ts(e["sentAt"]), parse_ts(e["timestamp"])
+        checks = {
+            "user_id": row["user_id"] == e.get("userId"),
+            "anonymous_id": row["anonymous_id"] == e.get("anonymousId"),
+            "event": row["event"] == go_snakecase(e["event"]) and row["event_text"] == e["event"],
+            "sent_at": row["sent_at"] == sent,
+            "original_timestamp": row["original_timestamp"] == original,
+            "received_at": before <= row["received_at"] <= after,
+            "timestamp": row["timestamp"] == row["received_at"] - (sent - original),
+            "uuid_ts": row["received_at"] <= row["uuid_ts"] <= after,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            wrong.append((row["id"], bad))
+    assert not wrong, wrong[:10]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The server
 
@@ -178,9 +383,10 @@ def free_port() -> int:
 
 
 def clean_env(overrides: dict[str, str]) -> dict[str, str]:
-    """The caller's environment without any segment-delta or Functions setting, then the test's own."""
+    """The caller's environment without any segment-delta, Functions, Azure or Azurite setting, then the test's
+    own."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SEGMENT_DELTA_") and not k.startswith("FUNCTIONS_")}
+           if not k.startswith(("SEGMENT_DELTA_", "FUNCTIONS_", "AZURE_", "AZURITE_", "IDENTITY_", "MSI_"))}
     env.update({k: str(v) for k, v in overrides.items()})
     return env
 
@@ -195,14 +401,16 @@ def tail(path: Path, limit: int = 20_000) -> str:
 
 
 class Server:
-    """One `segment-delta serve` process on a free port with its own lake."""
+    """One `segment-delta serve` process on a free port with its own lake: `<workdir>/lake`, or `lake` when given
+    (a lake on Azurite, possibly shared with other servers)."""
 
-    def __init__(self, workdir: Path, **env: str):
+    def __init__(self, workdir: Path, lake: "AzuriteLake | None" = None, **env: str):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.lake = workdir / "lake"
+        self.lake: Path | AzuriteLake = workdir / "lake" if lake is None else lake
+        lake_env = {"SEGMENT_DELTA_LAKE": str(self.lake)} if lake is None else lake.server_env()
         self.stderr_path = workdir / "server.stderr"
-        self.env = {"SEGMENT_DELTA_LAKE": str(self.lake), "SEGMENT_DELTA_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS,
+        self.env = {**lake_env, "SEGMENT_DELTA_FLUSH_INTERVAL_MS": FLUSH_INTERVAL_MS,
                     "SEGMENT_DELTA_LOG_FORMAT": "text", "NO_COLOR": "1", **env}
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -295,17 +503,23 @@ class Server:
         return read_table(self.lake, schema, table)
 
     def files(self) -> set[str]:
+        if isinstance(self.lake, AzuriteLake):
+            return self.lake.files()
         return {str(p.relative_to(self.lake)) for p in self.lake.rglob("*")} if self.lake.exists() else set()
 
 
-def lake_tables(lake: Path, schema: str = "segment") -> set[str]:
+def lake_tables(lake: "Path | AzuriteLake", schema: str = "segment") -> set[str]:
+    if isinstance(lake, AzuriteLake):
+        return lake.tables(schema)
     root = lake / schema
     if not root.is_dir():
         return set()
     return {p.name for p in root.iterdir() if (p / "_delta_log").is_dir()}
 
 
-def read_table(lake: Path, schema: str, table: str) -> pa.Table:
+def read_table(lake: "Path | AzuriteLake", schema: str, table: str) -> pa.Table:
+    if isinstance(lake, AzuriteLake):
+        return lake.read(table, schema)
     path = lake / schema / table
     assert DeltaTable.is_deltatable(str(path)), f"{schema}.{table} is not a Delta table (tables: {lake_tables(lake, schema)})"
     return DeltaTable(str(path)).to_pyarrow_table()
@@ -318,7 +532,7 @@ def rows_by_id(table: pa.Table) -> dict[str, dict]:
     return by_id
 
 
-def read_discards(lake: Path, schema: str = "segment") -> list[dict]:
+def read_discards(lake: "Path | AzuriteLake", schema: str = "segment") -> list[dict]:
     if "discards" not in lake_tables(lake, schema):
         return []
     return read_table(lake, schema, "discards").to_pylist()
@@ -331,9 +545,9 @@ def describe(rows: list[dict], limit: int = 20) -> str:
 
 
 @contextlib.contextmanager
-def running_server(workdir: Path, **env: str):
+def running_server(workdir: Path, lake: "AzuriteLake | None" = None, **env: str):
     """Starts a server, yields it, then SIGTERMs it and asserts a clean exit."""
-    server = Server(workdir, **env).start()
+    server = Server(workdir, lake, **env).start()
     try:
         yield server
     finally:
@@ -343,15 +557,15 @@ def running_server(workdir: Path, **env: str):
 
 @pytest.fixture
 def start_server(tmp_path):
-    """Factory: `start_server(**env)` starts another server (each with a fresh lake); all are stopped after the
-    test, and each must exit 0."""
+    """Factory: `start_server(**env)` starts another server (each with a fresh local lake, or on `lake=` when
+    given); all are stopped after the test, and each must exit 0."""
     stack = contextlib.ExitStack()
     count = 0
 
-    def start(**env: str) -> Server:
+    def start(lake: "AzuriteLake | None" = None, **env: str) -> Server:
         nonlocal count
         count += 1
-        return stack.enter_context(running_server(tmp_path / f"server{count}", **env))
+        return stack.enter_context(running_server(tmp_path / f"server{count}", lake, **env))
 
     with stack:
         yield start
@@ -363,10 +577,206 @@ def server(start_server) -> Server:
     return start_server()
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Azurite: a lake on (emulated) Azure Blob Storage
+
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development account key (published in its documentation; it guards nothing).
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+AZURITE_START_TIMEOUT_S = 60
+
+# Azurite processes running right now; the log of one that died is attached to the report of a failing test.
+AZURITES: list["Azurite"] = []
+
+
+def azurite_blob_bin() -> Path:
+    explicit = os.environ.get("AZURITE_BLOB_BIN")
+    if explicit:
+        return Path(explicit)
+    return Path.home() / ".cache" / "segment-delta" / "node" / "node_modules" / ".bin" / "azurite-blob"
+
+
+class Azurite:
+    """One `azurite-blob` process on a free port, keeping its data under `workdir`."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.log_path = workdir / "azurite.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.service: BlobServiceClient | None = None
+        self._containers = itertools.count(1)
+
+    @property
+    def url(self) -> str:
+        """What the server takes as AZURITE_BLOB_STORAGE_URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"{self.url}/{AZURITE_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint={self.blob_endpoint};")
+
+    def start(self) -> "Azurite":
+        for _attempt in range(3):
+            self.port = free_port()
+            cmd = [str(azurite_blob_bin()), "--blobHost", "127.0.0.1", "--blobPort", str(self.port),
+                   "--location", str(self.workdir / "data"), "--silent", "--skipApiVersionCheck"]
+            with open(self.log_path, "ab") as log:
+                self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            if self._wait_until_up():
+                self.service = BlobServiceClient.from_connection_string(self.connection_string)
+                AZURITES.append(self)
+                return self
+            if "EADDRINUSE" not in tail(self.log_path):
+                break  # not a port race: don't retry
+        raise AssertionError(f"azurite-blob did not come up (exit {self.proc.poll()}):\n{tail(self.log_path)}")
+
+    def _wait_until_up(self) -> bool:
+        deadline = time.monotonic() + AZURITE_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return True
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        self.proc.wait()
+        return False
+
+    def stop(self) -> None:
+        """Stops it; the data are disposable, so it is not given long to close its connections."""
+        if self in AZURITES:
+            AZURITES.remove(self)
+        if self.service is not None:
+            self.service.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def new_lake(self, hint: str, prefix: str = "lake") -> "AzuriteLake":
+        """A lake in a new container named after `hint` (a test's name)."""
+        name = re.sub(r"[^a-z0-9]+", "-", hint.lower())[:50].strip("-") or "lake"
+        container = f"{name}-{next(self._containers)}"
+        self.service.create_container(container)
+        return AzuriteLake(self, container, prefix)
+
+
+class AzuriteLake:
+    """A lake at `az://<container>/<prefix>` on Azurite. Read back with deltalake through the Blob endpoint and
+    the account key, and listed with azure-storage-blob: nothing of the server's own storage setup."""
+
+    def __init__(self, azurite: Azurite, container: str, prefix: str):
+        self.azurite = azurite
+        self.container = container
+        self.prefix = prefix.strip("/")
+
+    @property
+    def uri(self) -> str:
+        return f"az://{self.container}/{self.prefix}"
+
+    def __str__(self) -> str:
+        return self.uri
+
+    def server_env(self) -> dict[str, str]:
+        return {"SEGMENT_DELTA_LAKE": self.uri, "SEGMENT_DELTA_STORAGE_EMULATOR": "true",
+                "AZURITE_BLOB_STORAGE_URL": self.azurite.url}
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        # Not `use_emulator`: deltalake's Azure store then ignores the endpoint option and reads
+        # AZURITE_BLOB_STORAGE_URL from this process's environment (or assumes port 10000).
+        return {"account_name": AZURITE_ACCOUNT, "account_key": AZURITE_KEY,
+                "azure_storage_endpoint": self.azurite.blob_endpoint, "allow_http": "true"}
+
+    def blob_names(self, under: str = "") -> list[str]:
+        """Blob names below the lake root (or below `under` in it), relative to the lake root."""
+        start = f"{self.prefix}/{under.strip('/')}/" if under.strip("/") else f"{self.prefix}/"
+        client = self.azurite.service.get_container_client(self.container)
+        return [b.name[len(self.prefix) + 1:] for b in client.list_blobs(name_starts_with=start)]
+
+    def download(self, name: str) -> bytes:
+        """A blob's content, by its name relative to the lake root."""
+        client = self.azurite.service.get_container_client(self.container)
+        return client.download_blob(f"{self.prefix}/{name}").readall()
+
+    def files(self) -> set[str]:
+        return set(self.blob_names())
+
+    def tables(self, schema: str = "segment") -> set[str]:
+        return {parts[1] for parts in (n.split("/") for n in self.blob_names(schema))
+                if len(parts) > 3 and parts[2] == "_delta_log"}
+
+    def table_uri(self, schema: str, table: str) -> str:
+        return f"{self.uri}/{schema}/{table}"
+
+    def read(self, table: str, schema: str = "segment") -> pa.Table:
+        if not self.blob_names(f"{schema}/{table}/_delta_log"):
+            raise AssertionError(f"{schema}.{table} is not a Delta table (tables: {self.tables(schema)})")
+        return DeltaTable(self.table_uri(schema, table), storage_options=self.storage_options).to_pyarrow_table()
+
+    def delta_log(self, table: str, schema: str = "segment") -> dict[int, list[dict]]:
+        """The table's commits: version → its actions, from the `_delta_log/<version>.json` blobs."""
+        commits = {}
+        for name in self.blob_names(f"{schema}/{table}/_delta_log"):
+            m = re.fullmatch(r".*/_delta_log/(\d{20})\.json", name)
+            if m:
+                text = self.download(name).decode("utf-8")
+                commits[int(m.group(1))] = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return commits
+
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory) -> Azurite:
+    """Azurite's Blob service, once for the session."""
+    path = azurite_blob_bin()
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"azurite-blob not found at {path}: install it with `npm install --prefix "
+                    f"\"$HOME/.cache/segment-delta/node\" azurite@3` or set AZURITE_BLOB_BIN", pytrace=False)
+    server = Azurite(tmp_path_factory.mktemp("azurite")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def azurite_lake(azurite, request) -> AzuriteLake:
+    """A lake in a container of its own for this test."""
+    return azurite.new_lake(request.node.name)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reporting
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
         for s in LIVE:
             report.sections.append((f"segment-delta stderr ({s.url}, {s.stderr_path})", s.stderr()))
+        for a in AZURITES:
+            if a.proc is not None and a.proc.poll() is not None:
+                report.sections.append((f"azurite-blob exited with {a.proc.returncode} ({a.log_path})",
+                                        tail(a.log_path)))
     return report
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Figures a test chose to report (`record_property("summary", ...)`), e.g. commits and conflicts."""
+    lines = [f"{r.nodeid}: {value}" for reports in terminalreporter.stats.values() for r in reports
+             if getattr(r, "when", None) == "call"
+             for name, value in getattr(r, "user_properties", ()) if name == "summary"]
+    if lines:
+        terminalreporter.write_sep("-", "segment-delta figures")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,0 +1,295 @@
+//! SQL warehouses: list, get, create (validated like the real API), start and stop, with timed state changes.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use crate::errors::{ApiError, Resp};
+use crate::state::Emulator;
+
+pub const CLUSTER_SIZES: [&str; 9] =
+    ["2X-Small", "X-Small", "Small", "Medium", "Large", "X-Large", "2X-Large", "3X-Large", "4X-Large"];
+const WAREHOUSE_TYPES: [&str; 3] = ["PRO", "CLASSIC", "TYPE_UNSPECIFIED"];
+const SPOT_POLICIES: [&str; 3] = ["COST_OPTIMIZED", "RELIABILITY_OPTIMIZED", "POLICY_UNSPECIFIED"];
+const MAX_CLUSTERS: i64 = 40;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhState {
+    Starting,
+    Running,
+    Stopping,
+    Stopped,
+    Deleting,
+    Deleted,
+}
+
+impl WhState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WhState::Starting => "STARTING",
+            WhState::Running => "RUNNING",
+            WhState::Stopping => "STOPPING",
+            WhState::Stopped => "STOPPED",
+            WhState::Deleting => "DELETING",
+            WhState::Deleted => "DELETED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "STARTING" => WhState::Starting,
+            "RUNNING" => WhState::Running,
+            "STOPPING" => WhState::Stopping,
+            "STOPPED" => WhState::Stopped,
+            "DELETING" => WhState::Deleting,
+            "DELETED" => WhState::Deleted,
+            _ => return None,
+        })
+    }
+}
+
+/// A warehouse given on the command line (`--warehouse id:name:state`).
+#[derive(Clone, Debug)]
+pub struct WarehouseSeed {
+    pub id: String,
+    pub name: String,
+    pub state: WhState,
+}
+
+#[derive(Clone, Debug)]
+pub struct Warehouse {
+    pub id: String,
+    pub name: String,
+    pub cluster_size: String,
+    pub min_num_clusters: i64,
+    pub max_num_clusters: i64,
+    pub auto_stop_mins: i64,
+    pub enable_serverless_compute: bool,
+    pub enable_photon: bool,
+    pub warehouse_type: String,
+    pub spot_instance_policy: String,
+    pub state: WhState,
+    /// Bumped on every transition, so a timed transition scheduled earlier can tell it is stale.
+    pub generation: u64,
+}
+
+impl Warehouse {
+    pub fn from_seed(seed: &WarehouseSeed) -> Self {
+        Warehouse {
+            id: seed.id.clone(),
+            name: seed.name.clone(),
+            cluster_size: "2X-Small".into(),
+            min_num_clusters: 1,
+            max_num_clusters: 1,
+            auto_stop_mins: 10,
+            enable_serverless_compute: true,
+            enable_photon: true,
+            warehouse_type: "PRO".into(),
+            spot_instance_policy: "COST_OPTIMIZED".into(),
+            state: seed.state,
+            generation: 0,
+        }
+    }
+
+    fn to_json(&self, base_url: &str) -> Value {
+        let host = base_url.trim_start_matches("http://");
+        let running = self.state == WhState::Running;
+        json!({
+            "id": self.id,
+            "name": self.name,
+            "cluster_size": self.cluster_size,
+            "min_num_clusters": self.min_num_clusters,
+            "max_num_clusters": self.max_num_clusters,
+            "auto_stop_mins": self.auto_stop_mins,
+            "enable_serverless_compute": self.enable_serverless_compute,
+            "enable_photon": self.enable_photon,
+            "warehouse_type": self.warehouse_type,
+            "spot_instance_policy": self.spot_instance_policy,
+            "state": self.state.as_str(),
+            "num_clusters": if running { 1 } else { 0 },
+            "num_active_sessions": 0,
+            "creator_name": "emulator@example.com",
+            "health": {"status": "HEALTHY"},
+            "odbc_params": {"hostname": host, "path": format!("/sql/1.0/warehouses/{}", self.id),
+                            "protocol": "https", "port": 443},
+            "jdbc_url": format!("jdbc:databricks://{host}:443/default;transportMode=http;ssl=1;AuthMech=3;httpPath=/sql/1.0/warehouses/{};", self.id),
+        })
+    }
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("RESOURCE_DOES_NOT_EXIST", format!("Warehouse {id} does not exist."))
+}
+
+pub fn list(emu: &Emulator) -> Result<Resp, ApiError> {
+    let inner = emu.lock();
+    let all: Vec<Value> =
+        inner.warehouses.iter().filter(|w| w.state != WhState::Deleted).map(|w| w.to_json(&emu.base_url)).collect();
+    Ok(Resp::ok(json!({"warehouses": all})))
+}
+
+pub fn get(emu: &Emulator, id: &str) -> Result<Resp, ApiError> {
+    let inner = emu.lock();
+    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    Ok(Resp::ok(w.to_json(&emu.base_url)))
+}
+
+fn int_field(body: &Map<String, Value>, key: &str, default: i64) -> Result<i64, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => v.as_i64().ok_or_else(|| ApiError::malformed(format!("Expected an integer for '{key}'"))),
+    }
+}
+
+fn str_field<'a>(body: &'a Map<String, Value>, key: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::malformed(format!("Expected a string for '{key}'"))),
+    }
+}
+
+fn bool_field(body: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
+    match body.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::malformed(format!("Expected a boolean for '{key}'"))),
+    }
+}
+
+/// `POST /api/2.0/sql/warehouses`: validates the body, creates the warehouse and starts it.
+pub fn create(emu: &Arc<Emulator>, body: &Value) -> Result<Resp, ApiError> {
+    let body = body.as_object().ok_or_else(|| ApiError::malformed("Request body must be a JSON object"))?;
+    let name = str_field(body, "name")?.unwrap_or("").trim().to_string();
+    if name.is_empty() || name.chars().count() >= 100 {
+        return Err(ApiError::invalid("name is required and must be shorter than 100 characters"));
+    }
+    let cluster_size =
+        str_field(body, "cluster_size")?.ok_or_else(|| ApiError::invalid("cluster_size is required"))?.to_string();
+    if !CLUSTER_SIZES.contains(&cluster_size.as_str()) {
+        return Err(ApiError::invalid(format!(
+            "cluster_size '{cluster_size}' is not one of {}",
+            CLUSTER_SIZES.join(", ")
+        )));
+    }
+    let min = int_field(body, "min_num_clusters", 1)?;
+    let max = int_field(body, "max_num_clusters", 1)?;
+    if min < 1 || max < min || max > MAX_CLUSTERS {
+        return Err(ApiError::invalid(format!(
+            "min_num_clusters must be >= 1 and max_num_clusters must be >= min_num_clusters and <= {MAX_CLUSTERS} \
+             (got {min} and {max})"
+        )));
+    }
+    let auto_stop = int_field(body, "auto_stop_mins", 120)?;
+    if auto_stop != 0 && auto_stop < 10 {
+        return Err(ApiError::invalid(format!("auto_stop_mins must be 0 or >= 10 (got {auto_stop})")));
+    }
+    let warehouse_type = str_field(body, "warehouse_type")?.unwrap_or("TYPE_UNSPECIFIED").to_string();
+    if !WAREHOUSE_TYPES.contains(&warehouse_type.as_str()) {
+        return Err(ApiError::invalid(format!("warehouse_type '{warehouse_type}' is not one of PRO, CLASSIC")));
+    }
+    let serverless = bool_field(body, "enable_serverless_compute", false)?;
+    if serverless && warehouse_type != "PRO" {
+        return Err(ApiError::invalid("Serverless compute requires warehouse_type PRO"));
+    }
+    let spot = str_field(body, "spot_instance_policy")?.unwrap_or("COST_OPTIMIZED").to_string();
+    if !SPOT_POLICIES.contains(&spot.as_str()) {
+        return Err(ApiError::invalid(format!("spot_instance_policy '{spot}' is not valid")));
+    }
+    let photon = bool_field(body, "enable_photon", true)?;
+    let id = format!("{:016x}", uuid::Uuid::new_v4().as_u128() as u64);
+    {
+        let mut inner = emu.lock();
+        if inner.warehouses.iter().any(|w| w.name == name && w.state != WhState::Deleted) {
+            return Err(ApiError::new(
+                400,
+                "RESOURCE_ALREADY_EXISTS",
+                format!("A SQL warehouse named '{name}' already exists."),
+            ));
+        }
+        inner.warehouses.push(Warehouse {
+            id: id.clone(),
+            name,
+            cluster_size,
+            min_num_clusters: min,
+            max_num_clusters: max,
+            auto_stop_mins: auto_stop,
+            enable_serverless_compute: serverless,
+            enable_photon: photon,
+            warehouse_type,
+            spot_instance_policy: spot,
+            state: WhState::Stopped,
+            generation: 0,
+        });
+    }
+    set_state(emu, &id, WhState::Starting);
+    Ok(Resp::ok(json!({"id": id})))
+}
+
+/// `POST .../{id}/start`: a stopped warehouse goes STARTING then RUNNING; a running or starting one is left alone.
+pub fn start(emu: &Arc<Emulator>, id: &str) -> Result<Resp, ApiError> {
+    let state = current(emu, id)?;
+    if matches!(state, WhState::Stopped | WhState::Stopping) {
+        set_state(emu, id, WhState::Starting);
+    }
+    Ok(Resp::ok(json!({})))
+}
+
+/// `POST .../{id}/stop`: a running or starting warehouse goes STOPPING then STOPPED.
+pub fn stop(emu: &Arc<Emulator>, id: &str) -> Result<Resp, ApiError> {
+    let state = current(emu, id)?;
+    if matches!(state, WhState::Running | WhState::Starting) {
+        set_state(emu, id, WhState::Stopping);
+    }
+    Ok(Resp::ok(json!({})))
+}
+
+fn current(emu: &Emulator, id: &str) -> Result<WhState, ApiError> {
+    let inner = emu.lock();
+    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    Ok(w.state)
+}
+
+/// Sets a warehouse's state and schedules the transition that follows it: STARTING becomes RUNNING after
+/// `--warehouse-start-ms`, STOPPING becomes STOPPED and DELETING becomes DELETED shortly after.
+/// Returns false when there is no such warehouse.
+pub fn set_state(emu: &Arc<Emulator>, id: &str, state: WhState) -> bool {
+    let generation = {
+        let mut inner = emu.lock();
+        let Some(w) = inner.warehouses.iter_mut().find(|w| w.id == id) else {
+            return false;
+        };
+        w.state = state;
+        w.generation += 1;
+        w.generation
+    };
+    emu.notify();
+    let next = match state {
+        WhState::Starting => Some((WhState::Running, emu.settings.warehouse_start)),
+        WhState::Stopping => Some((WhState::Stopped, emu.settings.warehouse_start / 2)),
+        WhState::Deleting => Some((WhState::Deleted, emu.settings.warehouse_start / 2)),
+        _ => None,
+    };
+    if let Some((next, after)) = next {
+        let emu = emu.clone();
+        let id = id.to_string();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            let changed = {
+                let mut inner = emu.lock();
+                match inner.warehouses.iter_mut().find(|w| w.id == id && w.generation == generation) {
+                    Some(w) => {
+                        w.state = next;
+                        w.generation += 1;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            if changed {
+                emu.notify();
+            }
+        });
+    }
+    true
+}

@@ -1,0 +1,261 @@
+//! Unity Catalog kept in step through Databricks SQL, against the Databricks emulator: which statements run,
+//! the catalog's columns against the Delta log, auth modes, and injected failures.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::Harness;
+use segment_delta::config::Secret;
+use segment_delta::databricks::DatabricksConfig;
+use segment_delta::databricks::auth::Auth;
+use segment_delta::http::api::AppState;
+use serde_json::{Value, json};
+
+const PAT: &str = "dapi-emulated-token";
+
+struct Emulator {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Emulator {
+    fn start(extra: &[&str]) -> Emulator {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_databricks-emulator"))
+            .args(["--port", "0", "--token", PAT, "--catalog", "main", "--warehouse-start-ms", "100"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("emulator starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let url = line.trim().strip_prefix("listening on ").expect("address line").to_string();
+        Emulator { child, url, http: reqwest::Client::new() }
+    }
+
+    fn config(&self, auth: Auth) -> DatabricksConfig {
+        DatabricksConfig {
+            host: self.url.clone(),
+            auth,
+            catalog: "main".into(),
+            warehouse_id: None,
+            statement_timeout: Duration::from_secs(30),
+            retry_budget: Duration::from_secs(20),
+        }
+    }
+
+    async fn statements(&self) -> Vec<Value> {
+        let v: Value =
+            self.http.get(format!("{}/_emulator/statements", self.url)).send().await.unwrap().json().await.unwrap();
+        v["statements"].as_array().cloned().unwrap_or_default()
+    }
+
+    async fn texts(&self) -> Vec<String> {
+        self.statements().await.iter().map(|s| s["statement"].as_str().unwrap().to_string()).collect()
+    }
+
+    async fn fault(&self, body: Value) {
+        let res = self.http.post(format!("{}/_emulator/faults", self.url)).json(&body).send().await.unwrap();
+        assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    }
+
+    async fn clear_faults(&self) {
+        let res = self.http.delete(format!("{}/_emulator/faults", self.url)).send().await.unwrap();
+        assert!(res.status().is_success());
+    }
+
+    /// The column names Unity Catalog lists for a table.
+    async fn uc_columns(&self, full: &str) -> Vec<String> {
+        let v: Value = self
+            .http
+            .get(format!("{}/api/2.1/unity-catalog/tables/{full}", self.url))
+            .bearer_auth(PAT)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["columns"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{v}"))
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+async fn track(state: &AppState, id: &str, properties: Value) -> (u16, Value) {
+    let body = json!({"userId": "u", "messageId": id, "event": "Signed Up", "properties": properties}).to_string();
+    let res = warp::test::request()
+        .method("POST")
+        .path("/v1/track")
+        .body(body)
+        .reply(&segment_delta::http::routes(state.clone()))
+        .await;
+    (res.status().as_u16(), serde_json::from_slice(res.body()).unwrap_or(Value::Null))
+}
+
+fn delta_names(h: &Harness, table: &str) -> Vec<String> {
+    common::delta_columns(&h.dir.path().join("segment").join(table)).into_iter().map(|(n, _)| n).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_registered_and_widened_with_as_few_statements_as_possible() {
+    let emu = Emulator::start(&[]);
+    let h = Harness::new(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
+
+    assert_eq!(track(&h.state, "m1", json!({"plan": "pro"})).await.0, 200);
+    let first = emu.texts().await;
+    assert!(first.iter().all(|s| !s.starts_with("ALTER")), "{first:?}");
+    assert!(first.contains(&"CREATE SCHEMA IF NOT EXISTS `main`.`segment`".to_string()), "{first:?}");
+    for table in ["tracks", "signed_up"] {
+        let location = h.dir.path().join("segment").join(table).display().to_string();
+        let create = format!("CREATE TABLE IF NOT EXISTS `main`.`segment`.`{table}` USING DELTA LOCATION '{location}'");
+        assert_eq!(first.iter().filter(|s| **s == create).count(), 1, "{first:?}");
+        assert_eq!(emu.uc_columns(&format!("main.segment.{table}")).await, delta_names(&h, table));
+    }
+    assert!(emu.statements().await.iter().all(|s| s["state"] == "SUCCEEDED"));
+
+    // A new property: exactly one ALTER TABLE, on the table that gets it.
+    assert_eq!(track(&h.state, "m2", json!({"plan": "team", "seats": 5, "2FA Enabled": true})).await.0, 200);
+    let all = emu.texts().await;
+    assert_eq!(
+        all[first.len()..].to_vec(),
+        vec![
+            "ALTER TABLE `main`.`segment`.`signed_up` ADD COLUMNS (`seats` BIGINT, `2fa_enabled` BOOLEAN)".to_string()
+        ]
+    );
+    assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
+    let rows = h.table("segment", "signed_up");
+    let m2 = rows.iter().find(|r| r["id"] == "m2").unwrap();
+    assert_eq!((m2["seats"].clone(), m2["2fa_enabled"].clone()), (json!(5), json!(true)));
+
+    // Nothing new: no statement at all.
+    assert_eq!(track(&h.state, "m3", json!({"plan": "free", "seats": 1})).await.0, 200);
+    assert_eq!(emu.texts().await.len(), all.len());
+    assert_eq!(h.table("segment", "signed_up").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_adding_the_same_column_both_succeed() {
+    let emu = Emulator::start(&[]);
+    let h = Harness::new(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
+    assert_eq!(track(&h.state, "base", json!({"plan": "pro"})).await.0, 200);
+    let other = h.sibling(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
+    let (a, b) =
+        tokio::join!(track(&h.state, "a", json!({"color": "red"})), track(&other, "b", json!({"color": "blue"})));
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    let names = delta_names(&h, "signed_up");
+    assert_eq!(names.iter().filter(|n| *n == "color").count(), 1);
+    assert_eq!(emu.uc_columns("main.segment.signed_up").await, names);
+    let mut ids: Vec<String> =
+        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b", "base"]);
+    let alters: Vec<Value> =
+        emu.statements().await.into_iter().filter(|s| s["statement"].as_str().unwrap().starts_with("ALTER")).collect();
+    assert!(alters.iter().filter(|s| s["state"] == "SUCCEEDED").count() == 1, "{alters:?}");
+    assert!(
+        alters.iter().all(|s| s["state"] == "SUCCEEDED" || s["error_class"] == "FIELDS_ALREADY_EXISTS"),
+        "{alters:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth_tokens_are_renewed_before_they_expire() {
+    let emu = Emulator::start(&["--client-id", "sp-id", "--client-secret", "sp-secret", "--token-ttl-secs", "2"]);
+    let auth = Auth::OAuthM2m { client_id: "sp-id".into(), client_secret: Secret::new("sp-secret") };
+    let h = Harness::new(|c| c.databricks = Some(emu.config(auth)));
+    assert_eq!(track(&h.state, "o1", json!({"plan": "pro"})).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(track(&h.state, "o2", json!({"after_expiry": 1})).await, (200, json!({"success": true})));
+    assert!(delta_names(&h, "signed_up").contains(&"after_expiry".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_managed_identity_tokens_come_from_the_identity_endpoint() {
+    let emu = Emulator::start(&["--identity-header", "host-secret", "--token-ttl-secs", "2"]);
+    let auth = Auth::AzureMsi {
+        endpoint: Some(format!("{}/msi/token", emu.url)),
+        header: Some(Secret::new("host-secret")),
+        client_id: Some("11111111-2222-3333-4444-555555555555".into()),
+    };
+    let h = Harness::new(|c| c.databricks = Some(emu.config(auth)));
+    assert_eq!(track(&h.state, "e1", json!({"plan": "pro"})).await.0, 200);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(track(&h.state, "e2", json!({"later": true})).await.0, 200);
+    assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
+    // A wrong identity header is refused, and the sender is told to retry rather than the data being lost.
+    let bad = Auth::AzureMsi {
+        endpoint: Some(format!("{}/msi/token", emu.url)),
+        header: Some(Secret::new("wrong")),
+        client_id: None,
+    };
+    let h2 = Harness::new(|c| {
+        let mut cfg = emu.config(bad);
+        cfg.retry_budget = Duration::from_secs(1);
+        c.databricks = Some(cfg);
+    });
+    let (status, body) = track(&h2.state, "e3", json!({"plan": "pro"})).await;
+    assert_eq!(status, 200, "a new table is committed first and registered on a later write: {body}");
+    let (status, body) = track(&h2.state, "e4", json!({"new_col": 1})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("could not obtain a Databricks token"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_outages_lose_and_double_nothing() {
+    let emu = Emulator::start(&[]);
+    let h = Harness::new(|c| {
+        let mut cfg = emu.config(Auth::Pat(Secret::new(PAT)));
+        cfg.retry_budget = Duration::from_secs(4);
+        c.databricks = Some(cfg);
+    });
+    assert_eq!(track(&h.state, "t1", json!({"plan": "pro"})).await.0, 200);
+    // Throttled twice: retried after Retry-After, the request succeeds.
+    emu.fault(json!({"status": 429, "count": 2, "path_prefix": "/api/2.0/sql/statements", "retry_after_secs": 1}))
+        .await;
+    let (status, body) = track(&h.state, "t2", json!({"a": 1})).await;
+    assert_eq!(status, 200, "{body} {:?}", emu.statements().await);
+    // Unavailable for longer than the retry budget: the sender gets a 5xx and nothing of it is written.
+    emu.fault(json!({"status": 503, "count": 1000, "path_prefix": "/api/"})).await;
+    let (status, body) = track(&h.state, "t3", json!({"b": 1})).await;
+    assert_eq!(status, 503, "{body}");
+    emu.clear_faults().await;
+    // The client's retry lands it, once.
+    assert_eq!(track(&h.state, "t3", json!({"b": 1})).await.0, 200);
+    let mut ids: Vec<String> =
+        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["t1", "t2", "t3"]);
+    assert_eq!(h.table("segment", "tracks").len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_with_features_this_writer_cannot_write_are_refused() {
+    let emu = Emulator::start(&[]);
+    let h = Harness::new(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
+    assert_eq!(track(&h.state, "f1", json!({"plan": "pro"})).await.0, 200);
+    // Databricks upgrades the table: a commit adding row tracking to the protocol.
+    let log = h.dir.path().join("segment/signed_up/_delta_log");
+    let protocol = json!({"protocol": {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": [],
+        "writerFeatures": ["rowTracking", "domainMetadata"]}});
+    let commit = json!({"commitInfo": {"timestamp": 1, "operation": "SET TBLPROPERTIES"}});
+    std::fs::write(log.join("00000000000000000001.json"), format!("{commit}\n{protocol}\n")).unwrap();
+    let other = h.sibling(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
+    let (status, body) = track(&other, "f2", json!({"plan": "team"})).await;
+    assert_eq!(status, 500, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("rowTracking"), "{body}");
+    assert_eq!(h.table("segment", "signed_up").len(), 1, "nothing was written to the upgraded table");
+}
