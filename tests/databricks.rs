@@ -259,3 +259,96 @@ async fn tables_with_features_this_writer_cannot_write_are_refused() {
     assert!(body["error"].as_str().unwrap().contains("rowTracking"), "{body}");
     assert_eq!(h.table("segment", "signed_up").len(), 1, "nothing was written to the upgraded table");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_prints_a_checklist_with_fixes() {
+    let lake = "abfss://lake@acct.dfs.core.windows.net/bronze";
+    let ready = Emulator::start(&[
+        "--principal",
+        "sp-app-id",
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--grant",
+        "principal=sp-app-id:securable=catalog/main:privileges=ALL_PRIVILEGES",
+        "--grant",
+        "principal=sp-app-id:securable=external_location/bronze:privileges=CREATE_EXTERNAL_TABLE,READ_FILES,WRITE_FILES",
+    ]);
+    let catalog = segment_delta::databricks::Catalog::new(&ready.config(Auth::Pat(Secret::new(PAT)))).unwrap();
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], false).await;
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| c.to_string()).collect();
+    // Without --apply nothing is created: the warehouse and the schema are reported, with their fix.
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(failed.iter().any(|f| f.contains("SQL warehouse") && f.contains("setup --apply")), "{failed:?}");
+    assert!(failed.iter().any(|f| f.contains("schema main.web")), "{failed:?}");
+    assert!(ready.texts().await.is_empty(), "a check changes nothing");
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], true).await;
+    assert!(checks.iter().all(|c| c.ok), "{:?}", checks.iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(ready.texts().await, vec!["CREATE SCHEMA IF NOT EXISTS `main`.`web`".to_string()]);
+
+    // A workspace with no grants and no external location: each failure names its fix.
+    let bare = Emulator::start(&["--principal", "sp-app-id"]);
+    let catalog = segment_delta::databricks::Catalog::new(&bare.config(Auth::Pat(Secret::new(PAT)))).unwrap();
+    let lines: Vec<String> = segment_delta::databricks::setup::run(&catalog, lake, &[], false)
+        .await
+        .iter()
+        .filter(|c| !c.ok)
+        .map(ToString::to_string)
+        .collect();
+    assert!(lines.iter().any(|l| l.contains("GRANT ALL PRIVILEGES ON CATALOG `main` TO `sp-app-id`")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("no external location covers the lake")), "{lines:?}");
+    // Wrong credentials stop the checklist at the first line.
+    let catalog = segment_delta::databricks::Catalog::new(&bare.config(Auth::Pat(Secret::new("wrong")))).unwrap();
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &[], false).await;
+    assert_eq!(checks.len(), 1);
+    assert!(checks[0].to_string().contains("credentials (personal access token) refused"), "{}", checks[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entra_service_principal_tokens_come_from_the_authority() {
+    let emu = Emulator::start(&[
+        "--entra-tenant-id",
+        "tenant-1",
+        "--entra-client-id",
+        "app-1",
+        "--entra-client-secret",
+        "s3cret",
+    ]);
+    let auth = Auth::AzureClientSecret {
+        tenant_id: "tenant-1".into(),
+        client_id: "app-1".into(),
+        client_secret: Secret::new("s3cret"),
+        authority: emu.url.clone(),
+    };
+    let h = Harness::new(|c| c.databricks = Some(emu.config(auth)));
+    assert_eq!(track(&h.state, "sp1", json!({"plan": "pro"})).await.0, 200);
+    assert_eq!(track(&h.state, "sp2", json!({"via_sp": true})).await.0, 200);
+    assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_its_deadline_is_cancelled_and_retried() {
+    let emu = Emulator::start(&[]);
+    let h = Harness::new(|c| {
+        let mut cfg = emu.config(Auth::Pat(Secret::new(PAT)));
+        cfg.statement_timeout = Duration::from_secs(1);
+        c.databricks = Some(cfg);
+    });
+    assert_eq!(track(&h.state, "s1", json!({"plan": "pro"})).await.0, 200);
+    emu.fault(json!({"slow_statements_ms": 2500})).await;
+    // Every ALTER outlives its deadline and is cancelled: once the write's retry budget is spent the sender gets
+    // a 5xx, and nothing of the request is written.
+    let (status, body) = track(&h.state, "s2", json!({"slow": 1})).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("was cancelled"), "{body}");
+    let states: Vec<String> = emu.statements().await.iter().map(|s| s["state"].as_str().unwrap().to_string()).collect();
+    assert!(states.iter().any(|s| s == "CANCELED"), "{states:?}");
+    assert_eq!(h.table("segment", "signed_up").len(), 1);
+    // The warehouse is fast again: the sender's retry lands, once.
+    emu.clear_faults().await;
+    assert_eq!(track(&h.state, "s2", json!({"slow": 1})).await.0, 200);
+    assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
+    let mut ids: Vec<String> =
+        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["s1", "s2"]);
+}

@@ -61,8 +61,13 @@ pub async fn execute(
     deadline: Duration,
 ) -> Result<Value, StatementError> {
     let started = Instant::now();
+    // Wait inside the request for at most the deadline (the API takes 0s or 5s..50s), then poll.
+    let wait = match deadline.as_secs() {
+        0..=4 => "0s".to_string(),
+        s => format!("{}s", s.min(30)),
+    };
     let body = json!({"warehouse_id": warehouse_id, "statement": statement, "catalog": catalog,
-                      "wait_timeout": "30s", "on_wait_timeout": "CONTINUE"});
+                      "wait_timeout": wait, "on_wait_timeout": "CONTINUE"});
     let mut answer = client.call(Method::POST, "/api/2.0/sql/statements", Some(&body)).await?;
     let id = answer["statement_id"].as_str().unwrap_or_default().to_string();
     let mut poll = Duration::from_millis(200);
