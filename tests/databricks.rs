@@ -106,6 +106,14 @@ async fn track(state: &AppState, id: &str, properties: Value) -> (u16, Value) {
     (res.status().as_u16(), serde_json::from_slice(res.body()).unwrap_or(Value::Null))
 }
 
+/// The sorted ids of `segment.signed_up`.
+fn signed_up_ids(h: &Harness) -> Vec<String> {
+    let mut ids: Vec<String> =
+        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
+    ids.sort();
+    ids
+}
+
 fn delta_names(h: &Harness, table: &str) -> Vec<String> {
     common::delta_columns(&h.dir.path().join("segment").join(table)).into_iter().map(|(n, _)| n).collect()
 }
@@ -159,10 +167,7 @@ async fn two_instances_adding_the_same_column_both_succeed() {
     let names = delta_names(&h, "signed_up");
     assert_eq!(names.iter().filter(|n| *n == "color").count(), 1);
     assert_eq!(emu.uc_columns("main.segment.signed_up").await, names);
-    let mut ids: Vec<String> =
-        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["a", "b", "base"]);
+    assert_eq!(signed_up_ids(&h), vec!["a", "b", "base"]);
     let alters: Vec<Value> =
         emu.statements().await.into_iter().filter(|s| s["statement"].as_str().unwrap().starts_with("ALTER")).collect();
     assert!(alters.iter().filter(|s| s["state"] == "SUCCEEDED").count() == 1, "{alters:?}");
@@ -235,10 +240,7 @@ async fn throttling_and_outages_lose_and_double_nothing() {
     emu.clear_faults().await;
     // The client's retry lands it, once.
     assert_eq!(track(&h.state, "t3", json!({"b": 1})).await.0, 200);
-    let mut ids: Vec<String> =
-        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["t1", "t2", "t3"]);
+    assert_eq!(signed_up_ids(&h), vec!["t1", "t2", "t3"]);
     assert_eq!(h.table("segment", "tracks").len(), 3);
 }
 
@@ -347,8 +349,5 @@ async fn a_statement_past_its_deadline_is_cancelled_and_retried() {
     emu.clear_faults().await;
     assert_eq!(track(&h.state, "s2", json!({"slow": 1})).await.0, 200);
     assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
-    let mut ids: Vec<String> =
-        h.table("segment", "signed_up").iter().map(|r| r["id"].as_str().unwrap().to_string()).collect();
-    ids.sort();
-    assert_eq!(ids, vec!["s1", "s2"]);
+    assert_eq!(signed_up_ids(&h), vec!["s1", "s2"]);
 }
