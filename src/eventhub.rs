@@ -9,13 +9,12 @@ use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
 use crate::batch::{Submission, SubmitError};
-use crate::config::{Limits, Sources};
+use crate::config::Sources;
 use crate::http::api::{AppState, map_raw};
-use crate::http::body::{self, RawEvent};
+use crate::http::body;
 use crate::http::functions::invocation_answer;
 use crate::schema::rows::{Discard, Mapped, Offset};
 use crate::segment::event::Arrival;
-use crate::segment::scan;
 use crate::segment::time::{Micros, now_micros, parse_timestamp};
 
 /// The Event Hub-triggered function's name (its folder under `function/`).
@@ -142,7 +141,6 @@ pub fn map_delivery(
     sources: &Sources,
     default: Option<&str>,
 ) -> Result<BTreeMap<String, Vec<Mapped>>, String> {
-    let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
     let mut out: BTreeMap<String, Vec<Mapped>> = BTreeMap::new();
     for d in &delivery.events {
         let offset = match (&delivery.app_id, d.seq) {
@@ -150,18 +148,14 @@ pub fn map_delivery(
             _ => None,
         };
         let received_at = d.enqueued.unwrap_or_else(now_micros);
-        let is_batch = scan::top_level_object(&d.body).is_ok_and(|t| t.get("batch").is_some());
-        let parsed = body::split(&d.body, is_batch, &unlimited);
-        let (events, key, context, sent_at) = match &parsed {
-            Ok(p) => (p.events.clone(), p.write_key.clone(), p.context.as_ref(), p.sent_at),
-            // Not a JSON object at all: kept whole in discards.
-            Err(_) => (vec![RawEvent { bytes: &d.body }], None, None, None),
-        };
-        let unknown_key = key.as_deref().is_some_and(|k| sources.schema_for(Some(k)).is_none());
-        let schema = schema_for(sources, default, key.as_deref())?;
+        let parsed = body::split_unlimited(&d.body);
+        let (events, key, context, sent_at) =
+            (&parsed.events, parsed.write_key.as_deref(), parsed.context.as_ref(), parsed.sent_at);
+        let unknown_key = key.is_some_and(|k| sources.schema_for(Some(k)).is_none());
+        let schema = schema_for(sources, default, key)?;
         let arrival = Arrival { received_at, context, keep_received_at: true, sent_at };
         let bucket = out.entry(schema.to_string()).or_default();
-        for raw in &events {
+        for raw in events {
             let mapped = if unknown_key {
                 Mapped {
                     rows: Vec::new(),

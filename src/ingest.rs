@@ -9,7 +9,6 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::batch::{Batcher, Submission, Totals};
-use crate::config::Limits;
 use crate::http::api::map_raw;
 use crate::http::body::{self, RawEvent};
 use crate::schema::rows::Mapped;
@@ -48,7 +47,6 @@ fn open(path: &Path, progress: &indicatif::ProgressBar) -> Result<Box<dyn BufRea
 /// Maps one JSON text (a line, or a whole file): an event, a `{"batch": [...]}` body, or an array of events. Items
 /// are split without parsing the whole text first, so one bad item is discarded alone, as the API does.
 fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
-    let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
     let arrival = |context, sent_at| Arrival { received_at, context, keep_received_at: true, sent_at };
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[')
@@ -59,15 +57,11 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
         }
         return;
     }
-    let is_batch = scan::top_level_object(text).is_ok_and(|top| top.get("batch").is_some());
-    if is_batch && let Ok(parsed) = body::split(text, true, &unlimited) {
-        let a = arrival(parsed.context.as_ref(), parsed.sent_at);
-        for raw in &parsed.events {
-            out.push(map_raw(raw, &a, None));
-        }
-        return;
+    let parsed = body::split_unlimited(text);
+    let a = arrival(parsed.context.as_ref(), parsed.sent_at);
+    for raw in &parsed.events {
+        out.push(map_raw(raw, &a, None));
     }
-    out.push(map_raw(&RawEvent { bytes: text }, &arrival(None, None), None));
 }
 
 /// Loads every file into `schema`, printing progress to the terminal, and returns the counts.

@@ -160,33 +160,28 @@ impl Lakehouse {
         let mut retries = 0u32;
         let mut maybe_landed = false;
         let result = loop {
-            match self.try_append(&mut cached, &w, uuid_ts, seq, maybe_landed, &mut retries).await {
+            let (kind, e) = match self.try_append(&mut cached, &w, uuid_ts, seq, maybe_landed, &mut retries).await {
                 Ok(mut written) => {
                     written.conflict_retries = retries;
                     break Ok(written);
                 }
                 Err(Attempt::Fatal(e)) => break Err(e),
-                Err(Attempt::Conflict(e) | Attempt::Transient(e)) if self.backoff.delay(retries, started).is_none() => {
-                    break Err(WriteError { retryable: true, ..e });
+                Err(Attempt::Transient(e)) => {
+                    // The commit may have landed before the error: the next attempt checks first.
+                    maybe_landed = true;
+                    ("storage error", e)
                 }
-                Err(attempt) => {
-                    let (kind, e) = match attempt {
-                        Attempt::Transient(e) => {
-                            // The commit may have landed before the error: the next attempt checks first.
-                            maybe_landed = true;
-                            ("storage error", e)
-                        }
-                        Attempt::Conflict(e) | Attempt::Fatal(e) => ("commit conflict", e),
-                    };
-                    let pause = self.backoff.delay(retries, started).unwrap_or_default();
-                    retries += 1;
-                    tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
-                    tokio::time::sleep(pause).await;
-                    cached.txns.clear();
-                    if let Err(e) = self.refresh(&mut cached.dt, &uri, w.table).await {
-                        break Err(e);
-                    }
-                }
+                Err(Attempt::Conflict(e)) => ("commit conflict", e),
+            };
+            let Some(pause) = self.backoff.delay(retries, started) else {
+                break Err(WriteError { retryable: true, ..e });
+            };
+            retries += 1;
+            tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
+            tokio::time::sleep(pause).await;
+            cached.txns.clear();
+            if let Err(e) = self.refresh(&mut cached.dt, &uri, w.table).await {
+                break Err(e);
             }
         };
         if let Ok(written) = &result {

@@ -164,6 +164,20 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     Ok(Parsed { events, write_key, context, sent_at })
 }
 
+/// Splits a body that the API's size limits do not apply to (a backfill line, an Event Hub event): a
+/// `{"batch": [...]}` body item by item, any other JSON object as one event. Anything that cannot be split is one
+/// event, so that it is discarded whole with its reason.
+pub fn split_unlimited(text: &[u8]) -> Parsed<'_> {
+    let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
+    let is_batch = scan::top_level_object(text).is_ok_and(|top| top.get("batch").is_some());
+    split(text, is_batch, &unlimited).unwrap_or_else(|_| Parsed {
+        events: vec![RawEvent { bytes: text }],
+        write_key: None,
+        context: None,
+        sent_at: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
