@@ -2,6 +2,7 @@
 //! appended to with one commit per micro-batch.
 
 pub mod arrow;
+mod log;
 pub mod storage;
 
 use std::collections::{HashMap, HashSet};
@@ -10,13 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use deltalake::kernel::transaction::{CommitBuilder, CommitConflictError, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, MetadataExt, StructField, StructType, Transaction};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::kernel::transaction::{CommitProperties, TransactionError};
+use deltalake::kernel::{MetadataExt, Snapshot, StructField, StructType, Transaction};
+use deltalake::logstore::LogStoreRef;
 use deltalake::table::config::TablePropertiesExt;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
-use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
 use url::Url;
+
+use self::log::Open;
 
 use crate::config::Lake;
 use crate::databricks::{Catalog, CatalogError};
@@ -54,8 +57,8 @@ pub struct TableWrite<'a> {
     pub rows: Vec<Row>,
 }
 
-/// Quick rebases delta-rs does inside one attempt before it reports a conflict to the backoff loop.
-const INTERNAL_REBASES: usize = 3;
+/// Commits retried at once after losing a version race, before the pauses begin.
+const QUICK_REBASES: u32 = 2;
 
 /// How long a writer's `txn` entries are kept in a table's state.
 const TXN_RETENTION: &str = "interval 7 days";
@@ -75,9 +78,11 @@ pub struct Written {
 
 /// A table handle kept across writes, with the stream versions its `txn` actions record as of that handle.
 /// The versions stay valid across this writer's own commits (a commit that raced another with the same app id
-/// fails as a conflict) and are dropped on every reload.
+/// is rebuilt) and are dropped on every reload.
 struct Cached {
-    dt: DeltaTable,
+    log_store: LogStoreRef,
+    /// `None` while no table exists at the location.
+    open: Option<Open>,
     txns: HashMap<Arc<str>, i64>,
 }
 
@@ -135,12 +140,14 @@ impl Lakehouse {
         tables.entry(uri.to_string()).or_default().clone()
     }
 
-    /// Opens a table, or returns an unloaded handle when none exists there yet.
-    async fn open(&self, uri: &str, table: &str) -> Result<DeltaTable, WriteError> {
+    /// Opens a table's log: its protocol and metadata, or nothing when no table exists there yet.
+    async fn open(&self, uri: &str, table: &str) -> Result<Cached, WriteError> {
         let url = table_url(uri).map_err(|message| WriteError { table: table.into(), message, retryable: false })?;
-        DeltaTable::try_from_url_with_storage_options(url, self.storage_options.clone())
-            .await
-            .map_err(|e| WriteError::delta(table, e))
+        let log_store = DeltaTableBuilder::from_url(url)
+            .and_then(|b| b.with_storage_options(self.storage_options.clone()).build_storage())
+            .map_err(|e| WriteError::delta(table, e))?;
+        let open = Open::load(&log_store).await.map_err(|e| WriteError::delta(table, e))?;
+        Ok(Cached { log_store, open, txns: HashMap::new() })
     }
 
     /// Appends rows to `<lake>/<schema>/<table>` in one commit, creating the table or adding columns as needed.
@@ -152,7 +159,7 @@ impl Lakehouse {
         let mut guard = slot.lock().await;
         let mut cached = match guard.take() {
             Some(c) => c,
-            None => Cached { dt: self.open(&uri, w.table).await?, txns: HashMap::new() },
+            None => self.open(&uri, w.table).await?,
         };
         let seq = self.commit_seq.fetch_add(1, Ordering::SeqCst) as i64;
         let name = w.schema_and_table();
@@ -179,8 +186,7 @@ impl Lakehouse {
             retries += 1;
             tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
             tokio::time::sleep(pause).await;
-            cached.txns.clear();
-            if let Err(e) = self.refresh(&mut cached.dt, &uri, w.table).await {
+            if let Err(e) = self.refresh(&mut cached, &uri, w.table).await {
                 break Err(e);
             }
         };
@@ -193,23 +199,27 @@ impl Lakehouse {
         result
     }
 
-    async fn refresh(&self, dt: &mut DeltaTable, uri: &str, table: &str) -> Result<(), WriteError> {
-        if dt.version().is_some() && dt.update_incremental(None).await.is_ok() {
+    /// Reads the log again after a failed attempt; the stream versions are read again when next needed.
+    async fn refresh(&self, cached: &mut Cached, uri: &str, table: &str) -> Result<(), WriteError> {
+        cached.txns.clear();
+        if let Some(open) = &mut cached.open
+            && open.update(&cached.log_store, None).await.is_ok()
+        {
             return Ok(());
         }
-        *dt = self.open(uri, table).await?;
+        *cached = self.open(uri, table).await?;
         Ok(())
     }
 
     /// The version a stream's `txn` action records in this table, if any.
-    async fn txn_version(dt: &DeltaTable, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
-        match dt.snapshot() {
-            Ok(s) => s.transaction_version(dt.log_store().as_ref(), app_id).await,
-            Err(_) => Ok(None),
+    async fn txn_version(cached: &Cached, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+        match &cached.open {
+            Some(open) => log::txn_version(&cached.log_store, open.version, app_id).await,
+            None => Ok(None),
         }
     }
 
-    /// One attempt: plan the columns against the table as last loaded, build the batch, write and commit.
+    /// One attempt: plan the columns against the table as last read, build the batch, write and commit.
     async fn try_append(
         &self,
         cached: &mut Cached,
@@ -221,39 +231,34 @@ impl Lakehouse {
     ) -> Result<Written, Attempt> {
         let table = w.table;
         let fatal = |e: DeltaTableError| Attempt::classify(table, e);
-        let Cached { dt, txns } = cached;
         // A previous attempt that failed ambiguously may have committed after all.
         if maybe_landed
-            && let Some(done) = Self::txn_version(dt, &self.writer_id).await.map_err(fatal)?
+            && let Some(done) = Self::txn_version(cached, &self.writer_id).await.map_err(fatal)?
             && done >= seq
         {
-            return Ok(Written {
-                version: dt.version().unwrap_or(0) as i64,
-                skipped: w.rows.len(),
-                ..Default::default()
-            });
+            let version = cached.open.as_ref().map_or(0, |o| o.version as i64);
+            return Ok(Written { version, skipped: w.rows.len(), ..Default::default() });
         }
         // Rows of a stream at or below the version committed for it are redeliveries.
         for app in w.rows.iter().filter_map(|r| r.offset.as_ref()).map(|o| o.app_id.clone()) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = txns.entry(app) {
-                let v = Self::txn_version(dt, slot.key()).await.map_err(fatal)?.unwrap_or(i64::MIN);
-                slot.insert(v);
+            if !cached.txns.contains_key(&app) {
+                let v = Self::txn_version(cached, &app).await.map_err(fatal)?.unwrap_or(i64::MIN);
+                cached.txns.insert(app, v);
             }
         }
-        let committed = &*txns;
+        let committed = &cached.txns;
         let (fresh, redelivered): (Vec<&Row>, Vec<&Row>) =
             w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
         let skipped = redelivered.len();
-        let exists = dt.version().is_some();
         let location = self.lake.table_uri(w.schema, table);
-        let mut plan = if exists {
-            check_features(dt, table).map_err(Attempt::Fatal)?;
-            let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
-            self.plan(table, Some(&schema), w.kind, &fresh)
-        } else {
-            self.plan(table, None, w.kind, &fresh)
+        let mut plan = match &cached.open {
+            Some(open) => {
+                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
+                self.plan(table, Some(&open.snapshot.arrow_schema()), w.kind, &fresh)
+            }
+            None => self.plan(table, None, w.kind, &fresh),
         };
-        if let (Some(catalog), true) = (&self.catalog, exists) {
+        if let (Some(catalog), Some(open)) = (&self.catalog, &mut cached.open) {
             let catalog_err = |e: CatalogError| {
                 let err = WriteError { table: table.into(), message: e.message, retryable: e.retryable };
                 if e.retryable { Attempt::Transient(err) } else { Attempt::Fatal(err) }
@@ -267,11 +272,10 @@ impl Lakehouse {
                 let new: Vec<(String, ColumnType)> =
                     plan.columns.iter().filter(|(n, _)| plan.new_columns.contains(n)).cloned().collect();
                 catalog.add_columns(w.schema, table, &location, &new).await.map_err(catalog_err)?;
-                dt.update_incremental(None).await.map_err(fatal)?;
-                txns.clear();
-                check_features(dt, table).map_err(Attempt::Fatal)?;
-                let schema = dt.snapshot().map_err(fatal)?.snapshot().arrow_schema();
-                plan = self.plan(table, Some(&schema), w.kind, &fresh);
+                open.update(&cached.log_store, None).await.map_err(fatal)?;
+                cached.txns.clear();
+                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
+                plan = self.plan(table, Some(&open.snapshot.arrow_schema()), w.kind, &fresh);
             }
         }
         let build = |rows: &[&Row]| {
@@ -283,49 +287,50 @@ impl Lakehouse {
         // A redelivered row is not written again, but what it could not store is reported again: the discards
         // table keeps its own stream offsets and skips what it already holds.
         let mut discards = if redelivered.is_empty() { Vec::new() } else { build(&redelivered)?.1 };
+        let current = cached.open.as_ref().map_or(0, |o| o.version as i64);
         if fresh.is_empty() {
-            return Ok(Written { version: dt.version().unwrap_or(0) as i64, skipped, discards, ..Default::default() });
+            return Ok(Written { version: current, skipped, discards, ..Default::default() });
         }
-        let mut actions = vec![Transaction::new_with_last_update(
-            self.writer_id.as_str(),
-            seq,
-            Some(chrono::Utc::now().timestamp_millis()),
-        )];
+        let now = Some(chrono::Utc::now().timestamp_millis());
+        let mut txns = vec![Transaction::new_with_last_update(self.writer_id.as_str(), seq, now)];
         let mut highest: HashMap<Arc<str>, i64> = HashMap::new();
         for o in fresh.iter().filter_map(|r| r.offset.as_ref()) {
             let h = highest.entry(o.app_id.clone()).or_insert(o.seq);
             *h = (*h).max(o.seq);
         }
-        actions.extend(highest.iter().map(|(app, v)| {
-            Transaction::new_with_last_update(app.as_ref(), *v, Some(chrono::Utc::now().timestamp_millis()))
-        }));
-        let props = CommitProperties::default()
-            .with_application_transactions(actions)
-            .with_max_retries(INTERNAL_REBASES)
-            .with_create_checkpoint(false)
-            .with_cleanup_expired_logs(Some(false));
+        txns.extend(highest.iter().map(|(app, v)| Transaction::new_with_last_update(app.as_ref(), *v, now)));
 
         let (batch, fresh_discards) = build(&fresh)?;
         discards.extend(fresh_discards);
         let rows = batch.num_rows();
-        let version = if exists {
-            let mut writer = RecordBatchWriter::for_table(dt).map_err(fatal)?;
-            let mode = if plan.new_columns.is_empty() { WriteMode::Default } else { WriteMode::MergeSchema };
-            writer.write_with_mode(batch, mode).await.map_err(fatal)?;
-            let adds = writer.flush().await.map_err(fatal)?;
-            self.commit_files(dt, &plan.columns, adds, props, retries).await?
-        } else {
-            let version = self.create_with(dt, &plan.columns, batch, props).await.map_err(fatal)?;
-            if let Some(catalog) = &self.catalog
-                && let Err(e) = catalog.register(w.schema, table, &location).await
-            {
-                // The rows are committed; the next write to this table tries the registration again.
-                tracing::warn!(table, error = %e, "table written but not yet registered in Unity Catalog");
+        let version = match &mut cached.open {
+            Some(open) => {
+                let mut writer = RecordBatchWriter::for_blind_appends(&open.blind).map_err(fatal)?;
+                // The writer starts from the schema the table had when opened; columns added since are merged in.
+                writer.write_with_mode(batch, WriteMode::MergeSchema).await.map_err(fatal)?;
+                let adds = writer.flush().await.map_err(fatal)?;
+                self.commit_files(&cached.log_store, open, table, &plan.columns, &adds, &txns, retries).await?
             }
-            version
+            None => {
+                let props = CommitProperties::default()
+                    .with_application_transactions(txns)
+                    .with_create_checkpoint(false)
+                    .with_cleanup_expired_logs(Some(false));
+                let version = self.create_with(&cached.log_store, &plan.columns, batch, props).await.map_err(fatal)?;
+                cached.open = Open::load(&cached.log_store).await.map_err(fatal)?;
+                if let Some(catalog) = &self.catalog
+                    && let Err(e) = catalog.register(w.schema, table, &location).await
+                {
+                    // The rows are committed; the next write to this table tries the registration again.
+                    tracing::warn!(table, error = %e, "table written but not yet registered in Unity Catalog");
+                }
+                version
+            }
         };
-        txns.extend(highest);
-        self.maybe_checkpoint(dt, version).await;
+        cached.txns.extend(highest);
+        if let Some(open) = &cached.open {
+            self.maybe_checkpoint(&cached.log_store, &open.snapshot, version);
+        }
         Ok(Written {
             version: version as i64,
             rows,
@@ -336,76 +341,88 @@ impl Lakehouse {
         })
     }
 
-    /// Commits written data files, adding the columns the table lacks. When another writer commits first, the
-    /// same files are committed again after a pause, as long as the table's columns still fit them; a change that
-    /// does not fit (or a racing commit of the same stream) goes back to the caller to rebuild.
+    /// Commits written data files, adding the columns the table lacks. When another writer took the version, the
+    /// commits it lost to are read: the same files are committed again on top of them as long as the table's
+    /// columns still fit them and no commit recorded one of the same streams; otherwise the caller rebuilds.
+    /// After a few immediate rebases the retries pause with jittered backoff.
+    #[allow(clippy::too_many_arguments)]
     async fn commit_files(
         &self,
-        dt: &mut DeltaTable,
+        log_store: &LogStoreRef,
+        open: &mut Open,
+        table: &str,
         columns: &[(String, ColumnType)],
-        adds: Vec<deltalake::kernel::Add>,
-        props: CommitProperties,
+        adds: &[deltalake::kernel::Add],
+        txns: &[Transaction],
         retries: &mut u32,
     ) -> Result<u64, Attempt> {
-        let table = dt.table_url().to_string();
+        let classify = |e: DeltaTableError| Attempt::classify(table, e);
+        let app_ids: HashSet<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
         let started = Instant::now();
+        let mut lost = 0u32;
         loop {
-            let snapshot = dt.snapshot().map_err(|e| Attempt::classify(&table, e))?;
-            let mut actions: Vec<Action> = adds.iter().cloned().map(Action::Add).collect();
-            if let Some(metadata) = widened_metadata(snapshot, columns).map_err(|e| Attempt::classify(&table, e))? {
-                actions.push(Action::Metadata(metadata));
-            }
-            let op = DeltaOperation::Write { mode: SaveMode::Append, partition_by: None, predicate: None };
-            let result = CommitBuilder::from(props.clone())
-                .with_actions(actions)
-                .build(Some(snapshot), dt.log_store(), op)
-                .await;
-            let e = match result {
-                Ok(finalized) => {
-                    let version = finalized.version();
-                    dt.state = Some(finalized.snapshot());
+            let metadata = widened_metadata(&open.snapshot, columns).map_err(classify)?;
+            let bytes = log::append_commit(open.version, txns, metadata.as_ref(), adds).map_err(classify)?;
+            let version = open.version + 1;
+            match log::write_commit(log_store, version, bytes).await {
+                Ok(()) => {
+                    open.version = version;
+                    if metadata.is_some() {
+                        // Read back the schema this commit set; failing that, the next write reads the log again.
+                        if let Err(e) = open.update(log_store, Some(version)).await {
+                            tracing::warn!(table, error = %e, "committed; reading the new schema back failed");
+                        }
+                    }
                     return Ok(version);
                 }
-                Err(e) => e,
-            };
-            let reusable = matches!(
-                &e,
-                DeltaTableError::Transaction {
-                    source: TransactionError::MaxCommitAttempts(_)
-                        | TransactionError::VersionAlreadyExists(_)
-                        | TransactionError::CommitConflict(CommitConflictError::MetadataChanged)
-                }
-            );
-            let Some(pause) = reusable.then(|| self.backoff.delay(*retries, started)).flatten() else {
-                return Err(Attempt::classify(&table, e));
-            };
+                Err(TransactionError::VersionAlreadyExists(_)) => {}
+                Err(e) => return Err(classify(DeltaTableError::Transaction { source: e })),
+            }
+            let latest = log_store.get_latest_version(version).await.map_err(classify)?;
+            let winners = log::winners(log_store, open.version, latest, &app_ids).await.map_err(classify)?;
+            if winners.metadata {
+                open.update(log_store, Some(latest)).await.map_err(classify)?;
+                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
+            }
+            open.version = open.version.max(latest);
             *retries += 1;
-            tokio::time::sleep(pause).await;
-            dt.update_incremental(None).await.map_err(|e| Attempt::classify(&table, e))?;
-            let current = dt.snapshot().map_err(|e| Attempt::classify(&table, e))?.snapshot().arrow_schema();
+            lost += 1;
+            let conflict = |message: &str| {
+                Err(Attempt::Conflict(WriteError { table: table.into(), message: message.into(), retryable: true }))
+            };
+            if winners.same_stream {
+                return conflict("another writer committed rows of the same stream; rebuilding");
+            }
+            let current = open.snapshot.arrow_schema();
             let fits = columns.iter().all(|(name, t)| {
                 current.field_with_name(name).map_or(true, |f| arrow::column_type(f.data_type()) == Some(*t))
             });
             if !fits {
-                return Err(Attempt::Conflict(WriteError {
-                    table,
-                    message: "another writer gave a column a different type; rebuilding".into(),
-                    retryable: true,
-                }));
+                return conflict("another writer gave a column a different type; rebuilding");
+            }
+            if lost > QUICK_REBASES {
+                let Some(pause) = self.backoff.delay(lost - QUICK_REBASES, started) else {
+                    return conflict("lost the commit race for longer than the retry budget");
+                };
+                tokio::time::sleep(pause).await;
             }
         }
     }
 
     /// Checkpoints every `delta.checkpointInterval` versions, so a cold start replays at most that many commits.
-    async fn maybe_checkpoint(&self, dt: &DeltaTable, version: u64) {
-        let interval = dt.snapshot().map(|s| s.table_config().checkpoint_interval().get()).unwrap_or(100);
+    /// The checkpoint is written in the background from the log; a failed one is covered by the next.
+    fn maybe_checkpoint(&self, log_store: &LogStoreRef, snapshot: &Snapshot, version: u64) {
+        let interval = snapshot.table_properties().checkpoint_interval().get();
         if version == 0 || !version.is_multiple_of(interval) {
             return;
         }
-        match deltalake::checkpoints::create_checkpoint(dt, None).await {
-            Ok(()) => tracing::debug!(version, "checkpoint written"),
-            Err(e) => tracing::warn!(version, error = %e, "checkpoint failed; the next one will cover it"),
-        }
+        let log_store = log_store.clone();
+        tokio::spawn(async move {
+            match log::checkpoint(&log_store, version).await {
+                Ok(()) => tracing::debug!(version, "checkpoint written"),
+                Err(e) => tracing::warn!(version, error = %e, "checkpoint failed; the next one will cover it"),
+            }
+        });
     }
 
     /// Which columns the batch has: the table's (or a new table's fixed ones), then new columns in order of first
@@ -459,11 +476,12 @@ impl Lakehouse {
     /// Writes the first data file and creates the table with it in version 0.
     async fn create_with(
         &self,
-        dt: &mut DeltaTable,
+        log_store: &LogStoreRef,
         columns: &[(String, ColumnType)],
         batch: deltalake::arrow::record_batch::RecordBatch,
         props: CommitProperties,
     ) -> Result<u64, DeltaTableError> {
+        let dt = DeltaTable::new(log_store.clone());
         let uri = dt.table_url().to_string();
         let mut writer =
             RecordBatchWriter::try_new(&uri, arrow::arrow_schema(columns), None, Some(self.storage_options.clone()))?;
@@ -482,9 +500,7 @@ impl Lakehouse {
             .with_commit_properties(props.with_max_retries(0))
             .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
             .await?;
-        let version = created.version().unwrap_or(0);
-        *dt = created;
-        Ok(version)
+        Ok(created.version().unwrap_or(0))
     }
 }
 
@@ -558,8 +574,7 @@ const UNSUPPORTED_FEATURES: &[&str] = &[
     "collations-preview",
 ];
 
-fn check_features(dt: &DeltaTable, table: &str) -> Result<(), WriteError> {
-    let Ok(snapshot) = dt.snapshot() else { return Ok(()) };
+fn check_features(snapshot: &Snapshot, table: &str) -> Result<(), WriteError> {
     let p = snapshot.protocol();
     let mut found: Vec<String> = p
         .writer_features()
@@ -588,7 +603,7 @@ fn check_features(dt: &DeltaTable, table: &str) -> Result<(), WriteError> {
 
 /// The table's metadata with the columns it lacks appended, or `None` when it has them all.
 fn widened_metadata(
-    snapshot: &deltalake::table::state::DeltaTableState,
+    snapshot: &Snapshot,
     columns: &[(String, ColumnType)],
 ) -> Result<Option<deltalake::kernel::Metadata>, DeltaTableError> {
     let schema = snapshot.schema();
