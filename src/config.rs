@@ -162,6 +162,8 @@ pub struct Config {
     pub dedup_capacity: usize,
     /// JSON log lines (the default under the Functions host).
     pub log_json: bool,
+    /// Compaction target and vacuum retention of `maintain`.
+    pub maintenance: crate::maintain::Settings,
 }
 
 impl Default for Config {
@@ -178,6 +180,7 @@ impl Default for Config {
             max_columns: 1_000,
             dedup_capacity: 1_000_000,
             log_json: false,
+            maintenance: Default::default(),
         }
     }
 }
@@ -295,6 +298,19 @@ impl Config {
         }
         c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
+        let m = &mut c.maintenance;
+        m.target_file_size = positive(
+            "SEGMENT_DELTA_TARGET_FILE_SIZE",
+            num(&get, "SEGMENT_DELTA_TARGET_FILE_SIZE", m.target_file_size as usize)?,
+        )? as u64;
+        let hours = num(&get, "SEGMENT_DELTA_VACUUM_RETENTION_HOURS", m.vacuum_retention.as_secs() / 3600)?;
+        if hours < crate::maintain::MIN_VACUUM_RETENTION.as_secs() / 3600 {
+            return Err(invalid(
+                "SEGMENT_DELTA_VACUUM_RETENTION_HOURS",
+                format!("{hours} is under the least retention of 24 hours"),
+            ));
+        }
+        m.vacuum_retention = Duration::from_secs(hours * 3600);
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,
@@ -354,6 +370,8 @@ mod tests {
             (vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")], "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\""),
             (vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")], "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0"),
             (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
+            (vec![("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", "12")], "under the least retention of 24 hours"),
+            (vec![("SEGMENT_DELTA_TARGET_FILE_SIZE", "0")], "SEGMENT_DELTA_TARGET_FILE_SIZE: must be greater than 0"),
         ] {
             let e = cfg(&vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should contain {needle}");

@@ -7,6 +7,7 @@ pub mod delta;
 pub mod eventhub;
 pub mod http;
 pub mod ingest;
+pub mod maintain;
 pub mod retry;
 pub mod schema;
 pub mod segment;

@@ -41,6 +41,13 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Maintain the tables (what the timer function does): upsert `users` and `accounts`, compact small files,
+    /// checkpoint, clean up the log and vacuum. Prints a line per table; exits non-zero when one failed.
+    Maintain {
+        /// Only these tables: `schema.table`, `schema.*` or a table name in every schema. Repeatable.
+        #[arg(long = "table")]
+        tables: Vec<String>,
+    },
 }
 
 fn init_logging(json: bool) {
@@ -154,6 +161,21 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
     Ok(())
 }
 
+async fn maintain(config: Config, tables: Vec<String>) -> anyhow::Result<()> {
+    let reports = segment_delta::maintain::run(&config, &config.maintenance, &tables).await?;
+    if reports.is_empty() {
+        println!("no tables found in {:?}", config.lake);
+    }
+    for r in &reports {
+        println!("{r}");
+    }
+    let failed = reports.iter().filter(|r| r.error.is_some()).count();
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} tables failed", reports.len());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
@@ -164,6 +186,7 @@ fn main() -> anyhow::Result<()> {
             Command::Serve => serve(config).await,
             Command::Setup { apply } => setup(config, apply).await,
             Command::Ingest { schema, files } => ingest(config, schema, files).await,
+            Command::Maintain { tables } => maintain(config, tables).await,
         }
     })
 }

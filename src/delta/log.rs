@@ -89,20 +89,38 @@ pub(crate) fn append_commit(
     metadata: Option<&Metadata>,
     adds: &[Add],
 ) -> Result<Bytes, DeltaTableError> {
-    let info = CommitInfo {
-        timestamp: Some(chrono::Utc::now().timestamp_millis()),
-        operation: Some("WRITE".into()),
-        operation_parameters: Some([("mode".to_string(), serde_json::Value::from("Append"))].into_iter().collect()),
-        read_version: Some(read_version),
-        isolation_level: Some(IsolationLevel::Serializable),
-        is_blind_append: Some(metadata.is_none()),
-        engine_info: Some(concat!("segment-delta/", env!("CARGO_PKG_VERSION")).into()),
-        ..Default::default()
-    };
-    let actions = std::iter::once(Action::CommitInfo(info))
-        .chain(txns.iter().cloned().map(Action::Txn))
+    let info = commit_info("WRITE", [("mode", "Append".into())], read_version, metadata.is_none());
+    let actions = txns
+        .iter()
+        .cloned()
+        .map(Action::Txn)
         .chain(metadata.cloned().map(Action::Metadata))
         .chain(adds.iter().cloned().map(Action::Add));
+    commit_bytes(info, actions)
+}
+
+/// The commit information this loader records with each commit.
+pub(crate) fn commit_info<const N: usize>(
+    operation: &str,
+    parameters: [(&str, serde_json::Value); N],
+    read_version: u64,
+    blind_append: bool,
+) -> CommitInfo {
+    CommitInfo {
+        timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        operation: Some(operation.into()),
+        operation_parameters: Some(parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        read_version: Some(read_version),
+        isolation_level: Some(IsolationLevel::Serializable),
+        is_blind_append: Some(blind_append),
+        engine_info: Some(concat!("segment-delta/", env!("CARGO_PKG_VERSION")).into()),
+        ..Default::default()
+    }
+}
+
+/// A commit file: the commit information first, then the actions, one JSON object per line.
+pub(crate) fn commit_bytes(info: CommitInfo, actions: impl Iterator<Item = Action>) -> Result<Bytes, DeltaTableError> {
+    let actions = std::iter::once(Action::CommitInfo(info)).chain(actions);
     let mut out = Vec::new();
     for action in actions {
         serde_json::to_writer(&mut out, &action).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
@@ -124,6 +142,8 @@ pub(crate) struct Winners {
     pub metadata: bool,
     /// One of the given `txn` app ids was recorded.
     pub same_stream: bool,
+    /// Paths of the files the commits removed.
+    pub removed: HashSet<String>,
 }
 
 pub(crate) async fn winners(
@@ -140,6 +160,9 @@ pub(crate) async fn winners(
                 serde_json::from_slice(line).map_err(|e| DeltaTableError::Generic(format!("commit {version}: {e}")))?;
             if action.get("metaData").is_some() || action.get("protocol").is_some() {
                 w.metadata = true;
+            }
+            if let Some(path) = action.get("remove").and_then(|r| r.get("path")).and_then(|p| p.as_str()) {
+                w.removed.insert(path.to_string());
             }
             if let Some(app) = action.get("txn").and_then(|t| t.get("appId")).and_then(|a| a.as_str())
                 && app_ids.contains(app)

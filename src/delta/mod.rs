@@ -2,7 +2,7 @@
 //! appended to with one commit per micro-batch.
 
 pub mod arrow;
-mod log;
+pub(crate) mod log;
 pub mod storage;
 
 use std::collections::{HashMap, HashSet};
@@ -186,7 +186,9 @@ impl Lakehouse {
             retries += 1;
             tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
             tokio::time::sleep(pause).await;
-            if let Err(e) = self.refresh(&mut cached, &uri, w.table).await {
+            if let Err(e) = self.refresh(&mut cached, &uri, w.table).await
+                && !e.message.contains("contiguous commit files")
+            {
                 break Err(e);
             }
         };
@@ -541,7 +543,9 @@ impl Attempt {
                     | TransactionError::MaxCommitAttempts(_)
                     | TransactionError::VersionAlreadyExists(_)
             } | DeltaTableError::VersionAlreadyExists(_)
-        ) || e.to_string().contains("already exists at that location");
+        ) || e.to_string().contains("already exists at that location")
+            // A listing of the log taken while another writer committed (local directories list without order).
+            || e.to_string().contains("contiguous commit files");
         let transient = matches!(
             &e,
             DeltaTableError::ObjectStore { .. }

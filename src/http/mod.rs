@@ -80,7 +80,7 @@ async fn serve_one(
 ) -> Response<String> {
     let function = path.trim_matches('/');
     let invocation = method == Method::POST
-        && [functions::HTTP_FUNCTION, crate::eventhub::EVENTHUB_FUNCTION]
+        && [functions::HTTP_FUNCTION, crate::eventhub::EVENTHUB_FUNCTION, crate::maintain::MAINTAIN_FUNCTION]
             .iter()
             .any(|f| function.eq_ignore_ascii_case(f));
     // The host's invocations carry whole Event Hub batches; they are bounded by the buffer, not the API limit.
@@ -97,6 +97,8 @@ async fn serve_one(
     if invocation {
         let (status, answer) = if function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
             functions::http_invocation(state, &body).await
+        } else if function.eq_ignore_ascii_case(crate::maintain::MAINTAIN_FUNCTION) {
+            crate::maintain::invocation(&state.config).await
         } else {
             crate::eventhub::invocation(state, &body).await
         };
