@@ -46,7 +46,7 @@ fn host_json_starts_the_handler() {
 #[tokio::test]
 async fn every_function_is_served() {
     let functions = function_dirs();
-    assert_eq!(functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["eventhub", "segment"]);
+    assert_eq!(functions.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), vec!["eventhub", "maintain", "segment"]);
     let h = Harness::new(|_| {});
     for (name, def) in functions {
         let trigger = &def["bindings"][0];
@@ -77,6 +77,19 @@ async fn every_function_is_served() {
                 let inv = json!({"Data": {trigger["name"].as_str().unwrap(): events}, "Metadata": {"SequenceNumberArray": "[1]"}});
                 let (status, answer) = post(&h, &format!("/{name}"), inv.to_string()).await;
                 assert_eq!(status, 200, "{answer}");
+            }
+            "timerTrigger" => {
+                // The schedule is an app setting (NCRONTAB), so operators change it without a deployment.
+                assert_eq!(trigger["schedule"], "%SEGMENT_DELTA_MAINTENANCE_SCHEDULE%");
+                let inv = json!({"Data": {"timer": {"Schedule": {"AdjustForDST": true}, "IsPastDue": false}},
+                    "Metadata": {"sys": {"MethodName": name, "UtcNow": "2026-11-25T12:00:00Z"}}});
+                let (status, answer) = post(&h, &format!("/{name}"), inv.to_string()).await;
+                assert_eq!(status, 200, "{answer}");
+                let logs = answer["Logs"].as_array().unwrap();
+                assert!(
+                    logs.iter().any(|l| l.as_str().unwrap().starts_with("segment.routed: files 1 -> 1")),
+                    "{answer}"
+                );
             }
             other => panic!("function {name} has a trigger this binary does not serve: {other}"),
         }
