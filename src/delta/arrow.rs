@@ -10,6 +10,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
+use crate::schema::intern::{ByAddr, addr};
 use crate::schema::rows::{Discard, Row};
 use crate::schema::value::{CastError, ColumnType, Scalar};
 use crate::segment::time::Micros;
@@ -127,6 +128,8 @@ pub fn build<'r>(
     let uuid_col = index.get("uuid_ts").copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
+    // Only names of rows borrowed for this whole call are keys, so an address is one name throughout.
+    let mut by_addr: ByAddr<usize> = ByAddr::default();
     for (i, row) in rows.enumerate() {
         let received_at = received_col
             .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
@@ -144,7 +147,18 @@ pub fn build<'r>(
             })
         };
         for (name, value) in &row.cols {
-            let Some(&c) = index.get(name.as_ref()) else {
+            // Rows share their names' allocations, so most lookups are by address.
+            let found = match by_addr.get(&addr(name)) {
+                Some(&c) => Some(c),
+                None => {
+                    let c = index.get(name.as_ref()).copied();
+                    if let Some(c) = c {
+                        by_addr.insert(addr(name), c);
+                    }
+                    c
+                }
+            };
+            let Some(c) = found else {
                 let reason = unplaced(name).unwrap_or_else(|| format!("column {name} is not in table {table}"));
                 discard(name, value, reason);
                 continue;

@@ -1,11 +1,11 @@
 //! An event becomes rows: one per table it lands in, with flattened, snake_cased columns, and a discard for
 //! every value that cannot be stored as sent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use crate::schema::intern::{ByAddr, Names, addr, with_names};
 use crate::schema::names::snake_case;
 use crate::schema::value::{ColumnType, Scalar};
 use crate::segment::event::{Event, EventType, Invalid};
@@ -67,6 +67,19 @@ impl TableKind {
         let mut cols = COMMON.to_vec();
         cols.extend(extra.iter().map(|c| (*c, ColumnType::String)));
         cols
+    }
+
+    /// The names of [`TableKind::fixed_columns`], without building the list.
+    pub fn fixed_names(self) -> impl Iterator<Item = &'static str> {
+        let (base, extra): (&'static [(&'static str, ColumnType)], &'static [&'static str]) = match self {
+            TableKind::Discards => (DISCARDS, &[]),
+            TableKind::Tracks | TableKind::Event => (COMMON, &["event", "event_text"]),
+            TableKind::Pages | TableKind::Screens => (COMMON, &["name", "category"]),
+            TableKind::Groups => (COMMON, &["group_id"]),
+            TableKind::Aliases => (COMMON, &["previous_id"]),
+            TableKind::Identifies => (COMMON, &[]),
+        };
+        base.iter().map(|(n, _)| *n).chain(extra.iter().copied())
     }
 
     fn of(kind: EventType) -> TableKind {
@@ -197,15 +210,19 @@ enum Source {
 struct Slot {
     index: usize,
     source: Source,
-    path: String,
+    path: Arc<str>,
 }
+
+/// A leaf of a flattened object: its key path, its column name (both shared, see [`intern`]) and its value.
+type Leaf = (Arc<str>, Arc<str>, Scalar);
 
 /// Builds one row's columns, resolving name collisions deterministically: a column filled by an earlier source
 /// (fixed, then context, then properties/traits) keeps its value; within one source the key already spelled
 /// like the column wins, then the smaller original key. Every losing value becomes a discard.
 struct RowBuilder<'a> {
     cols: Vec<(Arc<str>, Scalar)>,
-    slots: HashMap<String, Slot>,
+    /// By the address of the shared column name: equal names are one allocation within an event.
+    slots: &'a mut ByAddr<Slot>,
     id: &'a str,
     table: &'a str,
     received_at: Micros,
@@ -225,62 +242,80 @@ impl RowBuilder<'_> {
         });
     }
 
-    fn put(&mut self, source: Source, path: &str, column: String, value: Scalar) {
+    fn put(&mut self, source: Source, path: &Arc<str>, column: &Arc<str>, value: Scalar) {
         if column.is_empty() {
             let reason = format!("{path:?} has no letter or digit to make a column name from");
             return self.discard(path, value.to_text(), reason);
         }
         if column.len() > MAX_NAME_LEN {
             let reason = format!("{path:?} gives a column name longer than {MAX_NAME_LEN} characters");
-            return self.discard(&column, value.to_text(), reason);
+            return self.discard(column, value.to_text(), reason);
         }
-        let Some(slot) = self.slots.get(&column) else {
-            self.slots.insert(column.clone(), Slot { index: self.cols.len(), source, path: path.to_string() });
-            self.cols.push((column.into(), value));
+        let key = addr(column);
+        let Some(slot) = self.slots.get(&key) else {
+            self.slots.insert(key, Slot { index: self.cols.len(), source, path: path.clone() });
+            self.cols.push((column.clone(), value));
             return;
         };
+        let column: &str = column;
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
         let rank = |p: &str| (p == column, p.replace('.', "_") == column, std::cmp::Reverse(p.to_string()));
-        let new_wins = source == slot.source && rank(path) > rank(&slot.path);
+        let (slot_source, slot_index) = (slot.source, slot.index);
+        let new_wins = source == slot_source && rank(path) > rank(&slot.path);
         let (winner, loser_path, loser_value) = if new_wins {
-            let index = slot.index;
-            let old_path = std::mem::replace(&mut self.slots.get_mut(&column).expect("slot").path, path.to_string());
-            let old = std::mem::replace(&mut self.cols[index].1, value);
-            (path.to_string(), old_path, old)
+            let old_path = std::mem::replace(&mut self.slots.get_mut(&key).expect("slot").path, path.clone());
+            let old = std::mem::replace(&mut self.cols[slot_index].1, value);
+            (path.to_string(), old_path.to_string(), old)
         } else {
-            (slot.path.clone(), path.to_string(), value)
+            (slot.path.to_string(), path.to_string(), value)
         };
-        let reason = if slot_source(&self.slots, &column) == Source::Fixed && !new_wins {
+        let reason = if slot_source == Source::Fixed && !new_wins {
             format!("{loser_path:?} would overwrite the reserved column {column}")
         } else {
             format!("{loser_path:?} and {winner:?} both become column {column}; {winner:?} is kept")
         };
-        self.discard(&column, loser_value.to_text(), reason);
-    }
-
-    /// Flattens an object with `_`; arrays are kept as JSON text.
-    fn flatten(&mut self, source: Source, prefix: &str, obj: &Map<String, Value>) {
-        for (k, v) in obj {
-            let path = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-            match v {
-                Value::Object(inner) => self.flatten(source, &path, inner),
-                other => {
-                    if let Some(s) = Scalar::from_json(other) {
-                        let column = snake_case(&path);
-                        self.put(source, &path, column, s);
-                    }
-                }
-            }
-        }
+        self.discard(column, loser_value.to_text(), reason);
     }
 }
 
-fn slot_source(slots: &HashMap<String, Slot>, column: &str) -> Source {
-    slots.get(column).map_or(Source::Payload, |s| s.source)
+/// Flattens an object with `_` into leaves, in order; arrays are kept as JSON text. `path` holds the prefix.
+fn flatten(names: &mut Names, path: &mut String, obj: &Map<String, Value>, out: &mut Vec<Leaf>) {
+    let prefix_len = path.len();
+    for (k, v) in obj {
+        if prefix_len > 0 {
+            path.push('.');
+        }
+        path.push_str(k);
+        match v {
+            Value::Object(inner) => flatten(names, path, inner, out),
+            other => {
+                if let Some(s) = Scalar::from_json(other) {
+                    let (p, c) = names.get(path);
+                    out.push((p, c, s));
+                }
+            }
+        }
+        path.truncate(prefix_len);
+    }
+}
+
+/// Scratch space reused from event to event on one thread.
+#[derive(Default)]
+struct Scratch {
+    slots: ByAddr<Slot>,
+    path: String,
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
 }
 
 /// Maps a validated event to its rows and discards.
 pub fn map_event(event: Event) -> Mapped {
+    SCRATCH.with(|s| with_names(|names| map_event_with(event, names, &mut s.borrow_mut())))
+}
+
+fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Mapped {
     let mut out = Mapped::default();
     let kind = event.kind;
     let id: Arc<str> = event.message_id.as_str().into();
@@ -318,50 +353,67 @@ pub fn map_event(event: Event) -> Mapped {
     if let Some(t) = own_table {
         tables.push((t, TableKind::Event, true));
     }
+
+    // Everything the tables of this event share is computed once.
+    let text = |s: &str| Scalar::Str(s.into());
+    let event_column = event.event.as_deref().and_then(|e| event_table(e).ok());
+    let fixed: [(&str, Option<Scalar>); 13] = [
+        ("id", Some(Scalar::Str(id.clone()))),
+        ("anonymous_id", event.anonymous_id.as_deref().map(text)),
+        ("user_id", event.user_id.as_deref().map(text)),
+        ("received_at", Some(event.received_at.into())),
+        ("sent_at", event.sent_at.map(Scalar::from)),
+        ("timestamp", Some(event.timestamp.into())),
+        ("original_timestamp", event.original_timestamp.map(Scalar::from)),
+        ("event", event_column.as_deref().map(|t| text(t.trim_start_matches('_')))),
+        ("event_text", event.event.as_deref().map(text)),
+        ("name", event.name.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
+        (
+            "category",
+            event.category.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text),
+        ),
+        ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
+        ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
+    ];
+    let fixed: Vec<(Arc<str>, Option<Scalar>)> = fixed.into_iter().map(|(n, v)| (names.column(n), v)).collect();
+    let mut context = Vec::with_capacity(32);
+    scratch.path.clear();
+    scratch.path.push_str("context");
+    flatten(names, &mut scratch.path, &event.context, &mut context);
+    let mut payload = Vec::new();
+    if tables.iter().any(|(_, _, with_payload)| *with_payload) {
+        scratch.path.clear();
+        flatten(names, &mut scratch.path, &event.payload, &mut payload);
+    }
+
     for (table, table_kind, with_payload) in tables {
+        scratch.slots.clear();
         let mut b = RowBuilder {
-            cols: Vec::with_capacity(32),
-            slots: HashMap::with_capacity(32),
+            cols: Vec::with_capacity(fixed.len() + context.len() + if with_payload { payload.len() } else { 0 }),
+            slots: &mut scratch.slots,
             id: &event.message_id,
             table: &table,
             received_at: event.received_at,
             discards: &mut out.discards,
         };
-        let text = |s: &str| Scalar::Str(s.into());
-        let fixed: [(&str, Option<Scalar>); 13] = [
-            ("id", Some(text(&event.message_id))),
-            ("anonymous_id", event.anonymous_id.as_deref().map(text)),
-            ("user_id", event.user_id.as_deref().map(text)),
-            ("received_at", Some(event.received_at.into())),
-            ("sent_at", event.sent_at.map(Scalar::from)),
-            ("timestamp", Some(event.timestamp.into())),
-            ("original_timestamp", event.original_timestamp.map(Scalar::from)),
-            (
-                "event",
-                event.event.as_deref().and_then(|e| event_table(e).ok()).map(|t| text(t.trim_start_matches('_'))),
-            ),
-            ("event_text", event.event.as_deref().map(text)),
-            ("name", event.name.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
-            (
-                "category",
-                event.category.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text),
-            ),
-            ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
-            ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
-        ];
         // Every fixed column of the table is reserved, whether this event fills it or not.
-        for (name, _) in table_kind.fixed_columns() {
-            b.slots.insert(name.to_string(), Slot { index: usize::MAX, source: Source::Fixed, path: name.to_string() });
+        for name in table_kind.fixed_names() {
+            let (path, column) = names.get(name);
+            b.slots.insert(addr(&column), Slot { index: usize::MAX, source: Source::Fixed, path });
         }
-        for (name, value) in fixed {
-            if let (Some(v), Some(slot)) = (value, b.slots.get_mut(name)) {
+        for (name, value) in &fixed {
+            if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
                 slot.index = b.cols.len();
-                b.cols.push((name.into(), v));
+                b.cols.push((name.clone(), v.clone()));
             }
         }
-        b.flatten(Source::Context, "context", &event.context);
+        for (path, column, value) in &context {
+            b.put(Source::Context, path, column, value.clone());
+        }
         if with_payload {
-            b.flatten(Source::Payload, "", &event.payload);
+            for (path, column, value) in &payload {
+                b.put(Source::Payload, path, column, value.clone());
+            }
         }
         let cols = b.cols;
         out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols, offset: None } });

@@ -2,6 +2,7 @@
 //! later values are cast only when nothing is lost.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -43,10 +44,11 @@ pub enum Scalar {
     Int(i64),
     Float(f64),
     /// An integer outside the BIGINT range, kept as its decimal text.
-    BigInt(Box<str>),
+    BigInt(Arc<str>),
     /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards.
-    Timestamp(Micros, Box<str>),
-    Str(Box<str>),
+    Timestamp(Micros, Arc<str>),
+    /// Shared, so that the tables of one event hold one copy.
+    Str(Arc<str>),
 }
 
 /// Why a value could not go into its column.

@@ -1,0 +1,124 @@
+//! Column names computed once per key path and shared by every row that uses them.
+//!
+//! The same keys recur in nearly every event (`context.library.name`, `properties.revenue`, ...). Each thread
+//! remembers the column name of every path it has flattened, and each distinct column name is one shared
+//! allocation, so building a row allocates no name and two names are the same column exactly when they are the
+//! same allocation (which makes a pointer a cheap, collision-free map key within one event).
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use crate::schema::names::snake_case;
+
+/// Past this many remembered paths (hostile senders can invent keys without end) a thread starts afresh.
+const MAX_PATHS: usize = 50_000;
+
+/// Key paths and the column names they give.
+#[derive(Default)]
+pub struct Names {
+    /// Path → (the path, shared; its column name).
+    paths: HashMap<Arc<str>, Arc<str>>,
+    columns: HashSet<Arc<str>>,
+}
+
+impl Names {
+    /// The shared path and the column name of a flattened key path (`context.library.name` →
+    /// `context_library_name`).
+    pub fn get(&mut self, path: &str) -> (Arc<str>, Arc<str>) {
+        if let Some((p, c)) = self.paths.get_key_value(path) {
+            return (p.clone(), c.clone());
+        }
+        let column = self.column(&snake_case(path));
+        let path: Arc<str> = path.into();
+        self.paths.insert(path.clone(), column.clone());
+        (path, column)
+    }
+
+    /// The shared allocation of a column name.
+    pub fn column(&mut self, name: &str) -> Arc<str> {
+        if let Some(c) = self.columns.get(name) {
+            return c.clone();
+        }
+        let c: Arc<str> = name.into();
+        self.columns.insert(c.clone());
+        c
+    }
+
+    /// Forgets everything once it has grown past its bound. Called between events only, so that the names of one
+    /// event are always shared.
+    fn bound(&mut self) {
+        if self.paths.len() > MAX_PATHS || self.columns.len() > MAX_PATHS {
+            self.paths = HashMap::new();
+            self.columns = HashSet::new();
+        }
+    }
+}
+
+thread_local! {
+    static NAMES: RefCell<Names> = RefCell::new(Names::default());
+}
+
+/// Runs `f` with this thread's names (bounded first). Not re-entrant.
+pub fn with_names<R>(f: impl FnOnce(&mut Names) -> R) -> R {
+    NAMES.with(|n| {
+        let mut n = n.borrow_mut();
+        n.bound();
+        f(&mut n)
+    })
+}
+
+/// A hasher for keys that are addresses of live allocations: they cannot be chosen by a sender, so a multiply
+/// and fold is enough.
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by the address of a shared name.
+pub type ByAddr<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
+/// The address of a shared name, as a [`ByAddr`] key.
+pub fn addr(name: &Arc<str>) -> usize {
+    Arc::as_ptr(name).cast::<u8>() as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_allocation_per_column() {
+        let mut n = Names::default();
+        let (p1, c1) = n.get("context.library.name");
+        let (p2, c2) = n.get("context.library.name");
+        assert_eq!((&*p1, &*c1), ("context.library.name", "context_library_name"));
+        assert!(Arc::ptr_eq(&p1, &p2) && Arc::ptr_eq(&c1, &c2));
+        // Two paths, one column: one allocation.
+        let (_, a) = n.get("Plan Name");
+        let (_, b) = n.get("plan_name");
+        assert!(Arc::ptr_eq(&a, &b));
+        assert_eq!(addr(&a), addr(&b));
+        assert_ne!(addr(&a), addr(&c1));
+    }
+}
