@@ -1,0 +1,36 @@
+"""The benchmark program runs end to end in its smoke mode and reports every section with positive numbers."""
+
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO, binary, shared_dir
+
+
+def test_bench_quick_reports_every_section(tmp_path):
+    bin_dir = binary().parent
+    if not os.access(bin_dir / "bench-floor", os.X_OK):
+        raise AssertionError(f"bench-floor not found next to {binary()}: build with cargo build --all-targets")
+    env = {**os.environ, "SEGMENT_DELTA_SHARED": str(shared_dir())}
+    # Smaller than --quick alone: the debug binaries are slow.
+    cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--bin-dir", str(bin_dir),
+           "--workdir", str(tmp_path), "--events", "5000", "--seconds", "1", "--rate", "2000",
+           "--ingest-events", "5000", "--baseline-events", "500", "--markdown"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-5000:]
+    report = out.stdout
+    rows = {}
+    for line in report.splitlines():
+        m = re.match(r"^(floor|saturation|fixed \d+/s|ingest|baseline)\s+(\S+)\s+(\d+)\s+(\d+)\s+([\d.]+)\s+([\d.]+)",
+                     line)
+        if m:
+            rows[m.group(1)] = [float(x) for x in m.groups()[2:]]
+    assert set(rows) == {"floor", "saturation", "fixed 2000/s", "ingest", "baseline"}, report
+    for name, (events, per_s, mb_s, cores) in rows.items():
+        assert events > 0 and per_s > 0 and mb_s > 0 and cores > 0, f"{name}: {report}"
+    latency = re.search(r"^saturation\s+local\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)",
+                        report, re.M)
+    assert latency and all(int(x) > 0 for x in latency.groups()), report
+    assert "ratios:" in report and "floor/handler" in report and "handler/baseline" in report
+    assert "| saturation | local |" in report
