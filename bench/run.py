@@ -412,12 +412,16 @@ def http_scenario(args, bin_dir, workdir, lake_kind, azurite, name, bodies, conn
     if args.flush_interval_ms:
         extra["SEGMENT_DELTA_FLUSH_INTERVAL_MS"] = str(args.flush_interval_ms)
     handler = Handler(bin_dir, lake, workdir, extra)
-    az_cpu0 = proc_cpu(azurite.proc.pid) if lake_kind == "azurite" else 0.0
-    cpu0 = proc_cpu(handler.proc.pid)
-    result = drive(handler.port, bodies, connections, rate)
-    cpu = proc_cpu(handler.proc.pid) - cpu0
-    az_cpu = proc_cpu(azurite.proc.pid) - az_cpu0 if lake_kind == "azurite" else 0.0
-    rss = proc_hwm_mib(handler.proc.pid)
+    try:
+        az_cpu0 = proc_cpu(azurite.proc.pid) if lake_kind == "azurite" else 0.0
+        cpu0 = proc_cpu(handler.proc.pid)
+        result = drive(handler.port, bodies, connections, rate)
+        cpu = proc_cpu(handler.proc.pid) - cpu0
+        az_cpu = proc_cpu(azurite.proc.pid) - az_cpu0 if lake_kind == "azurite" else 0.0
+        rss = proc_hwm_mib(handler.proc.pid)
+    except BaseException:
+        handler.proc.kill()
+        raise
     handler.stop()
     files, commits = lake.counts()
     events = len(bodies) * BATCH
@@ -503,8 +507,9 @@ def cells(r: Row) -> list[str]:
             num(r.per_100k(r.files), "{:.1f}"), num(r.per_100k(r.commits), "{:.1f}"), str(r.failed)]
 
 
-def report(rows: list[Row], args, markdown: bool) -> None:
-    print(f"machine: {machine()}")
+def report(rows: list[Row], args, markdown: bool, load_before: float) -> None:
+    print(f"machine: {machine()}; load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after "
+          "(other processes compete for the cores when it is above the handler's own use)")
     print(f"corpus: {BATCH}-event /v1/batch bodies (~{rows[0].bytes / rows[0].events:.0f} bytes/event); "
           f"flush interval {args.flush_interval_ms or 1000} ms; saturation on {args.connections} connections; "
           f"fixed load {args.rate} events/s")
@@ -567,6 +572,7 @@ def main() -> None:
             setattr(args, name, quick if args.quick else full)
     if args.quick:
         args.lakes = "local" if args.lakes == ap.get_default("lakes") else args.lakes
+    load_before = os.getloadavg()[0]
     skip = set(filter(None, args.skip.split(",")))
     lakes = [k for k in args.lakes.split(",") if k]
     bin_dir = binaries(args)
@@ -612,7 +618,7 @@ def main() -> None:
     finally:
         if azurite:
             azurite.stop()
-    report(rows, args, args.markdown)
+    report(rows, args, args.markdown, load_before)
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
