@@ -591,7 +591,10 @@ def main() -> None:
     bodies = batch_bodies(events_file, http_events, workdir / "bodies.jsonl")
     saturation_bodies = bodies[:args.events // BATCH]
     fixed_bodies = bodies[:fixed_events // BATCH]
-    ingest_file = head_lines(events_file, args.ingest_events, corpus_dir / f"events-{args.ingest_events}-s{args.seed}.jsonl")
+    ingest_file = None
+    if "ingest" not in skip:
+        ingest_file = head_lines(events_file, args.ingest_events,
+                                 corpus_dir / f"events-{args.ingest_events}-s{args.seed}.jsonl")
     log(f"workdir {workdir}; binaries {bin_dir}")
 
     rows: list[Row] = []
