@@ -129,7 +129,7 @@ class Fault:
     only: tuple[str, ...] = ()
     delay_s: float = 0.0
     expect: str = "mixed"  # "503": every request under the fault refused; "200": all acknowledged; "mixed": either
-    bodies: int = 6
+    bodies: int = 4
 
 
 FAULTS = {
