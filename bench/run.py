@@ -74,6 +74,28 @@ def proc_hwm_mib(pid: int) -> float:
     return 0.0
 
 
+class PeakWatcher:
+    """Reads a child's VmHWM every 100 ms until it exits (wait4's ru_maxrss would also count the pages the child
+    shared with this process between fork and exec)."""
+
+    def __init__(self, pid: int):
+        self.pid, self.peak = pid, 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self.peak = max(self.peak, proc_hwm_mib(self.pid))
+            except (OSError, ValueError):
+                return
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self.thread.join(timeout=1)
+        return self.peak
+
+
 def self_cpu() -> float:
     t = os.times()
     return t.user + t.system
@@ -444,6 +466,7 @@ def ingest_scenario(bin_dir, workdir, lake_kind, azurite, events_file: Path, cou
         started = time.perf_counter()
         proc = subprocess.Popen([str(bin_dir / "segment-delta"), "ingest", "--schema", SCHEMA, str(events_file)],
                                 env=env, cwd=workdir, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+        watcher = PeakWatcher(proc.pid)
         out = proc.stdout.read().decode()
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - started
@@ -456,7 +479,7 @@ def ingest_scenario(bin_dir, workdir, lake_kind, azurite, events_file: Path, cou
     files, commits = lake.counts()
     note = f"Azurite {az_cpu / wall:.2f} cores" if lake_kind == "azurite" else ""
     row = Row("ingest", lake_kind, events, wall, events_file.stat().st_size, usage.ru_utime + usage.ru_stime,
-              usage.ru_maxrss / 1024, files=files, commits=commits, note=note)
+              watcher.stop(), files=files, commits=commits, note=note)
     log(f"{lake_kind} ingest: {row.events_per_s:.0f} events/s, {row.cores:.2f} cores, {row.rss_mib:.0f} MiB")
     return row
 
@@ -476,6 +499,7 @@ def baseline_scenario(workdir: Path, bodies_file: Path, count: int) -> Row:
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(REPO / "bench" / "baseline.py"), "--lake", str(lake),
                              "--events", str(count), str(bodies_file)], stdout=subprocess.PIPE)
+    watcher = PeakWatcher(proc.pid)
     out = proc.stdout.read().decode()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
@@ -485,7 +509,7 @@ def baseline_scenario(workdir: Path, bodies_file: Path, count: int) -> Row:
     root = Lake("local", {}, root=lake)
     files, commits = root.counts()
     row = Row("baseline", "local", r["events"], r["seconds"], r["bytes"], usage.ru_utime + usage.ru_stime,
-              usage.ru_maxrss / 1024, files=files, commits=commits,
+              watcher.stop(), files=files, commits=commits,
               note=f"python {platform.python_version()}, process wall {wall:.1f} s")
     # CPU over the writing only is not separable from start-up; scale it to the timed part.
     row.cpu = row.cpu * r["seconds"] / wall
