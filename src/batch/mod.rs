@@ -202,6 +202,7 @@ impl Batcher {
         if let Some(h) = handle {
             let _ = h.await;
         }
+        self.inner.lake.finish().await;
     }
 }
 

@@ -110,17 +110,21 @@ async fn main() -> anyhow::Result<()> {
                     }
                     sent += batch;
                 }
-                (latencies, retries, failed)
+                (latencies, retries, failed, lake)
             }));
         }
-        let (mut latencies, mut retries, mut failed) = (Vec::new(), 0, 0);
+        let (mut latencies, mut retries, mut failed, mut lakes) = (Vec::new(), 0, 0, Vec::new());
         for t in tasks {
-            let (l, r, f) = t.await?;
+            let (l, r, f, lake) = t.await?;
             latencies.extend(l);
             retries += r;
             failed += f;
+            lakes.push(lake);
         }
         let secs = started.elapsed().as_secs_f64();
+        for lake in lakes {
+            lake.finish().await;
+        }
         latencies.sort();
         let commits = latencies.len();
         println!(

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use deltalake::kernel::transaction::{CommitProperties, TransactionError};
 use deltalake::kernel::{MetadataExt, Snapshot, StructField, StructType, Transaction};
@@ -58,7 +58,12 @@ pub struct TableWrite<'a> {
 }
 
 /// Commits retried at once after losing a version race, before the pauses begin.
-const QUICK_REBASES: u32 = 2;
+const QUICK_REBASES: u32 = 3;
+
+/// Pauses between commits that lost a version race. Rebasing costs a listing and a read of the winners, so the
+/// pauses stay short: long ones would let fresher writers win every race while one writer sleeps.
+const RACE_BACKOFF: Backoff =
+    Backoff { base: Duration::from_millis(5), max_delay: Duration::from_millis(200), total: Duration::from_secs(30) };
 
 /// How long a writer's `txn` entries are kept in a table's state.
 const TXN_RETENTION: &str = "interval 7 days";
@@ -98,6 +103,9 @@ pub struct Lakehouse {
     writer_id: String,
     commit_seq: AtomicU64,
     catalog: Option<Arc<Catalog>>,
+    /// Checkpoints being written in the background, and the tables they are for (one at a time per table).
+    background: Mutex<tokio::task::JoinSet<()>>,
+    checkpointing: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The URL delta-rs opens for a table location (local paths become absolute `file://` URLs).
@@ -122,6 +130,8 @@ impl Lakehouse {
             writer_id: format!("segment-delta/writer/{}", uuid::Uuid::new_v4()),
             commit_seq: AtomicU64::new(1),
             catalog: None,
+            background: Mutex::new(tokio::task::JoinSet::new()),
+            checkpointing: Default::default(),
         }
     }
 
@@ -129,6 +139,12 @@ impl Lakehouse {
     pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Lakehouse {
         self.catalog = Some(catalog);
         self
+    }
+
+    /// Waits for the checkpoints being written in the background; called before the process exits.
+    pub async fn finish(&self) {
+        let mut tasks = std::mem::take(&mut *self.background.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
     }
 
     pub fn lake(&self) -> &Lake {
@@ -403,7 +419,7 @@ impl Lakehouse {
                 return conflict("another writer gave a column a different type; rebuilding");
             }
             if lost > QUICK_REBASES {
-                let Some(pause) = self.backoff.delay(lost - QUICK_REBASES, started) else {
+                let Some(pause) = RACE_BACKOFF.delay(lost - QUICK_REBASES, started) else {
                     return conflict("lost the commit race for longer than the retry budget");
                 };
                 tokio::time::sleep(pause).await;
@@ -412,18 +428,28 @@ impl Lakehouse {
     }
 
     /// Checkpoints every `delta.checkpointInterval` versions, so a cold start replays at most that many commits.
-    /// The checkpoint is written in the background from the log; a failed one is covered by the next.
+    /// The checkpoint is written in the background from the log, one at a time per table; one that fails or is
+    /// skipped because another is still being written is covered by the next.
     fn maybe_checkpoint(&self, log_store: &LogStoreRef, snapshot: &Snapshot, version: u64) {
         let interval = snapshot.table_properties().checkpoint_interval().get();
         if version == 0 || !version.is_multiple_of(interval) {
             return;
         }
-        let log_store = log_store.clone();
-        tokio::spawn(async move {
+        let table = log_store.root_url().to_string();
+        let lock = |s: &Mutex<HashSet<String>>| s.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone());
+        if !lock(&self.checkpointing) {
+            tracing::debug!(version, "a checkpoint of this table is still being written; skipped");
+            return;
+        }
+        let (log_store, checkpointing) = (log_store.clone(), self.checkpointing.clone());
+        let mut background = self.background.lock().unwrap_or_else(|p| p.into_inner());
+        while background.try_join_next().is_some() {}
+        background.spawn(async move {
             match log::checkpoint(&log_store, version).await {
                 Ok(()) => tracing::debug!(version, "checkpoint written"),
                 Err(e) => tracing::warn!(version, error = %e, "checkpoint failed; the next one will cover it"),
             }
+            checkpointing.lock().unwrap_or_else(|p| p.into_inner()).remove(&table);
         });
     }
 
