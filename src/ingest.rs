@@ -120,6 +120,8 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf]) -> Result<S
     if !chunk.is_empty() {
         in_flight.push(submit(chunk, chunk_bytes));
     }
+    // The input is read: what waits for the flush interval is written now.
+    batcher.drain();
     while let Some(r) = in_flight.next().await {
         r?;
     }
