@@ -29,7 +29,7 @@ CLIENT_THREADS = 4
 KEY = "CRASH-KEY"
 SERVER_SIDE = {"received_at", "timestamp", "uuid_ts"}
 # (bodies, acknowledged requests before the kill) per lake: Azurite commits more slowly, so fewer bodies.
-LOADS = {"local": (8, 2), "azurite": (4, 1)}
+LOADS = {"local": (8, 2), "azurite": (8, 2)}
 
 
 def tracks_versions(lake) -> int:
