@@ -252,14 +252,25 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
     }
     let mut failed: BTreeMap<TableId, Arc<WriteError>> = BTreeMap::new();
     let mut totals = Totals::default();
-    let writes = batch.tables.into_iter().map(|((schema, table), (kind, rows))| async move {
-        let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
-        let result = if rows.is_empty() {
-            Ok(Default::default())
-        } else {
-            inner.lake.append(TableWrite { schema: &schema, table: &table, kind, rows }, uuid_ts).await
-        };
-        ((schema, table), keys, result)
+    // Each table is written on its own task, so that building, encoding and dropping the rows of different
+    // tables use every core.
+    let writes = batch.tables.into_iter().map(|((schema, table), (kind, rows))| {
+        let lake = inner.lake.clone();
+        async move {
+            let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
+            let (s, t) = (schema.clone(), table.clone());
+            let task = tokio::spawn(async move {
+                if rows.is_empty() {
+                    Ok(Default::default())
+                } else {
+                    lake.append(TableWrite { schema: &s, table: &t, kind, rows }, uuid_ts).await
+                }
+            });
+            let result = task.await.unwrap_or_else(|e| {
+                Err(WriteError { table: table.clone(), message: format!("the write stopped: {e}"), retryable: true })
+            });
+            ((schema, table), keys, result)
+        }
     });
     let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY).collect().await;
     let mut committed_keys = Vec::new();
