@@ -164,6 +164,8 @@ pub struct Config {
     pub log_json: bool,
     /// Compaction target and vacuum retention of `maintain`.
     pub maintenance: crate::maintain::Settings,
+    /// How long a write retries commit conflicts and storage errors before the request fails.
+    pub write_retry: Duration,
 }
 
 impl Default for Config {
@@ -181,6 +183,7 @@ impl Default for Config {
             dedup_capacity: 1_000_000,
             log_json: false,
             maintenance: Default::default(),
+            write_retry: Duration::from_secs(30),
         }
     }
 }
@@ -298,6 +301,7 @@ impl Config {
         }
         c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
+        c.write_retry = Duration::from_secs(num(&get, "SEGMENT_DELTA_WRITE_RETRY_SECS", c.write_retry.as_secs())?);
         let m = &mut c.maintenance;
         m.target_file_size = positive(
             "SEGMENT_DELTA_TARGET_FILE_SIZE",

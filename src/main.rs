@@ -89,7 +89,8 @@ async fn shutdown_signal(batcher: Batcher) {
 }
 
 fn build(config: &Config) -> anyhow::Result<(Arc<Lakehouse>, Batcher)> {
-    let mut lake = Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns);
+    let mut lake = Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns)
+        .with_retry_budget(config.write_retry);
     if let Some(db) = &config.databricks {
         let catalog = Catalog::new(db)?;
         tracing::info!(host = %db.host, catalog = %db.catalog, auth = db.auth.kind(), "Unity Catalog kept in step through Databricks SQL");

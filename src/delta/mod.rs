@@ -63,7 +63,7 @@ const QUICK_REBASES: u32 = 3;
 /// Pauses between commits that lost a version race. Rebasing costs a listing and a read of the winners, so the
 /// pauses stay short: long ones would let fresher writers win every race while one writer sleeps.
 const RACE_BACKOFF: Backoff =
-    Backoff { base: Duration::from_millis(5), max_delay: Duration::from_millis(200), total: Duration::from_secs(30) };
+    Backoff { base: Duration::from_millis(5), max_delay: Duration::from_millis(200), total: Duration::ZERO };
 
 /// How long a writer's `txn` entries are kept in a table's state.
 const TXN_RETENTION: &str = "interval 7 days";
@@ -133,6 +133,12 @@ impl Lakehouse {
             background: Mutex::new(tokio::task::JoinSet::new()),
             checkpointing: Default::default(),
         }
+    }
+
+    /// How long a write keeps retrying commit conflicts and storage errors before it fails (30 s by default).
+    pub fn with_retry_budget(mut self, total: Duration) -> Lakehouse {
+        self.backoff.total = total;
+        self
     }
 
     /// Keeps Unity Catalog in step: tables are registered after their first commit and widened through SQL.
@@ -419,7 +425,8 @@ impl Lakehouse {
                 return conflict("another writer gave a column a different type; rebuilding");
             }
             if lost > QUICK_REBASES {
-                let Some(pause) = RACE_BACKOFF.delay(lost - QUICK_REBASES, started) else {
+                let race = Backoff { total: self.backoff.total, ..RACE_BACKOFF };
+                let Some(pause) = race.delay(lost - QUICK_REBASES, started) else {
                     return conflict("lost the commit race for longer than the retry budget");
                 };
                 tokio::time::sleep(pause).await;
@@ -577,6 +584,8 @@ impl Attempt {
             DeltaTableError::ObjectStore { .. }
                 | DeltaTableError::Io { .. }
                 | DeltaTableError::Transaction { source: TransactionError::ObjectStore { .. } }
+                // A data file whose upload failed (the Parquet writer reports the store's error as its own).
+                | DeltaTableError::Parquet { source: deltalake::parquet::errors::ParquetError::External(_) }
         );
         let err = WriteError::delta(table, e);
         if conflict {

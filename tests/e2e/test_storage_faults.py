@@ -110,7 +110,8 @@ def faulty(storage, start_server, request):
     azurite, proxy = storage
     proxy.set("pass")
     lake = azurite.new_lake(request.node.name)
-    env = {**lake.server_env(), "AZURITE_BLOB_STORAGE_URL": proxy.url}
+    # A shorter retry budget than the default 30 s: a request under a lasting fault gets its 503 sooner.
+    env = {**lake.server_env(), "AZURITE_BLOB_STORAGE_URL": proxy.url, "SEGMENT_DELTA_WRITE_RETRY_SECS": "8"}
     server = start_server(lake, SEGMENT_DELTA_SOURCES=f"{KEY}=segment", **env)
     yield server, proxy
     proxy.set("pass")
