@@ -315,6 +315,11 @@ impl Config {
             ));
         }
         m.vacuum_retention = Duration::from_secs(hours * 3600);
+        m.databricks_optimize_bytes =
+            match get("SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES").filter(|v| !v.trim().is_empty()) {
+                None => None,
+                Some(_) => Some(num(&get, "SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES", 0u64)?),
+            };
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,

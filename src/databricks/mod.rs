@@ -210,6 +210,13 @@ impl Catalog {
         }
     }
 
+    /// Compacts a table on the warehouse (`OPTIMIZE`), registering it first if need be.
+    pub async fn optimize(&self, schema: &str, table: &str, location: &str) -> Result<(), CatalogError> {
+        self.register(schema, table, location).await?;
+        self.run(&sql::optimize(&self.catalog, schema, table)).await?;
+        Ok(())
+    }
+
     /// Forgets what is known of a table, so the next write looks again.
     pub async fn forget(&self, schema: &str, table: &str) {
         self.registered.lock().await.remove(&(schema.to_string(), table.to_string()));

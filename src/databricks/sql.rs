@@ -33,6 +33,11 @@ pub fn add_columns(catalog: &str, schema: &str, table: &str, columns: &[(String,
     format!("ALTER TABLE {} ADD COLUMNS ({})", table_name(catalog, schema, table), cols.join(", "))
 }
 
+/// Databricks' own compaction of a table (bin-packing to its target file size).
+pub fn optimize(catalog: &str, schema: &str, table: &str) -> String {
+    format!("OPTIMIZE {}", table_name(catalog, schema, table))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

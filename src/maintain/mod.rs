@@ -29,11 +29,17 @@ pub struct Settings {
     pub target_file_size: u64,
     /// Vacuum deletes files removed from the table longer ago than this (at least a day).
     pub vacuum_retention: Duration,
+    /// With Unity Catalog kept, tables of at least this many bytes are compacted by `OPTIMIZE` on the warehouse.
+    pub databricks_optimize_bytes: Option<u64>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { target_file_size: 128 * 1024 * 1024, vacuum_retention: Duration::from_secs(7 * 24 * 3600) }
+        Settings {
+            target_file_size: 128 * 1024 * 1024,
+            vacuum_retention: Duration::from_secs(7 * 24 * 3600),
+            databricks_optimize_bytes: None,
+        }
     }
 }
 
@@ -58,6 +64,8 @@ pub struct Report {
     pub vacuumed: usize,
     /// Rows the upsert wrote (users, accounts), and how many source versions it read.
     pub upserted: Option<usize>,
+    /// Compacted by `OPTIMIZE` on the Databricks warehouse rather than in process.
+    pub optimized_by_databricks: bool,
     pub seconds: f64,
     pub error: Option<String>,
 }
@@ -66,7 +74,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}.{}: files {} -> {}, bytes {} -> {}, commits {}, version {}, vacuumed {}, logs removed {}{}, {:.2} s",
+            "{}.{}: files {} -> {}, bytes {} -> {}, commits {}, version {}, vacuumed {}, logs removed {}{}{}, {:.2} s",
             self.schema,
             self.table,
             self.files_before,
@@ -78,6 +86,7 @@ impl fmt::Display for Report {
             self.vacuumed,
             self.logs_removed,
             self.upserted.map(|n| format!(", rows upserted {n}")).unwrap_or_default(),
+            if self.optimized_by_databricks { ", compacted by Databricks OPTIMIZE" } else { "" },
             self.seconds
         )?;
         if let Some(e) = &self.error {
@@ -187,7 +196,7 @@ pub async fn run(config: &Config, settings: &Settings, only: &[String]) -> Resul
         let uri = config.lake.table_uri(&schema, &table);
         for attempt in 1..=3 {
             let mut r = report.clone();
-            match maintain_table(config, settings, &uri, &mut r).await {
+            match maintain_table(config, settings, catalog.as_deref(), &uri, &mut r).await {
                 // A listing of the log taken while a writer committed can miss a commit; list again.
                 Err(e) if attempt < 3 && e.to_string().contains("contiguous commit files") => continue,
                 Err(e) => {
@@ -221,13 +230,26 @@ pub(crate) async fn load(config: &Config, uri: &str) -> Result<DeltaTable, Delta
 async fn maintain_table(
     config: &Config,
     settings: &Settings,
+    catalog: Option<&Catalog>,
     uri: &str,
     report: &mut Report,
 ) -> Result<(), DeltaTableError> {
     let mut dt = load(config, uri).await?;
     let (files, bytes) = file_stats(&dt).await?;
     (report.files_before, report.bytes_before) = (files, bytes);
-    report.commits += compact(&mut dt, settings.target_file_size).await?;
+    match (catalog, settings.databricks_optimize_bytes) {
+        (Some(catalog), Some(at_least)) if bytes as u64 >= at_least && files > 1 => {
+            let before = dt.version();
+            catalog
+                .optimize(&report.schema, &report.table, uri)
+                .await
+                .map_err(|e| DeltaTableError::Generic(format!("OPTIMIZE on the warehouse: {}", e.message)))?;
+            dt.update_incremental(None).await?;
+            report.commits += u32::from(dt.version() != before);
+            report.optimized_by_databricks = true;
+        }
+        _ => report.commits += compact(&mut dt, settings.target_file_size).await?,
+    }
     dt.update_incremental(None).await?;
     // A checkpoint of the newest version, then the log entries past the table's log retention.
     let version = dt.version().unwrap_or(0);
@@ -265,7 +287,7 @@ async fn file_stats(dt: &DeltaTable) -> Result<(usize, i64), DeltaTableError> {
 /// readers and appends see no change. Appends that commit meanwhile do not conflict (they remove nothing); a
 /// conflicting commit (a delete of a file being compacted) fails this compaction, which the next run retries.
 /// Returns the number of commits made.
-async fn compact(dt: &mut DeltaTable, target: u64) -> Result<u32, DeltaTableError> {
+pub async fn compact(dt: &mut DeltaTable, target: u64) -> Result<u32, DeltaTableError> {
     let files: Vec<_> = dt.get_active_add_actions_by_predicate(None).try_collect().await?;
     if files.iter().any(|f| f.deletion_vector_descriptor().is_some()) {
         tracing::warn!(table = %dt.table_url(), "table has deletion vectors: compaction left to Databricks OPTIMIZE");

@@ -780,3 +780,21 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_sep("-", "segment-delta figures")
         for line in lines:
             terminalreporter.write_line(line)
+
+
+@contextlib.contextmanager
+def databricks_emulator(workdir: Path, token: str, env: dict[str, str] | None = None):
+    """The project's Databricks emulator on a free port with catalog `main`; yields its base URL."""
+    exe = binary().parent / "databricks-emulator"
+    assert exe.exists(), f"{exe} is missing: build it with `cargo build --bin databricks-emulator`"
+    with open(workdir / "emulator.stderr", "ab") as err:
+        proc = subprocess.Popen([str(exe), "--port", "0", "--token", token, "--catalog", "main",
+                                 "--warehouse-start-ms", "100"], env=clean_env(env or {}), stdout=subprocess.PIPE,
+                                stderr=err, stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        assert line.startswith("listening on "), line
+        yield line.removeprefix("listening on ")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

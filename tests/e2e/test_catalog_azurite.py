@@ -1,12 +1,10 @@
 """Unity Catalog kept in step while the lake is on Azurite: the server runs its DDL on the Databricks emulator,
 which applies ADD COLUMNS to the Delta log in Azurite as Databricks does. Read back with Python deltalake."""
 
-import subprocess
-
 import pytest
 import requests
 
-from conftest import binary, clean_env
+from conftest import databricks_emulator
 
 PAT = "dapi-e2e"
 KEY = "CAT-KEY"
@@ -14,18 +12,8 @@ KEY = "CAT-KEY"
 
 @pytest.fixture
 def emulator(azurite_lake, tmp_path):
-    exe = binary().parent / "databricks-emulator"
-    assert exe.exists(), f"{exe} is missing: build it with `cargo build --bin databricks-emulator`"
-    env = clean_env(azurite_lake.server_env())
-    with open(tmp_path / "emulator.stderr", "ab") as err:
-        proc = subprocess.Popen([str(exe), "--port", "0", "--token", PAT, "--catalog", "main",
-                                 "--warehouse-start-ms", "100"], env=env, stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    yield line.removeprefix("listening on ")
-    proc.terminate()
-    proc.wait(timeout=10)
+    with databricks_emulator(tmp_path, PAT, azurite_lake.server_env()) as url:
+        yield url
 
 
 def statements(url: str) -> list[dict]:

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 from deltalake import DeltaTable
 
-from conftest import binary, clean_env, read_table, running_server
+from conftest import binary, clean_env, databricks_emulator, read_table, running_server
 
 SCHEMA = "segment"
 
@@ -255,3 +256,25 @@ def test_maintain_on_azurite(azurite_lake, tmp_path):
     out = maintain(azurite_lake, **sources)
     assert "files 40 -> 1" in report_line(out, "pages")
     assert sorted(azurite_lake.read("pages", SCHEMA).to_pylist(), key=lambda r: r["id"]) == before
+
+
+def test_large_tables_are_optimized_by_databricks(tmp_path):
+    """With Unity Catalog kept and SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES reached, compaction is Databricks'
+    `OPTIMIZE` on the warehouse; smaller tables are compacted in process."""
+    pat, key = "dapi-maintain", "MKEY"
+    with databricks_emulator(tmp_path, pat) as url:
+        catalog = {"DATABRICKS_HOST": url, "DATABRICKS_TOKEN": pat, "DATABRICKS_CATALOG": "main",
+                   "SEGMENT_DELTA_SOURCES": f"{key}={SCHEMA}"}
+        with running_server(tmp_path / "server", SEGMENT_DELTA_FLUSH_INTERVAL_MS="1", **catalog) as server:
+            send_pages(server, range(30), key=key)
+        lake = server.lake
+        before = sorted_rows(lake, "pages")
+        pages_bytes = sum(os.path.getsize(u.removeprefix("file://"))
+                          for u in DeltaTable(str(table_path(lake, "pages"))).file_uris())
+        out = maintain(lake, SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES=str(pages_bytes), **catalog)
+        ran = [s["statement"] for s in requests.get(f"{url}/_emulator/statements", timeout=10).json()["statements"]]
+    assert "compacted by Databricks OPTIMIZE" in report_line(out, "pages")
+    assert [s for s in ran if s.startswith("OPTIMIZE")] == [f"OPTIMIZE `main`.`{SCHEMA}`.`pages`"], ran
+    assert "files 30 -> 1" in report_line(out, "pages")
+    assert sorted_rows(lake, "pages") == before
+    assert DeltaTable(str(table_path(lake, "pages"))).history()[0]["operation"] == "OPTIMIZE"

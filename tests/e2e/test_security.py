@@ -16,14 +16,13 @@ import base64
 import gzip
 import json
 import re
-import subprocess
 
 import pytest
 import requests
 import sqlglot
 from sqlglot import exp
 
-from conftest import binary, clean_env, go_snakecase, read_discards, running_server
+from conftest import databricks_emulator, go_snakecase, read_discards, running_server
 
 SOURCES = "K1=web,K2=ios"
 
@@ -122,17 +121,8 @@ NO_LETTERS = {"--": "dashes", "`": "tick", "/*": "comment", ";": "semi"}
 
 @pytest.fixture
 def emulator(tmp_path):
-    exe = binary().parent / "databricks-emulator"
-    assert exe.exists(), f"{exe} is missing: build it with `cargo build --bin databricks-emulator`"
-    with open(tmp_path / "emulator.stderr", "ab") as err:
-        proc = subprocess.Popen([str(exe), "--port", "0", "--token", PAT, "--catalog", "main",
-                                 "--warehouse-start-ms", "100"], env=clean_env({}), stdout=subprocess.PIPE,
-                                stderr=err, stdin=subprocess.DEVNULL, text=True)
-    line = proc.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    yield line.removeprefix("listening on ")
-    proc.terminate()
-    proc.wait(timeout=10)
+    with databricks_emulator(tmp_path, PAT) as url:
+        yield url
 
 
 def statements(url: str) -> list[dict]:

@@ -52,6 +52,25 @@ async fn open(location: &str) -> Result<DeltaTable, SqlError> {
         .map_err(|e| SqlError::internal(format!("Reading the Delta log at '{location}' failed: {e}.")))
 }
 
+/// `OPTIMIZE`: bin-packs the table's small files into files of up to 1 GiB (Databricks' default target),
+/// committed with `dataChange=false`. Returns the number of files removed and added.
+pub async fn optimize(location: &str) -> Result<(usize, usize), SqlError> {
+    let mut table = open(location).await?;
+    if table.version().is_none() {
+        return Err(no_log(location));
+    }
+    let paths = |t: &DeltaTable| -> std::collections::HashSet<String> {
+        t.snapshot().map(|s| s.log_data().iter().map(|f| f.path().to_string()).collect()).unwrap_or_default()
+    };
+    let before = paths(&table);
+    segment_delta::maintain::compact(&mut table, 1 << 30)
+        .await
+        .map_err(|e| SqlError::internal(format!("OPTIMIZE of '{location}' failed: {e}.")))?;
+    table.update_incremental(None).await.map_err(|e| SqlError::internal(e.to_string()))?;
+    let after = paths(&table);
+    Ok((before.difference(&after).count(), after.difference(&before).count()))
+}
+
 fn no_log(location: &str) -> SqlError {
     SqlError::new(
         "DELTA_CREATE_EXTERNAL_TABLE_WITHOUT_TXN_LOG",

@@ -162,6 +162,15 @@ pub async fn execute(emu: &Emulator, stmt: Stmt, ctx: &Context) -> R<ResultSet> 
             Ok(ResultSet { columns, rows })
         }
         Stmt::Select { items } => select(items, ctx),
+        Stmt::Optimize { table } => {
+            let key = existing_table(emu, &table, ctx)?;
+            let location = table_location(emu, &key)?;
+            let (files_removed, files_added) = delta::optimize(&location).await?;
+            // Databricks answers with the table's path and the metrics of the compaction.
+            let metrics = serde_json::json!({"numFilesRemoved": files_removed, "numFilesAdded": files_added});
+            let columns = vec![Column::new("path", "STRING"), Column::new("metrics", "STRING")];
+            Ok(ResultSet { columns, rows: vec![vec![Some(location), Some(metrics.to_string())]] })
+        }
     }
 }
 

@@ -23,6 +23,7 @@ pub enum Stmt {
     Describe { table: Vec<String> },
     ShowTables { schema: Option<Vec<String>> },
     Select { items: Vec<Literal> },
+    Optimize { table: Vec<String> },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -64,6 +65,8 @@ pub fn parse(sql: &str) -> R<Stmt> {
         describe(&mut p)?
     } else if p.parse_keywords(&[Keyword::SHOW, Keyword::TABLES]) {
         show_tables(&mut p)?
+    } else if p.parse_keyword(Keyword::OPTIMIZE) {
+        optimize(&mut p)?
     } else if p.peek_keyword(Keyword::SELECT) {
         return select(sql);
     } else {
@@ -299,6 +302,15 @@ fn describe(p: &mut Parser) -> R<Stmt> {
     Ok(Stmt::Describe { table: name(p)? })
 }
 
+/// `OPTIMIZE name`; a `WHERE` or `ZORDER BY` is valid Databricks SQL the emulator does not implement.
+fn optimize(p: &mut Parser) -> R<Stmt> {
+    let table = name(p)?;
+    if let Some(w) = peek_word(p).filter(|w| w == "WHERE" || w == "ZORDER") {
+        return Err(SqlError::unsupported(format!("OPTIMIZE ... {w}")));
+    }
+    Ok(Stmt::Optimize { table })
+}
+
 fn show_tables(p: &mut Parser) -> R<Stmt> {
     let schema = match p.parse_one_of_keywords(&[Keyword::IN, Keyword::FROM]) {
         Some(_) => Some(name(p)?),
@@ -408,5 +420,13 @@ mod tests {
         assert_eq!(items[0], Literal { name: "1".into(), value: LiteralValue::Number("1".into()) });
         assert_eq!(items[1].name, "y");
         assert_eq!(items[2].value, LiteralValue::Param("p".into()));
+    }
+
+    #[test]
+    fn optimize() {
+        let s = parse("OPTIMIZE `main`.`web`.`pages`").unwrap();
+        assert_eq!(s, Stmt::Optimize { table: vec!["main".into(), "web".into(), "pages".into()] });
+        assert_eq!(class("OPTIMIZE main.web.pages ZORDER BY (id)"), "UNSUPPORTED_BY_EMULATOR");
+        assert_eq!(class("OPTIMIZE main.web.pages; DROP TABLE x"), "PARSE_SYNTAX_ERROR");
     }
 }
