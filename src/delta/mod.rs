@@ -660,7 +660,8 @@ fn widened_metadata(
     Ok(Some(snapshot.metadata().clone().with_schema(&widened)?))
 }
 
-fn kernel_type(t: ColumnType) -> deltalake::kernel::DataType {
+/// The Delta type of a warehouse type.
+pub(crate) fn kernel_type(t: ColumnType) -> deltalake::kernel::DataType {
     use deltalake::kernel::{DataType, PrimitiveType};
     DataType::Primitive(match t {
         ColumnType::Timestamp => PrimitiveType::Timestamp,

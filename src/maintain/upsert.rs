@@ -27,6 +27,7 @@ use super::files;
 use crate::config::Config;
 use crate::databricks::Catalog;
 use crate::delta::arrow::{arrow_type, column_type};
+use crate::delta::kernel_type;
 use crate::schema::value::ColumnType;
 
 /// One upsert: rows of `source` keyed by `key` become one row per key in `target`.
@@ -173,17 +174,6 @@ pub async fn run(
 
 fn now_millis() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn kernel_type(t: ColumnType) -> deltalake::kernel::DataType {
-    use deltalake::kernel::{DataType as K, PrimitiveType as P};
-    K::Primitive(match t {
-        ColumnType::Timestamp => P::Timestamp,
-        ColumnType::BigInt => P::Long,
-        ColumnType::Double => P::Double,
-        ColumnType::Boolean => P::Boolean,
-        ColumnType::String => P::String,
-    })
 }
 
 /// The keys of the rows the source's commits after `from` through `to` appended, or `None` when every key has
