@@ -152,9 +152,6 @@ def test_hostile_names_cannot_break_out_of_sql_quoting(tmp_path, emulator):
     check_hostile_names(tmp_path, emulator, tmp_path / "lake")
 
 
-@pytest.mark.xfail(reason="databricks-emulator bug: its SQL parser (sqlparser's DatabricksDialect) does not take "
-                          "backslash escapes in string literals, so it rejects the LOCATION 'it\\'s ...' that "
-                          "Databricks SQL accepts ('O\\'Connell' is Databricks' own example)", strict=False)
 def test_quote_in_the_lake_path(tmp_path, emulator):
     """The lake's own path is the one string literal of the DDL: a quote in it stays inside the literal."""
     check_hostile_names(tmp_path, emulator, tmp_path / "it's a lake")

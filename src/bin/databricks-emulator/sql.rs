@@ -6,10 +6,10 @@
 //! (`UNSUPPORTED_BY_EMULATOR`).
 
 use sqlparser::ast::{Expr, Ident, ObjectNamePart, SelectItem, SetExpr, Statement as Ast, Value};
-use sqlparser::dialect::DatabricksDialect;
+use sqlparser::dialect::{DatabricksDialect, Dialect};
 use sqlparser::keywords::Keyword;
 use sqlparser::parser::{Parser, ParserError};
-use sqlparser::tokenizer::{Token, TokenWithSpan};
+use sqlparser::tokenizer::{Token, TokenWithSpan, Tokenizer};
 
 use crate::errors::SqlError;
 
@@ -50,9 +50,55 @@ pub enum LiteralValue {
     Param(String),
 }
 
+static DATABRICKS: DatabricksDialect = DatabricksDialect {};
+
+/// Databricks' lexical rules as sqlparser's dialect has them, except that, as in Databricks SQL, a backslash
+/// escapes the next character of a string literal (`'O\'Connell'`).
+#[derive(Debug)]
+struct Lexer;
+
+impl Dialect for Lexer {
+    fn dialect(&self) -> std::any::TypeId {
+        DATABRICKS.dialect()
+    }
+    fn is_delimited_identifier_start(&self, ch: char) -> bool {
+        DATABRICKS.is_delimited_identifier_start(ch)
+    }
+    fn is_identifier_start(&self, ch: char) -> bool {
+        DATABRICKS.is_identifier_start(ch)
+    }
+    fn is_identifier_part(&self, ch: char) -> bool {
+        DATABRICKS.is_identifier_part(ch)
+    }
+    fn supports_numeric_prefix(&self) -> bool {
+        DATABRICKS.supports_numeric_prefix()
+    }
+    fn supports_nested_comments(&self) -> bool {
+        DATABRICKS.supports_nested_comments()
+    }
+    fn supports_string_literal_backslash_escape(&self) -> bool {
+        true
+    }
+}
+
+/// A parser over `sql` tokenized by [`Lexer`], with the Databricks dialect for everything else.
+fn parser(sql: &str) -> R<Parser<'static>> {
+    let tokens = Tokenizer::new(&Lexer, sql)
+        .with_unescape(true)
+        .tokenize_with_location()
+        .map_err(|e| from_parser(ParserError::TokenizerError(e.to_string())))?;
+    Ok(Parser::new(&DATABRICKS).with_tokens_with_locations(tokens))
+}
+
+fn parse_all(sql: &str) -> Result<Vec<Ast>, ParserError> {
+    match parser(sql) {
+        Ok(mut p) => p.parse_statements(),
+        Err(_) => Parser::parse_sql(&DATABRICKS, sql),
+    }
+}
+
 pub fn parse(sql: &str) -> R<Stmt> {
-    let dialect = DatabricksDialect {};
-    let mut p = Parser::new(&dialect).try_with_sql(sql).map_err(from_parser)?;
+    let mut p = parser(sql)?;
     let stmt = if p.parse_keyword(Keyword::CREATE) {
         match p.parse_one_of_keywords(&[Keyword::SCHEMA, Keyword::DATABASE, Keyword::TABLE]) {
             Some(Keyword::TABLE) => create_table(&mut p)?,
@@ -100,7 +146,7 @@ fn unexpected(t: &TokenWithSpan) -> SqlError {
 /// For statements outside the emulator's grammar: valid SQL is reported as not implemented, anything else as
 /// the syntax error sqlparser finds.
 fn fallback(sql: &str) -> SqlError {
-    match Parser::parse_sql(&DatabricksDialect {}, sql) {
+    match parse_all(sql) {
         Ok(stmts) if !stmts.is_empty() => {
             let head: Vec<String> = sql.split_whitespace().take(2).map(|w| w.to_ascii_uppercase()).collect();
             SqlError::unsupported(head.join(" "))
@@ -324,7 +370,7 @@ fn show_tables(p: &mut Parser) -> R<Stmt> {
 
 /// `SELECT <literal> [AS alias], ...` with no FROM: enough for a connectivity check.
 fn select(sql: &str) -> R<Stmt> {
-    let stmts = Parser::parse_sql(&DatabricksDialect {}, sql).map_err(from_parser)?;
+    let stmts = parse_all(sql).map_err(from_parser)?;
     let [Ast::Query(query)] = stmts.as_slice() else {
         return Err(SqlError::syntax(";", 1, 1));
     };
@@ -428,5 +474,12 @@ mod tests {
         assert_eq!(s, Stmt::Optimize { table: vec!["main".into(), "web".into(), "pages".into()] });
         assert_eq!(class("OPTIMIZE main.web.pages ZORDER BY (id)"), "UNSUPPORTED_BY_EMULATOR");
         assert_eq!(class("OPTIMIZE main.web.pages; DROP TABLE x"), "PARSE_SYNTAX_ERROR");
+    }
+
+    #[test]
+    fn backslash_escapes_in_string_literals() {
+        let s = parse("CREATE TABLE IF NOT EXISTS t USING DELTA LOCATION '/lake/it\\'s \\\\ here'").unwrap();
+        let Stmt::CreateTable { location, .. } = s else { panic!("{s:?}") };
+        assert_eq!(location, "/lake/it's \\ here");
     }
 }
