@@ -29,8 +29,7 @@ impl Open {
                 let snapshot = Arc::new(blind.snapshot().clone());
                 Ok(Some(Open { version: snapshot.version(), blind, snapshot }))
             }
-            Err(DeltaTableError::NotATable(_)) => Ok(None),
-            Err(e) if e.to_string().contains("No files in log segment") => Ok(None),
+            Err(e) if is_missing_table(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -44,31 +43,64 @@ impl Open {
     }
 }
 
+/// Whether opening a table failed because no table exists at its location.
+pub(crate) fn is_missing_table(e: &DeltaTableError) -> bool {
+    matches!(e, DeltaTableError::NotATable(_)) || e.to_string().contains("No files in log segment")
+}
+
+/// Whether an error comes from a listing of the log taken while another writer committed: local directories
+/// list without order, so a listing can miss a commit and see a gap. Listing again is the remedy.
+pub(crate) fn listing_raced(message: &str) -> bool {
+    message.contains("contiguous commit files")
+}
+
+/// The actions of commit `version`, one JSON object each; `None` when the commit file is gone (log cleanup).
+pub(crate) async fn commit_actions(
+    log_store: &LogStoreRef,
+    version: u64,
+) -> Result<Option<Vec<serde_json::Value>>, DeltaTableError> {
+    let Some(bytes) = log_store.read_commit_entry(version).await? else { return Ok(None) };
+    bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map(|line| {
+            serde_json::from_slice(line).map_err(|e| DeltaTableError::Generic(format!("commit {version}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
 /// The version a stream's `txn` action records in the table as of `version`.
 pub(crate) async fn txn_version(
     log_store: &LogStoreRef,
     version: u64,
     app_id: &str,
 ) -> Result<Option<i64>, DeltaTableError> {
-    let engine = log_store.engine(None);
-    let root = table_root(log_store);
     let app_id = app_id.to_string();
-    tokio::task::spawn_blocking(move || -> Result<Option<i64>, DeltaTableError> {
-        let snapshot = delta_kernel::Snapshot::builder_for(root).at_version(version).build(engine.as_ref())?;
-        Ok(snapshot.get_app_id_version(&app_id, engine.as_ref())?)
-    })
-    .await
-    .map_err(|e| DeltaTableError::Generic(e.to_string()))?
+    with_kernel_snapshot(log_store, version, move |snapshot, engine| Ok(snapshot.get_app_id_version(&app_id, engine)?))
+        .await
 }
 
 /// Writes a checkpoint of `version`, read from the log alone.
 pub(crate) async fn checkpoint(log_store: &LogStoreRef, version: u64) -> Result<(), DeltaTableError> {
+    with_kernel_snapshot(log_store, version, |snapshot, engine| Ok(snapshot.checkpoint(engine, None).map(|_| ())?))
+        .await
+}
+
+/// Runs `f` on the Delta kernel's snapshot of `version` (protocol, metadata and log segment, no file list), on a
+/// blocking thread: the kernel reads the log synchronously.
+async fn with_kernel_snapshot<T: Send + 'static>(
+    log_store: &LogStoreRef,
+    version: u64,
+    f: impl FnOnce(&delta_kernel::snapshot::SnapshotRef, &dyn delta_kernel::Engine) -> Result<T, DeltaTableError>
+    + Send
+    + 'static,
+) -> Result<T, DeltaTableError> {
     let engine = log_store.engine(None);
     let root = table_root(log_store);
-    tokio::task::spawn_blocking(move || -> Result<(), DeltaTableError> {
+    tokio::task::spawn_blocking(move || {
         let snapshot = delta_kernel::Snapshot::builder_for(root).at_version(version).build(engine.as_ref())?;
-        snapshot.checkpoint(engine.as_ref(), None)?;
-        Ok(())
+        f(&snapshot, engine.as_ref())
     })
     .await
     .map_err(|e| DeltaTableError::Generic(e.to_string()))?
@@ -154,10 +186,7 @@ pub(crate) async fn winners(
 ) -> Result<Winners, DeltaTableError> {
     let mut w = Winners::default();
     for version in from + 1..=to {
-        let Some(bytes) = log_store.read_commit_entry(version).await? else { continue };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
-            let action: serde_json::Value =
-                serde_json::from_slice(line).map_err(|e| DeltaTableError::Generic(format!("commit {version}: {e}")))?;
+        for action in commit_actions(log_store, version).await?.unwrap_or_default() {
             if action.get("metaData").is_some() || action.get("protocol").is_some() {
                 w.metadata = true;
             }

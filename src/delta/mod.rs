@@ -209,7 +209,7 @@ impl Lakehouse {
             tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
             tokio::time::sleep(pause).await;
             if let Err(e) = self.refresh(&mut cached, &uri, w.table).await
-                && !e.message.contains("contiguous commit files")
+                && !log::listing_raced(&e.message)
             {
                 break Err(e);
             }
@@ -385,7 +385,8 @@ impl Lakehouse {
         let started = Instant::now();
         let mut lost = 0u32;
         loop {
-            let metadata = widened_metadata(&open.snapshot, columns).map_err(classify)?;
+            let snapshot = &open.snapshot;
+            let metadata = widened_metadata(&snapshot.schema(), snapshot.metadata(), columns).map_err(classify)?;
             let bytes = log::append_commit(open.version, txns, metadata.as_ref(), adds).map_err(classify)?;
             let version = open.version + 1;
             match log::write_commit(log_store, version, bytes).await {
@@ -443,8 +444,7 @@ impl Lakehouse {
             return;
         }
         let table = log_store.root_url().to_string();
-        let lock = |s: &Mutex<HashSet<String>>| s.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone());
-        if !lock(&self.checkpointing) {
+        if !self.checkpointing.lock().unwrap_or_else(|p| p.into_inner()).insert(table.clone()) {
             tracing::debug!(version, "a checkpoint of this table is still being written; skipped");
             return;
         }
@@ -578,7 +578,7 @@ impl Attempt {
             } | DeltaTableError::VersionAlreadyExists(_)
         ) || e.to_string().contains("already exists at that location")
             // A listing of the log taken while another writer committed (local directories list without order).
-            || e.to_string().contains("contiguous commit files");
+            || log::listing_raced(&e.to_string());
         let transient = matches!(
             &e,
             DeltaTableError::ObjectStore { .. }
@@ -641,11 +641,11 @@ fn check_features(snapshot: &Snapshot, table: &str) -> Result<(), WriteError> {
 }
 
 /// The table's metadata with the columns it lacks appended, or `None` when it has them all.
-fn widened_metadata(
-    snapshot: &Snapshot,
+pub(crate) fn widened_metadata(
+    schema: &StructType,
+    metadata: &deltalake::kernel::Metadata,
     columns: &[(String, ColumnType)],
 ) -> Result<Option<deltalake::kernel::Metadata>, DeltaTableError> {
-    let schema = snapshot.schema();
     let mut fields: Vec<StructField> = schema.fields().cloned().collect();
     let before = fields.len();
     for (name, t) in columns {
@@ -657,7 +657,7 @@ fn widened_metadata(
         return Ok(None);
     }
     let widened = StructType::try_new(fields)?;
-    Ok(Some(snapshot.metadata().clone().with_schema(&widened)?))
+    Ok(Some(metadata.clone().with_schema(&widened)?))
 }
 
 /// The Delta type of a warehouse type.

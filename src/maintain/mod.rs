@@ -198,7 +198,7 @@ pub async fn run(config: &Config, settings: &Settings, only: &[String]) -> Resul
             let mut r = report.clone();
             match maintain_table(config, settings, catalog.as_deref(), &uri, &mut r).await {
                 // A listing of the log taken while a writer committed can miss a commit; list again.
-                Err(e) if attempt < 3 && e.to_string().contains("contiguous commit files") => continue,
+                Err(e) if attempt < 3 && log::listing_raced(&e.to_string()) => continue,
                 Err(e) => {
                     report.error = Some(e.to_string());
                     break;
@@ -216,7 +216,6 @@ pub async fn run(config: &Config, settings: &Settings, only: &[String]) -> Resul
                 commits = report.commits, vacuumed = report.vacuumed, seconds = report.seconds, "maintained"),
             Some(e) => tracing::warn!(table = %format!("{schema}.{table}"), error = %e, "maintenance failed"),
         }
-        reports.retain(|r| !(r.schema == schema && r.table == table && r.error.is_none()));
         reports.push(report);
     }
     Ok(reports)

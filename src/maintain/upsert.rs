@@ -17,7 +17,7 @@ use deltalake::arrow::compute::{filter_record_batch, interleave};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, MetadataExt, StructField, StructType, Transaction};
+use deltalake::kernel::{Action, StructField, Transaction};
 use deltalake::protocol::{DeltaOperation, MergePredicate};
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
@@ -27,7 +27,7 @@ use super::files;
 use crate::config::Config;
 use crate::databricks::Catalog;
 use crate::delta::arrow::{arrow_type, column_type};
-use crate::delta::kernel_type;
+use crate::delta::{kernel_type, log, widened_metadata};
 use crate::schema::value::ColumnType;
 
 /// One upsert: rows of `source` keyed by `key` become one row per key in `target`.
@@ -72,10 +72,6 @@ fn app_id(spec: &Spec) -> String {
     format!("segment-delta/upsert/{}", spec.source)
 }
 
-fn is_missing(e: &DeltaTableError) -> bool {
-    matches!(e, DeltaTableError::NotATable(_)) || e.to_string().contains("No files in log segment")
-}
-
 fn generic(e: impl std::fmt::Display) -> DeltaTableError {
     DeltaTableError::Generic(e.to_string())
 }
@@ -92,7 +88,7 @@ pub async fn run(
     let target_uri = config.lake.table_uri(schema, spec.target);
     let mut target = match super::load(config, &target_uri).await {
         Ok(t) => Some(t),
-        Err(e) if is_missing(&e) => None,
+        Err(e) if log::is_missing_table(&e) => None,
         Err(e) => return Err(e),
     };
     let app = app_id(spec);
@@ -130,13 +126,12 @@ pub async fn run(
         return Ok(outcome);
     }
     outcome.rows = rows.num_rows();
-    let location = target_uri.clone();
     let txn = Transaction::new_with_last_update(app.as_str(), source_version as i64, Some(now_millis()));
     match &mut target {
         None => {
             create(config, &target_uri, &rows, txn).await?;
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &location).await.map_err(|e| generic(e.message))?;
+                catalog.register(schema, spec.target, &target_uri).await.map_err(|e| generic(e.message))?;
             }
         }
         Some(t) => {
@@ -151,17 +146,17 @@ pub async fn run(
                 .collect();
             let mut metadata = None;
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &location).await.map_err(|e| generic(e.message))?;
+                catalog.register(schema, spec.target, &target_uri).await.map_err(|e| generic(e.message))?;
                 if !new.is_empty() {
-                    catalog.add_columns(schema, spec.target, &location, &new).await.map_err(|e| generic(e.message))?;
+                    catalog
+                        .add_columns(schema, spec.target, &target_uri, &new)
+                        .await
+                        .map_err(|e| generic(e.message))?;
                     t.update_incremental(None).await?;
                 }
-            } else if !new.is_empty() {
+            } else {
                 let snapshot = t.snapshot()?;
-                let mut fields: Vec<StructField> = snapshot.schema().fields().cloned().collect();
-                fields.extend(new.iter().map(|(n, c)| StructField::new(n.clone(), kernel_type(*c), true)));
-                let widened = StructType::try_new(fields)?;
-                metadata = Some(snapshot.metadata().clone().with_schema(&widened)?);
+                metadata = widened_metadata(&snapshot.schema(), snapshot.metadata(), &new)?;
             }
             let mut actions = rewrite(t, &rows, changed.as_ref()).await?;
             actions.extend(metadata.map(Action::Metadata));
@@ -188,9 +183,8 @@ async fn changed_keys(
     let log = source.log_store();
     let mut added = Vec::new();
     for version in from + 1..=to {
-        let Some(bytes) = log.read_commit_entry(version).await? else { return Ok((None, true)) };
-        for line in bytes.split(|b| *b == b'\n').filter(|l| !l.iter().all(u8::is_ascii_whitespace)) {
-            let action: serde_json::Value = serde_json::from_slice(line).map_err(generic)?;
+        let Some(actions) = log::commit_actions(&log, version).await? else { return Ok((None, true)) };
+        for action in actions {
             let data_change = |a: &serde_json::Value| a.get("dataChange").and_then(|d| d.as_bool()).unwrap_or(true);
             if let Some(add) = action.get("add").filter(|a| data_change(a)) {
                 let path = add.get("path").and_then(|p| p.as_str()).ok_or_else(|| generic("add without a path"))?;
