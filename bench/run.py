@@ -6,8 +6,8 @@
     python3 bench/run.py --markdown      # also print README-ready table rows
 
 It builds the release binaries (`cargo build --release --bin segment-delta --bin bench-floor`, honouring
-CARGO_TARGET_DIR; `--no-build` or `--bin-dir` to use existing ones), generates the corpus once with the shared
-generator (500-event /v1/batch bodies), starts Azurite (AZURITE_BLOB_BIN, default
+CARGO_TARGET_DIR; `--no-build` or `--bin-dir` to use existing ones), generates the corpus once with the project's
+generator, tests/fixtures/corpus.py (500-event /v1/batch bodies), starts Azurite (AZURITE_BLOB_BIN, default
 ~/.cache/segment-delta/node/node_modules/.bin/azurite-blob), then for each lake:
 
 - saturation: a fresh handler, `--connections` keep-alive connections each sending the next body as soon as the
@@ -159,26 +159,21 @@ def binaries(args) -> Path:
     return target / profile
 
 
-def generator() -> Path:
-    shared = os.environ.get("SEGMENT_DELTA_SHARED")
-    return (Path(shared) if shared else REPO.parent / "shared") / "fixtures" / "generate_events.py"
-
-
 def corpus(dir: Path, count: int, seed: int) -> Path:
-    """One event a line, from the shared generator; cached in `dir` by count and seed."""
+    """One event a line, from the project's corpus generator; cached in `dir` by count and seed."""
     path = dir / f"events-{count}-s{seed}.jsonl"
     if not path.exists():
         log(f"generating {count} events (seed {seed})")
         tmp = path.with_suffix(".tmp")
         with open(tmp, "wb") as out:
-            subprocess.run([sys.executable, str(generator()), "--count", str(count), "--seed", str(seed)],
-                           stdout=out, check=True)
+            subprocess.run([sys.executable, str(REPO / "tests" / "fixtures" / "corpus.py"), "--count", str(count),
+                            "--seed", str(seed)], stdout=out, check=True)
         tmp.rename(path)
     return path
 
 
 def batch_bodies(events: Path, count: int, out: Path) -> list[bytes]:
-    """The first `count` events as /v1/batch bodies of 500, exactly as `generate_events.py --batch 500` prints
+    """The first `count` events as /v1/batch bodies of 500, exactly as `tests/fixtures/corpus.py --batch 500` prints
     them; also written to `out`, one a line, for the floor and the baseline."""
     bodies, chunk = [], []
     with open(events, "rb") as f:

@@ -5,7 +5,7 @@
 //!
 //! cargo run --release --bin bench-floor -- --threads 2 batches.jsonl
 //!
-//! The input holds one `/v1/batch` body a line (`generate_events.py --batch 500`). Bodies are dealt to the threads
+//! The input holds one `/v1/batch` body a line (`tests/fixtures/corpus.py --batch 500`). Bodies are dealt to the threads
 //! in turn; each thread writes one Parquet file per table every `--chunk-events` events, as the handler writes one
 //! file per table per micro-batch.
 

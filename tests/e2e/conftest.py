@@ -2,7 +2,7 @@
 `deltalake` package (delta-rs through pyarrow), a reader independent of the server's own code.
 
 The binary comes from SEGMENT_DELTA_BIN, else `${CARGO_TARGET_DIR:-target}/debug/segment-delta` under the repo
-root. The shared corpus generator comes from SEGMENT_DELTA_SHARED, else `<repo>/../shared`. Tests of a lake on
+root. The event corpus comes from the project's own generator, `tests/fixtures/corpus.py`. Tests of a lake on
 Azure Blob Storage run against Azurite: AZURITE_BLOB_BIN, else
 `$HOME/.cache/segment-delta/node/node_modules/.bin/azurite-blob` (`npm install --prefix
 "$HOME/.cache/segment-delta/node" azurite@3`); those tests fail when it is missing.
@@ -35,6 +35,9 @@ from azure.storage.blob import BlobServiceClient
 from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "fixtures"))
+import corpus as corpus_module  # noqa: E402  (the project's event corpus generator)
+
 FLUSH_INTERVAL_MS = "200"
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 60
@@ -54,23 +57,12 @@ def binary() -> Path:
     return target / "debug" / "segment-delta"
 
 
-def shared_dir() -> Path:
-    explicit = os.environ.get("SEGMENT_DELTA_SHARED")
-    return Path(explicit) if explicit else (REPO.parent / "shared")
-
-
-def generator() -> Path:
-    return shared_dir() / "fixtures" / "generate_events.py"
-
-
 @pytest.fixture(scope="session", autouse=True)
 def _prerequisites():
     bin_path = binary()
     if not (bin_path.is_file() and os.access(bin_path, os.X_OK)):
         pytest.fail(f"segment-delta binary not found at {bin_path}: build it (cargo build) or set SEGMENT_DELTA_BIN",
                     pytrace=False)
-    if not generator().is_file():
-        pytest.fail(f"corpus generator not found at {generator()}: set SEGMENT_DELTA_SHARED", pytrace=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,12 +70,8 @@ def _prerequisites():
 
 
 def generate(count: int, seed: int = 7, batch: int = 0) -> list[bytes]:
-    """Lines printed by the shared generator: events, or /v1/batch bodies when `batch` is set."""
-    cmd = [sys.executable, str(generator()), "--count", str(count), "--seed", str(seed)]
-    if batch:
-        cmd += ["--batch", str(batch)]
-    out = subprocess.run(cmd, check=True, capture_output=True, timeout=120).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    """The corpus (tests/fixtures/corpus.py) as JSON texts: one per event, or /v1/batch bodies of `batch` events."""
+    return corpus_module.batch_bodies(count, seed, batch) if batch else corpus_module.event_lines(count, seed)
 
 
 def go_snakecase(name: str) -> str:

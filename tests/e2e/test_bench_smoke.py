@@ -5,19 +5,18 @@ import re
 import subprocess
 import sys
 
-from conftest import REPO, binary, shared_dir
+from conftest import REPO, binary
 
 
 def test_bench_quick_reports_every_section(tmp_path):
     bin_dir = binary().parent
     if not os.access(bin_dir / "bench-floor", os.X_OK):
         raise AssertionError(f"bench-floor not found next to {binary()}: build with cargo build --all-targets")
-    env = {**os.environ, "SEGMENT_DELTA_SHARED": str(shared_dir())}
     # Smaller than --quick alone: the debug binaries are slow.
     cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--bin-dir", str(bin_dir),
            "--workdir", str(tmp_path), "--events", "5000", "--seconds", "1", "--rate", "2000",
            "--ingest-events", "5000", "--baseline-events", "500", "--markdown"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-5000:]
     report = out.stdout
     rows = {}

@@ -1,4 +1,4 @@
-"""5,000 realistic events from the shared corpus, sent as ten /v1/batch bodies (some gzipped, some at once), then
+"""5,000 realistic events from the event corpus (tests/fixtures/corpus.py), sent as ten /v1/batch bodies (some gzipped, some at once), then
 read back with deltalake and compared with what the corpus says. The checks live in conftest.py: test_azurite.py
 runs the same ones against a lake on Azurite."""
 

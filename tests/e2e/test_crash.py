@@ -1,6 +1,6 @@
 """kill -9 in the middle of a load, a restart on the same lake, then the clients' retries.
 
-Client threads send 500-event /v1/batch bodies of the shared corpus; once a few have been acknowledged the server
+Client threads send 500-event /v1/batch bodies of the event corpus; once a few have been acknowledged the server
 process is killed with SIGKILL while others are in flight. A new process starts on the same lake. Then:
 
 - every event of a request answered 200 before the kill is in each of its tables exactly once;
