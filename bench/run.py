@@ -5,7 +5,7 @@
     python3 bench/run.py --quick         # smoke run: 20k events, local lake only (under a minute)
     python3 bench/run.py --markdown      # also print README-ready table rows
 
-It builds the release binaries (`cargo build --release --bin segment-delta --bin bench-floor`, honouring
+It builds the release binaries (`segment-delta` and `bench-floor`, members of the workspace), honouring
 CARGO_TARGET_DIR; `--no-build` or `--bin-dir` to use existing ones), generates the corpus once with the project's
 generator, tests/fixtures/corpus.py (500-event /v1/batch bodies), starts Azurite (AZURITE_BLOB_BIN, default
 ~/.cache/segment-delta/node/node_modules/.bin/azurite-blob), then for each lake:
@@ -151,7 +151,8 @@ def binaries(args) -> Path:
         target = REPO / target
     profile = "debug" if args.debug else "release"
     if not args.no_build:
-        cmd = ["cargo", "build", "--bin", "segment-delta", "--bin", "bench-floor"]
+        cmd = ["cargo", "build", "-p", "segment-delta", "-p", "segment-delta-bench", "--bin", "segment-delta", "--bin",
+               "bench-floor"]
         if not args.debug:
             cmd.insert(2, "--release")
         log("building: " + " ".join(cmd))

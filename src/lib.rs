@@ -1,13 +1,21 @@
 //! segment-delta: Segment-spec analytics events into Delta tables, as an Azure Functions custom handler.
+//!
+//! The modules follow the data's path. Events come in through `sources` (HTTP, Event Hub, the backfill) and the
+//! front door they share, `intake`; `segment` validates them and `schema` turns them into rows; `batch` gathers
+//! rows into micro-batches; `delta` writes them; `catalog` (implemented by `databricks`) is told of new tables and
+//! columns; `maintain` keeps the tables healthy. `layout` says which tables and columns exist and where they
+//! live; `config` and `retry` are the ground everything stands on; `app` wires it all together.
 
+pub mod app;
 pub mod batch;
+pub mod catalog;
 pub mod config;
 pub mod databricks;
 pub mod delta;
-pub mod eventhub;
-pub mod http;
-pub mod ingest;
+pub mod intake;
+pub mod layout;
 pub mod maintain;
 pub mod retry;
 pub mod schema;
 pub mod segment;
+pub mod sources;

@@ -1,15 +1,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use segment_delta::app::AppState;
 use segment_delta::batch::Batcher;
 use segment_delta::config::{Config, check_schema_name};
-use segment_delta::databricks::Catalog;
-use segment_delta::delta::Lakehouse;
-use segment_delta::http::{self, api::AppState};
+use segment_delta::databricks::Databricks;
+use segment_delta::sources::http;
 
 #[derive(Parser)]
 #[command(
@@ -88,26 +87,13 @@ async fn shutdown_signal(batcher: Batcher) {
     batcher.drain();
 }
 
-fn build(config: &Config) -> anyhow::Result<(Arc<Lakehouse>, Batcher)> {
-    let mut lake = Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns)
-        .with_retry_budget(config.write_retry);
-    if let Some(db) = &config.databricks {
-        let catalog = Catalog::new(db)?;
-        tracing::info!(host = %db.host, catalog = %db.catalog, auth = db.auth.kind(), "Unity Catalog kept in step through Databricks SQL");
-        lake = lake.with_catalog(Arc::new(catalog));
-    }
-    let lake = Arc::new(lake);
-    let batcher = Batcher::start(lake.clone(), config.flush, config.dedup_capacity);
-    Ok((lake, batcher))
-}
-
 async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
     let Some(db) = &config.databricks else {
         anyhow::bail!(
             "DATABRICKS_HOST is not set: without it the Delta log is the only catalog and there is nothing to set up"
         );
     };
-    let catalog = Catalog::new(db)?;
+    let catalog = Databricks::new(db)?;
     let lake = match &config.lake {
         segment_delta::config::Lake::Remote(uri) => uri.clone(),
         segment_delta::config::Lake::Local(p) => p.display().to_string(),
@@ -125,12 +111,11 @@ async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    let config = Arc::new(config);
-    let (_, batcher) = build(&config)?;
+    let state = AppState::build(config)?;
+    let (config, batcher) = (state.config.clone(), state.batcher.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, lake = ?config.lake, credential = %config.storage.credential, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
-    let state = AppState { config: config.clone(), batcher: batcher.clone() };
     warp::serve(http::routes(state)).incoming(listener).graceful(shutdown_signal(batcher.clone())).run().await;
     batcher.shutdown().await;
     tracing::info!("stopped; everything accepted was written");
@@ -148,8 +133,8 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
             _ => anyhow::bail!("several sources are configured: choose one with --schema"),
         },
     };
-    let (_, batcher) = build(&config)?;
-    let result = segment_delta::ingest::run(&batcher, &schema, &files).await;
+    let batcher = AppState::build(config)?.batcher;
+    let result = segment_delta::sources::ingest::run(&batcher, &schema, &files).await;
     batcher.shutdown().await;
     let summary = result?;
     println!("events   {}", summary.events);
@@ -163,7 +148,8 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
 }
 
 async fn maintain(config: Config, tables: Vec<String>) -> anyhow::Result<()> {
-    let reports = segment_delta::maintain::run(&config, &config.maintenance, &tables).await?;
+    let catalog = segment_delta::app::catalog(&config)?;
+    let reports = segment_delta::maintain::run(&config, catalog.as_deref(), &tables).await?;
     if reports.is_empty() {
         println!("no tables found in {:?}", config.lake);
     }

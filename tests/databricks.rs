@@ -8,10 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::Harness;
+use segment_delta::app::AppState;
 use segment_delta::config::Secret;
-use segment_delta::databricks::DatabricksConfig;
-use segment_delta::databricks::auth::Auth;
-use segment_delta::http::api::AppState;
+use segment_delta::config::databricks::Auth;
+use segment_delta::config::databricks::DatabricksConfig;
 use serde_json::{Value, json};
 
 const PAT: &str = "dapi-emulated-token";
@@ -31,7 +31,7 @@ impl Drop for Emulator {
 
 impl Emulator {
     fn start(extra: &[&str]) -> Emulator {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_databricks-emulator"))
+        let mut child = Command::new(common::emulator_bin())
             .args(["--port", "0", "--token", PAT, "--catalog", "main", "--warehouse-start-ms", "100"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -101,7 +101,7 @@ async fn track(state: &AppState, id: &str, properties: Value) -> (u16, Value) {
         .method("POST")
         .path("/v1/track")
         .body(body)
-        .reply(&segment_delta::http::routes(state.clone()))
+        .reply(&segment_delta::sources::http::routes(state.clone()))
         .await;
     (res.status().as_u16(), serde_json::from_slice(res.body()).unwrap_or(Value::Null))
 }
@@ -275,7 +275,7 @@ async fn setup_prints_a_checklist_with_fixes() {
         "--grant",
         "principal=sp-app-id:securable=external_location/bronze:privileges=CREATE_EXTERNAL_TABLE,READ_FILES,WRITE_FILES",
     ]);
-    let catalog = segment_delta::databricks::Catalog::new(&ready.config(Auth::Pat(Secret::new(PAT)))).unwrap();
+    let catalog = segment_delta::databricks::Databricks::new(&ready.config(Auth::Pat(Secret::new(PAT)))).unwrap();
     let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], false).await;
     let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| c.to_string()).collect();
     // Without --apply nothing is created: the warehouse and the schema are reported, with their fix.
@@ -289,7 +289,7 @@ async fn setup_prints_a_checklist_with_fixes() {
 
     // A workspace with no grants and no external location: each failure names its fix.
     let bare = Emulator::start(&["--principal", "sp-app-id"]);
-    let catalog = segment_delta::databricks::Catalog::new(&bare.config(Auth::Pat(Secret::new(PAT)))).unwrap();
+    let catalog = segment_delta::databricks::Databricks::new(&bare.config(Auth::Pat(Secret::new(PAT)))).unwrap();
     let lines: Vec<String> = segment_delta::databricks::setup::run(&catalog, lake, &[], false)
         .await
         .iter()
@@ -299,7 +299,7 @@ async fn setup_prints_a_checklist_with_fixes() {
     assert!(lines.iter().any(|l| l.contains("GRANT ALL PRIVILEGES ON CATALOG `main` TO `sp-app-id`")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("no external location covers the lake")), "{lines:?}");
     // Wrong credentials stop the checklist at the first line.
-    let catalog = segment_delta::databricks::Catalog::new(&bare.config(Auth::Pat(Secret::new("wrong")))).unwrap();
+    let catalog = segment_delta::databricks::Databricks::new(&bare.config(Auth::Pat(Secret::new("wrong")))).unwrap();
     let checks = segment_delta::databricks::setup::run(&catalog, lake, &[], false).await;
     assert_eq!(checks.len(), 1);
     assert!(checks[0].to_string().contains("credentials (personal access token) refused"), "{}", checks[0]);

@@ -4,7 +4,7 @@
 mod common;
 
 use common::Harness;
-use segment_delta::http::api::AppState;
+use segment_delta::app::AppState;
 use serde_json::{Value, json};
 
 /// The host's invocation for events `seqs` of partition 0; bodies carry no messageId, so only the stream offset
@@ -32,7 +32,7 @@ async fn invoke(state: &AppState, body: String) -> (u16, Value) {
         .path("/eventhub")
         .header("content-type", "application/json")
         .body(body)
-        .reply(&segment_delta::http::routes(state.clone()))
+        .reply(&segment_delta::sources::http::routes(state.clone()))
         .await;
     (res.status().as_u16(), serde_json::from_slice(res.body()).unwrap_or(Value::Null))
 }

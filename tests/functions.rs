@@ -26,7 +26,7 @@ async fn post(h: &Harness, path: &str, body: String) -> (u16, Value) {
         .method("POST")
         .path(path)
         .body(body)
-        .reply(&segment_delta::http::routes(h.state.clone()))
+        .reply(&segment_delta::sources::http::routes(h.state.clone()))
         .await;
     (res.status().as_u16(), serde_json::from_slice(res.body()).unwrap_or(Value::Null))
 }

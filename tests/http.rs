@@ -17,7 +17,7 @@ async fn post(h: &Harness, path: &str, body: impl Into<Vec<u8>>, key: Option<&st
     if let Some(k) = key {
         req = req.header("authorization", format!("Basic {}", STANDARD.encode(format!("{k}:"))));
     }
-    let res = req.reply(&segment_delta::http::routes(h.state.clone())).await;
+    let res = req.reply(&segment_delta::sources::http::routes(h.state.clone())).await;
     let body = serde_json::from_slice(res.body()).unwrap_or(Value::Null);
     (res.status(), body)
 }
@@ -31,7 +31,11 @@ fn ids(rows: &[serde_json::Map<String, Value>]) -> Vec<String> {
 #[tokio::test]
 async fn host_ping_and_unknown_paths() {
     let h = Harness::new(|_| {});
-    let res = warp::test::request().method("GET").path("/").reply(&segment_delta::http::routes(h.state.clone())).await;
+    let res = warp::test::request()
+        .method("GET")
+        .path("/")
+        .reply(&segment_delta::sources::http::routes(h.state.clone()))
+        .await;
     assert_eq!(res.status(), 200);
     let (status, body) = post(&h, "/v1/nothing", "{}", None).await;
     assert_eq!(status, 404);
@@ -39,7 +43,7 @@ async fn host_ping_and_unknown_paths() {
     let res = warp::test::request()
         .method("GET")
         .path("/v1/track")
-        .reply(&segment_delta::http::routes(h.state.clone()))
+        .reply(&segment_delta::sources::http::routes(h.state.clone()))
         .await;
     assert_eq!(res.status(), 405);
 }
@@ -118,7 +122,7 @@ async fn unknown_or_missing_keys_write_nothing() {
         .path("/v1/track")
         .header("authorization", format!("Basic {}", STANDARD.encode("K1")))
         .body(event)
-        .reply(&segment_delta::http::routes(h.state.clone()))
+        .reply(&segment_delta::sources::http::routes(h.state.clone()))
         .await;
     assert_eq!(res.status(), 200);
     assert_eq!(h.table("web", "tracks").len(), 1);
@@ -134,7 +138,7 @@ fn gzip(data: &[u8]) -> Vec<u8> {
 async fn gzip_bodies_and_their_limit() {
     let h = Harness::new(|_| {});
     let body = json!({"batch": [{"type": "track", "userId": "u", "event": "Zipped", "messageId": "z1"}]}).to_string();
-    let routes = segment_delta::http::routes(h.state.clone());
+    let routes = segment_delta::sources::http::routes(h.state.clone());
     let res = warp::test::request()
         .method("POST")
         .path("/v1/batch")
@@ -257,7 +261,7 @@ async fn backpressure_answers_503_with_retry_after() {
         c.flush.interval = std::time::Duration::from_millis(500);
         c.flush.max_buffered_bytes = 100;
     });
-    let routes = segment_delta::http::routes(h.state.clone());
+    let routes = segment_delta::sources::http::routes(h.state.clone());
     let one = |id: &str| {
         json!({"userId": "u", "event": "E", "messageId": id, "properties": {"pad": "x".repeat(80)}}).to_string()
     };

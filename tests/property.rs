@@ -7,9 +7,9 @@
 
 use proptest::prelude::*;
 use segment_delta::config::Limits;
-use segment_delta::http::api::map_raw;
-use segment_delta::http::body;
-use segment_delta::schema::rows::Mapped;
+use segment_delta::intake::body;
+use segment_delta::intake::map_raw;
+use segment_delta::layout::rows::Mapped;
 use segment_delta::segment::event::Arrival;
 use serde_json::{Map, Value, json};
 

@@ -6,8 +6,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use segment_delta::config::Limits;
-use segment_delta::http::api::map_raw;
-use segment_delta::http::body;
+use segment_delta::intake::map_raw;
+use segment_delta::intake::body;
 use segment_delta::segment::event::Arrival;
 
 fuzz_target!(|data: &[u8]| {

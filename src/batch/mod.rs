@@ -14,8 +14,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::FlushPolicy;
 use crate::delta::{Lakehouse, TableWrite, WriteError};
-use crate::schema::rows::{Discard, Mapped, Row, TableKind};
-use crate::segment::time::now_micros;
+use crate::layout::rows::{Discard, Mapped, Row};
+use crate::layout::value::now_micros;
+use crate::layout::{DISCARDS, TableKind};
 use dedup::{Fingerprints, Recent, RowKey};
 
 /// Tables written at once within one flush.
@@ -29,16 +30,6 @@ pub enum SubmitError {
     ShuttingDown,
     #[error(transparent)]
     Write(Arc<WriteError>),
-}
-
-impl SubmitError {
-    /// Overload and shutdown are always worth a retry; write errors say for themselves.
-    pub fn retryable(&self) -> bool {
-        match self {
-            SubmitError::Write(e) => e.retryable,
-            _ => true,
-        }
-    }
 }
 
 /// What one request brings: its schema and the mapped events.
@@ -156,7 +147,7 @@ impl Batcher {
                     if committed.contains(&key) || !p.keys.insert(key) {
                         continue;
                     }
-                    tables.insert((schema.clone(), "discards".to_string()));
+                    tables.insert((schema.clone(), DISCARDS.to_string()));
                     p.discards.entry(schema.clone()).or_default().push((key, d));
                 }
                 p.events += 1;
@@ -177,11 +168,6 @@ impl Batcher {
         }
         inner.wake.notify_one();
         rx.await.unwrap_or(Err(SubmitError::ShuttingDown))
-    }
-
-    /// Bytes accepted and not yet written.
-    pub fn buffered_bytes(&self) -> usize {
-        self.inner.buffered.load(Ordering::SeqCst)
     }
 
     pub fn totals(&self) -> Totals {
@@ -299,12 +285,12 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         }
     }
     for (schema, discards) in batch.discards {
-        let id = (schema.clone(), "discards".to_string());
+        let id = (schema.clone(), DISCARDS.to_string());
         let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
         match inner
             .lake
-            .append(TableWrite { schema: &schema, table: "discards", kind: TableKind::Discards, rows }, uuid_ts)
+            .append(TableWrite { schema: &schema, table: DISCARDS, kind: TableKind::Discards, rows }, uuid_ts)
             .await
         {
             Ok(_) => {
@@ -313,7 +299,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                 totals.discards += n as u64;
             }
             Err(e) => {
-                tracing::error!(schema = %schema, table = "discards", error = %e, "write failed");
+                tracing::error!(schema = %schema, table = DISCARDS, error = %e, "write failed");
                 failed.insert(id, Arc::new(e));
             }
         }

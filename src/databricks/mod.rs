@@ -14,80 +14,36 @@ use std::time::Duration;
 use reqwest::Method;
 use tokio::sync::{Mutex, OnceCell};
 
-use crate::config::ConfigError;
-use crate::schema::value::ColumnType;
-use auth::{Auth, TokenSource};
+use crate::config::databricks::DatabricksConfig;
+use futures::future::BoxFuture;
+
+use crate::catalog::{Catalog, CatalogError, CatalogResult};
+use crate::layout::value::ColumnType;
+use auth::TokenSource;
 use client::{ApiError, Client};
 use statements::StatementError;
 
-/// Databricks settings; absent when `DATABRICKS_HOST` is unset (the Delta log alone is then the catalog).
-#[derive(Debug, Clone)]
-pub struct DatabricksConfig {
-    pub host: String,
-    pub auth: Auth,
-    pub catalog: String,
-    pub warehouse_id: Option<String>,
-    /// How long one statement may take, including a warehouse start.
-    pub statement_timeout: Duration,
-    /// How long 429/503 answers and network errors are retried before a write fails.
-    pub retry_budget: Duration,
-}
-
-impl DatabricksConfig {
-    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Option<DatabricksConfig>, ConfigError> {
-        let val = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        let Some(host) = val("DATABRICKS_HOST") else { return Ok(None) };
-        let host = if host.contains("://") { host } else { format!("https://{host}") };
-        let catalog = val("DATABRICKS_CATALOG").ok_or(ConfigError::Invalid {
-            name: "DATABRICKS_CATALOG",
-            message: "is required when DATABRICKS_HOST is set: the Unity Catalog catalog the tables are registered in"
-                .into(),
-        })?;
-        let secs = |name: &'static str, default: u64| match val(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| ConfigError::Invalid { name, message: format!("{v:?} is not a number of seconds") }),
-        };
-        Ok(Some(DatabricksConfig {
-            host: host.trim_end_matches('/').to_string(),
-            auth: Auth::from_lookup(get)?,
-            catalog,
-            warehouse_id: val("DATABRICKS_WAREHOUSE_ID"),
-            statement_timeout: Duration::from_secs(secs("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS", 300)?),
-            retry_budget: Duration::from_secs(secs("SEGMENT_DELTA_DATABRICKS_RETRY_SECS", 60)?),
-        }))
-    }
-}
-
-/// A catalog call that failed; `retryable` says whether the same write can succeed later.
-#[derive(Debug, thiserror::Error)]
-#[error("Unity Catalog: {message}")]
-pub struct CatalogError {
-    pub message: String,
-    pub retryable: bool,
-}
-
 impl From<StatementError> for CatalogError {
     fn from(e: StatementError) -> Self {
-        CatalogError { retryable: e.retryable(), message: e.to_string() }
+        CatalogError { retryable: e.retryable(), sql_class: e.class().map(str::to_string), source: Box::new(e) }
     }
 }
 
 impl From<ApiError> for CatalogError {
     fn from(e: ApiError) -> Self {
-        CatalogError { retryable: e.retryable(), message: e.to_string() }
+        CatalogError::new(e.retryable(), e)
     }
 }
 
 impl From<warehouse::WarehouseError> for CatalogError {
     fn from(e: warehouse::WarehouseError) -> Self {
         let retryable = !matches!(&e, warehouse::WarehouseError::Api(a) if !a.retryable());
-        CatalogError { retryable, message: e.to_string() }
+        CatalogError::new(retryable, e)
     }
 }
 
-pub struct Catalog {
+/// Unity Catalog through a Databricks workspace: the REST API for what it knows, a SQL warehouse for DDL.
+pub struct Databricks {
     client: Client,
     pub catalog: String,
     warehouse_id: Option<String>,
@@ -97,14 +53,14 @@ pub struct Catalog {
     registered: Mutex<HashSet<(String, String)>>,
 }
 
-impl Catalog {
-    pub fn new(cfg: &DatabricksConfig) -> Result<Catalog, CatalogError> {
+impl Databricks {
+    pub fn new(cfg: &DatabricksConfig) -> Result<Databricks, CatalogError> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()
-            .map_err(|e| CatalogError { message: e.to_string(), retryable: false })?;
+            .map_err(|e| CatalogError::new(false, e))?;
         let tokens = TokenSource::new(cfg.auth.clone(), cfg.host.clone(), http.clone());
-        Ok(Catalog {
+        Ok(Databricks {
             client: Client::new(cfg.host.clone(), tokens, http, cfg.retry_budget),
             catalog: cfg.catalog.clone(),
             warehouse_id: cfg.warehouse_id.clone(),
@@ -196,7 +152,7 @@ impl Catalog {
         }
         match self.run(&sql::add_columns(&self.catalog, schema, table, &missing)).await {
             Ok(_) => Ok(missing.len()),
-            Err(e) if e.message.contains("FIELDS_ALREADY_EXISTS") => {
+            Err(e) if e.sql_class.as_deref() == Some("FIELDS_ALREADY_EXISTS") => {
                 // Another instance added some of them first; add whatever is still missing, once.
                 let known = self.table_columns(schema, table).await?.unwrap_or_default();
                 let still: Vec<(String, ColumnType)> =
@@ -216,9 +172,24 @@ impl Catalog {
         self.run(&sql::optimize(&self.catalog, schema, table)).await?;
         Ok(())
     }
+}
 
-    /// Forgets what is known of a table, so the next write looks again.
-    pub async fn forget(&self, schema: &str, table: &str) {
-        self.registered.lock().await.remove(&(schema.to_string(), table.to_string()));
+impl Catalog for Databricks {
+    fn register<'a>(&'a self, schema: &'a str, table: &'a str, location: &'a str) -> BoxFuture<'a, CatalogResult<()>> {
+        Box::pin(Databricks::register(self, schema, table, location))
+    }
+
+    fn add_columns<'a>(
+        &'a self,
+        schema: &'a str,
+        table: &'a str,
+        location: &'a str,
+        columns: &'a [(String, ColumnType)],
+    ) -> BoxFuture<'a, CatalogResult<usize>> {
+        Box::pin(Databricks::add_columns(self, schema, table, location, columns))
+    }
+
+    fn optimize<'a>(&'a self, schema: &'a str, table: &'a str, location: &'a str) -> BoxFuture<'a, CatalogResult<()>> {
+        Box::pin(Databricks::optimize(self, schema, table, location))
     }
 }

@@ -4,7 +4,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::databricks::{Catalog, warehouse};
+use crate::databricks::{Databricks, warehouse};
 
 /// One line of the checklist.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,7 +44,7 @@ fn privileges_of(permissions: &Value, principal: &str) -> Vec<String> {
         .collect()
 }
 
-pub async fn run(catalog: &Catalog, lake_uri: &str, schemas: &[&str], apply: bool) -> Vec<Check> {
+pub async fn run(catalog: &Databricks, lake_uri: &str, schemas: &[&str], apply: bool) -> Vec<Check> {
     let client = catalog.client();
     let name = &catalog.catalog;
     let mut out = Vec::new();
@@ -156,6 +156,6 @@ pub async fn run(catalog: &Catalog, lake_uri: &str, schemas: &[&str], apply: boo
     out
 }
 
-fn catalog_warehouse(catalog: &Catalog) -> Option<&str> {
+fn catalog_warehouse(catalog: &Databricks) -> Option<&str> {
     catalog.configured_warehouse()
 }

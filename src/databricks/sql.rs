@@ -1,7 +1,7 @@
 //! SQL text for the DDL the loader runs. Identifiers come only from normalised names and are always
 //! backtick-quoted, with a backtick inside a name doubled.
 
-use crate::schema::value::ColumnType;
+use crate::layout::value::ColumnType;
 
 pub fn ident(name: &str) -> String {
     format!("`{}`", name.replace('`', "``"))

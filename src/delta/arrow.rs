@@ -10,10 +10,9 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
-use crate::schema::intern::{ByAddr, addr};
-use crate::schema::rows::{Discard, Row};
-use crate::schema::value::{CastError, ColumnType, Scalar};
-use crate::segment::time::Micros;
+use crate::layout::UUID_TS;
+use crate::layout::rows::{ByAddr, Discard, Row, addr};
+use crate::layout::value::{CastError, ColumnType, Micros, Scalar};
 
 /// The Arrow type of a warehouse type; TIMESTAMP is UTC microseconds, which Delta calls `timestamp`.
 pub fn arrow_type(t: ColumnType) -> DataType {
@@ -125,7 +124,7 @@ pub fn build<'r>(
     let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
     let n = rows.len();
     let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
-    let uuid_col = index.get("uuid_ts").copied();
+    let uuid_col = index.get(UUID_TS).copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
     // Only names of rows borrowed for this whole call are keys, so an address is one name throughout.

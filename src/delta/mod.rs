@@ -3,7 +3,6 @@
 
 pub mod arrow;
 pub(crate) mod log;
-pub mod storage;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -21,12 +20,12 @@ use url::Url;
 
 use self::log::Open;
 
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::Lake;
-use crate::databricks::{Catalog, CatalogError};
+use crate::layout::rows::Row;
+use crate::layout::value::{ColumnType, Micros};
+use crate::layout::{TableKind, paths};
 use crate::retry::Backoff;
-use crate::schema::rows::{Row, TableKind};
-use crate::schema::value::ColumnType;
-use crate::segment::time::Micros;
 
 /// A write that did not commit. `retryable` says whether sending the same rows again can succeed.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +77,7 @@ pub struct Written {
     pub conflict_retries: u32,
     pub new_columns: Vec<String>,
     /// Values that could not be stored as sent (cast failures, columns past the cap).
-    pub discards: Vec<crate::schema::rows::Discard>,
+    pub discards: Vec<crate::layout::rows::Discard>,
 }
 
 /// A table handle kept across writes, with the stream versions its `txn` actions record as of that handle.
@@ -102,7 +101,7 @@ pub struct Lakehouse {
     /// This process's own `txn` app id, and the version its next commit carries.
     writer_id: String,
     commit_seq: AtomicU64,
-    catalog: Option<Arc<Catalog>>,
+    catalog: Option<Arc<dyn Catalog>>,
     /// Checkpoints being written in the background, and the tables they are for (one at a time per table).
     background: Mutex<tokio::task::JoinSet<()>>,
     checkpointing: Arc<Mutex<HashSet<String>>>,
@@ -142,7 +141,7 @@ impl Lakehouse {
     }
 
     /// Keeps Unity Catalog in step: tables are registered after their first commit and widened through SQL.
-    pub fn with_catalog(mut self, catalog: Arc<Catalog>) -> Lakehouse {
+    pub fn with_catalog(mut self, catalog: Arc<dyn Catalog>) -> Lakehouse {
         self.catalog = Some(catalog);
         self
     }
@@ -176,7 +175,7 @@ impl Lakehouse {
     /// Commit conflicts are retried with backoff; every commit carries this writer's own `txn` so that a retry after
     /// an ambiguous failure never commits the same rows twice.
     pub async fn append(&self, w: TableWrite<'_>, uuid_ts: Micros) -> Result<Written, WriteError> {
-        let uri = self.lake.table_uri(w.schema, w.table);
+        let uri = paths::table_uri(&self.lake, w.schema, w.table);
         let slot = self.slot(&uri);
         let mut guard = slot.lock().await;
         let mut cached = match guard.take() {
@@ -274,7 +273,7 @@ impl Lakehouse {
         let (fresh, redelivered): (Vec<&Row>, Vec<&Row>) =
             w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
         let skipped = redelivered.len();
-        let location = self.lake.table_uri(w.schema, table);
+        let location = paths::table_uri(&self.lake, w.schema, table);
         let mut plan = match &cached.open {
             Some(open) => {
                 check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
@@ -284,7 +283,7 @@ impl Lakehouse {
         };
         if let (Some(catalog), Some(open)) = (&self.catalog, &mut cached.open) {
             let catalog_err = |e: CatalogError| {
-                let err = WriteError { table: table.into(), message: e.message, retryable: e.retryable };
+                let err = WriteError { table: table.into(), message: e.to_string(), retryable: e.retryable };
                 if e.retryable { Attempt::Transient(err) } else { Attempt::Fatal(err) }
             };
             if plan.new_columns.is_empty() {

@@ -18,34 +18,11 @@ use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Pat
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::config::{Config, Lake};
-use crate::databricks::Catalog;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::config::maintenance::{MIN_VACUUM_RETENTION, MaintenanceSettings as Settings};
 use crate::delta::log;
-
-/// What maintenance does, from configuration.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Compaction packs files smaller than this into files near this size.
-    pub target_file_size: u64,
-    /// Vacuum deletes files removed from the table longer ago than this (at least a day).
-    pub vacuum_retention: Duration,
-    /// With Unity Catalog kept, tables of at least this many bytes are compacted by `OPTIMIZE` on the warehouse.
-    pub databricks_optimize_bytes: Option<u64>,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            target_file_size: 128 * 1024 * 1024,
-            vacuum_retention: Duration::from_secs(7 * 24 * 3600),
-            databricks_optimize_bytes: None,
-        }
-    }
-}
-
-/// The least vacuum retention: a reader that started before a compaction can still finish reading the files it
-/// planned, and Databricks' time travel keeps at least a day.
-pub const MIN_VACUUM_RETENTION: Duration = Duration::from_secs(24 * 3600);
+use crate::layout::{UPSERTS, paths};
 
 /// One table's maintenance.
 #[derive(Debug, Default, Clone)]
@@ -96,69 +73,28 @@ impl fmt::Display for Report {
     }
 }
 
-/// The tables of the lake: every `<schema>/<table>` holding a `_delta_log`, optionally only those named
-/// `schema.table` (or all of one schema with `schema.*`).
-pub async fn discover(config: &Config, only: &[String]) -> Result<Vec<(String, String)>, DeltaTableError> {
-    let mut found = Vec::new();
-    match &config.lake {
-        Lake::Local(root) => {
-            let mut schemas: Vec<_> = std::fs::read_dir(root).into_iter().flatten().flatten().collect();
-            schemas.sort_by_key(|e| e.file_name());
-            for s in schemas {
-                let mut tables: Vec<_> = std::fs::read_dir(s.path()).into_iter().flatten().flatten().collect();
-                tables.sort_by_key(|e| e.file_name());
-                for t in tables.into_iter().filter(|t| t.path().join("_delta_log").is_dir()) {
-                    found.push((
-                        s.file_name().to_string_lossy().into_owned(),
-                        t.file_name().to_string_lossy().into_owned(),
-                    ));
-                }
-            }
-        }
-        Lake::Remote(root) => {
-            let url = url::Url::parse(root).map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
-            let store = DeltaTableBuilder::from_url(url)?
-                .with_storage_options(config.storage.options.clone())
-                .build_storage()?
-                .object_store(None);
-            for schema in store.list_with_delimiter(None).await?.common_prefixes {
-                for table in store.list_with_delimiter(Some(&schema)).await?.common_prefixes {
-                    let log = table.clone().join("_delta_log");
-                    if !store.list_with_delimiter(Some(&log)).await?.objects.is_empty() {
-                        let name = |p: &Path| p.filename().unwrap_or_default().to_string();
-                        found.push((name(&schema), name(&table)));
-                    }
-                }
-            }
-        }
-    }
-    found.retain(|(s, t)| {
-        only.is_empty() || only.iter().any(|o| *o == format!("{s}.{t}") || *o == format!("{s}.*") || *o == *t)
-    });
-    Ok(found)
-}
-
 /// Maintains the lake's tables (all of them, or those named) and reports on each.
-pub async fn run(config: &Config, settings: &Settings, only: &[String]) -> Result<Vec<Report>, DeltaTableError> {
-    let catalog = match &config.databricks {
-        Some(db) => Some(Arc::new(Catalog::new(db).map_err(|e| DeltaTableError::Generic(e.message))?)),
-        None => None,
-    };
-    let mut tables = discover(config, only).await?;
+pub async fn run(
+    config: &Config,
+    catalog: Option<&dyn Catalog>,
+    only: &[String],
+) -> Result<Vec<Report>, DeltaTableError> {
+    let settings = &config.maintenance;
+    let mut tables = paths::discover(&config.lake, &config.storage.options, only).await?;
     let mut reports = Vec::new();
     // The upserts first, so that compaction then covers what they wrote.
     let mut schemas: Vec<String> = tables.iter().map(|(s, _)| s.clone()).collect();
     schemas.dedup();
     let mut upserted: HashMap<(String, String), (usize, u32)> = HashMap::new();
     for schema in &schemas {
-        for spec in upsert::SPECS {
+        for spec in UPSERTS {
             let has_source = tables.iter().any(|(s, t)| s == schema && t == spec.source);
             let wanted = only.is_empty() || tables.iter().any(|(s, t)| s == schema && t == spec.target);
             if !has_source || !wanted {
                 continue;
             }
             let started = Instant::now();
-            match upsert::run(config, catalog.as_deref(), schema, spec).await {
+            match upsert::run(config, catalog, schema, spec).await {
                 Ok(outcome) => {
                     tracing::info!(
                         schema,
@@ -193,10 +129,10 @@ pub async fn run(config: &Config, settings: &Settings, only: &[String]) -> Resul
             report.upserted = Some(*rows);
             report.commits += commits;
         }
-        let uri = config.lake.table_uri(&schema, &table);
+        let uri = paths::table_uri(&config.lake, &schema, &table);
         for attempt in 1..=3 {
             let mut r = report.clone();
-            match maintain_table(config, settings, catalog.as_deref(), &uri, &mut r).await {
+            match maintain_table(config, settings, catalog, &uri, &mut r).await {
                 // A listing of the log taken while a writer committed can miss a commit; list again.
                 Err(e) if attempt < 3 && log::listing_raced(&e.to_string()) => continue,
                 Err(e) => {
@@ -229,7 +165,7 @@ pub(crate) async fn load(config: &Config, uri: &str) -> Result<DeltaTable, Delta
 async fn maintain_table(
     config: &Config,
     settings: &Settings,
-    catalog: Option<&Catalog>,
+    catalog: Option<&dyn Catalog>,
     uri: &str,
     report: &mut Report,
 ) -> Result<(), DeltaTableError> {
@@ -242,7 +178,7 @@ async fn maintain_table(
             catalog
                 .optimize(&report.schema, &report.table, uri)
                 .await
-                .map_err(|e| DeltaTableError::Generic(format!("OPTIMIZE on the warehouse: {}", e.message)))?;
+                .map_err(|e| DeltaTableError::Generic(format!("OPTIMIZE on the warehouse: {e}")))?;
             dt.update_incremental(None).await?;
             report.commits += u32::from(dt.version() != before);
             report.optimized_by_databricks = true;
@@ -382,26 +318,3 @@ async fn commit_compaction(dt: &DeltaTable, actions: Vec<Action>, target: u64) -
 }
 
 const YIELD_AFTER: Duration = Duration::from_secs(60);
-
-/// The timer-triggered function's name (its folder under `function/`).
-pub const MAINTAIN_FUNCTION: &str = "maintain";
-
-/// One maintenance run at a time in a process; the timer is a singleton across instances.
-static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// The timer's invocation: maintains every table and answers with one log line per table. Any failed table fails
-/// the invocation, so that it shows as failed in the host's monitoring; the other tables are maintained still.
-pub async fn invocation(config: &Config) -> (u16, serde_json::Value) {
-    let answer = crate::http::functions::invocation_answer;
-    let Ok(_guard) = RUNNING.try_lock() else {
-        return (200, answer(serde_json::json!({}), vec!["maintenance is already running in this instance".into()]));
-    };
-    match run(config, &config.maintenance, &[]).await {
-        Ok(reports) => {
-            let failed = reports.iter().filter(|r| r.error.is_some()).count();
-            let logs: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
-            (if failed == 0 { 200 } else { 500 }, answer(serde_json::json!({}), logs))
-        }
-        Err(e) => (500, answer(serde_json::json!({}), vec![format!("maintenance failed: {e}")])),
-    }
-}

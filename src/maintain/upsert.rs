@@ -24,41 +24,12 @@ use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use futures::TryStreamExt;
 
 use super::files;
+use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::databricks::Catalog;
 use crate::delta::arrow::{arrow_type, column_type};
 use crate::delta::{kernel_type, log, widened_metadata};
-use crate::schema::value::ColumnType;
-
-/// One upsert: rows of `source` keyed by `key` become one row per key in `target`.
-#[derive(Debug, Clone, Copy)]
-pub struct Spec {
-    pub source: &'static str,
-    pub key: &'static str,
-    pub target: &'static str,
-}
-
-pub const SPECS: &[Spec] = &[
-    Spec { source: "identifies", key: "user_id", target: "users" },
-    Spec { source: "groups", key: "group_id", target: "accounts" },
-];
-
-/// Source columns that are not traits.
-const NOT_TRAITS: &[&str] = &[
-    "id",
-    "anonymous_id",
-    "user_id",
-    "group_id",
-    "received_at",
-    "sent_at",
-    "timestamp",
-    "original_timestamp",
-    "uuid_ts",
-];
-
-fn is_trait(name: &str) -> bool {
-    !NOT_TRAITS.contains(&name) && !name.starts_with("context_")
-}
+use crate::layout::value::ColumnType;
+use crate::layout::{UUID_TS, Upsert, paths};
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -68,7 +39,7 @@ pub struct Outcome {
     pub source_version: u64,
 }
 
-fn app_id(spec: &Spec) -> String {
+fn app_id(spec: &Upsert) -> String {
     format!("segment-delta/upsert/{}", spec.source)
 }
 
@@ -78,14 +49,14 @@ fn generic(e: impl std::fmt::Display) -> DeltaTableError {
 
 pub async fn run(
     config: &Config,
-    catalog: Option<&Catalog>,
+    catalog: Option<&dyn Catalog>,
     schema: &str,
-    spec: &Spec,
+    spec: &Upsert,
 ) -> Result<Outcome, DeltaTableError> {
-    let source = super::load(config, &config.lake.table_uri(schema, spec.source)).await?;
+    let source = super::load(config, &paths::table_uri(&config.lake, schema, spec.source)).await?;
     let source_version = source.version().unwrap_or(0) as u64;
     let mut outcome = Outcome { source_version, ..Default::default() };
-    let target_uri = config.lake.table_uri(schema, spec.target);
+    let target_uri = paths::table_uri(&config.lake, schema, spec.target);
     let mut target = match super::load(config, &target_uri).await {
         Ok(t) => Some(t),
         Err(e) if log::is_missing_table(&e) => None,
@@ -131,7 +102,7 @@ pub async fn run(
         None => {
             create(config, &target_uri, &rows, txn).await?;
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &target_uri).await.map_err(|e| generic(e.message))?;
+                catalog.register(schema, spec.target, &target_uri).await.map_err(generic)?;
             }
         }
         Some(t) => {
@@ -146,12 +117,9 @@ pub async fn run(
                 .collect();
             let mut metadata = None;
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &target_uri).await.map_err(|e| generic(e.message))?;
+                catalog.register(schema, spec.target, &target_uri).await.map_err(generic)?;
                 if !new.is_empty() {
-                    catalog
-                        .add_columns(schema, spec.target, &target_uri, &new)
-                        .await
-                        .map_err(|e| generic(e.message))?;
+                    catalog.add_columns(schema, spec.target, &target_uri, &new).await.map_err(generic)?;
                     t.update_incremental(None).await?;
                 }
             } else {
@@ -227,13 +195,13 @@ struct KeyState {
 async fn recompute(
     source: &DeltaTable,
     source_schema: &Arc<Schema>,
-    spec: &Spec,
+    spec: &Upsert,
     only: Option<&HashSet<String>>,
 ) -> Result<RecordBatch, DeltaTableError> {
     let traits: Vec<Arc<Field>> = source_schema
         .fields()
         .iter()
-        .filter(|f| is_trait(f.name()) && column_type(f.data_type()).is_some())
+        .filter(|f| spec.is_trait(f.name()) && column_type(f.data_type()).is_some())
         .cloned()
         .collect();
     let ts_type = arrow_type(ColumnType::Timestamp);
@@ -307,7 +275,7 @@ async fn recompute(
         [
             Field::new("id", DataType::Utf8, true),
             Field::new("received_at", ts_type.clone(), true),
-            Field::new("uuid_ts", ts_type.clone(), true),
+            Field::new(UUID_TS, ts_type.clone(), true),
         ]
         .into_iter()
         .map(Arc::new)
@@ -426,7 +394,7 @@ async fn commit(
     target: &DeltaTable,
     actions: Vec<Action>,
     txn: Transaction,
-    spec: &Spec,
+    spec: &Upsert,
 ) -> Result<(), DeltaTableError> {
     let op = DeltaOperation::Merge {
         predicate: Some(format!("target.id = source.{}", spec.key)),

@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use crate::schema::names::snake_case;
@@ -69,43 +68,10 @@ pub fn with_names<R>(f: impl FnOnce(&mut Names) -> R) -> R {
     })
 }
 
-/// A hasher for keys that are addresses of live allocations: they cannot be chosen by a sender, so a multiply
-/// and fold is enough.
-#[derive(Default, Clone, Copy)]
-pub struct AddrHasher(u64);
-
-impl Hasher for AddrHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.write_u64(u64::from(*b));
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        self.0 = x ^ (x >> 32);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u64(n as u64);
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
-
-/// A map keyed by the address of a shared name.
-pub type ByAddr<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
-
-/// The address of a shared name, as a [`ByAddr`] key.
-pub fn addr(name: &Arc<str>) -> usize {
-    Arc::as_ptr(name).cast::<u8>() as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::rows::addr;
 
     #[test]
     fn one_allocation_per_column() {

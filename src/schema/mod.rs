@@ -1,6 +1,5 @@
-//! How events become rows: names, values and types, table routing, discards.
+//! How events become rows: names, flattening, table routing, discards.
 
 pub mod intern;
 pub mod names;
 pub mod rows;
-pub mod value;

@@ -5,185 +5,23 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::schema::intern::{ByAddr, Names, addr, with_names};
+use crate::layout::rows::{ByAddr, Row, addr};
+use crate::layout::rows::{Discard, Mapped, TableRow};
+use crate::layout::value::{Micros, Scalar};
+use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
+use crate::schema::intern::{Names, with_names};
 use crate::schema::names::snake_case;
-use crate::schema::value::{ColumnType, Scalar};
-use crate::segment::event::{Event, EventType, Invalid};
-use crate::segment::time::Micros;
+use crate::segment::event::{Event, EventType};
 
-/// Unity Catalog's limit on a column or table name.
-pub const MAX_NAME_LEN: usize = 255;
-
-/// Table names the loader owns; an event named like one of them gets a leading underscore.
-pub const RESERVED_TABLES: &[&str] =
-    &["tracks", "identifies", "users", "pages", "screens", "groups", "aliases", "accounts", "discards"];
-
-/// Which fixed columns a table has beyond the dynamic ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TableKind {
-    Tracks,
-    /// One table per track event name.
-    Event,
-    Identifies,
-    Pages,
-    Screens,
-    Groups,
-    Aliases,
-    Discards,
-}
-
-const COMMON: &[(&str, ColumnType)] = &[
-    ("id", ColumnType::String),
-    ("anonymous_id", ColumnType::String),
-    ("user_id", ColumnType::String),
-    ("received_at", ColumnType::Timestamp),
-    ("sent_at", ColumnType::Timestamp),
-    ("timestamp", ColumnType::Timestamp),
-    ("original_timestamp", ColumnType::Timestamp),
-    ("uuid_ts", ColumnType::Timestamp),
-];
-
-const DISCARDS: &[(&str, ColumnType)] = &[
-    ("row_id", ColumnType::String),
-    ("table_name", ColumnType::String),
-    ("column_name", ColumnType::String),
-    ("column_value", ColumnType::String),
-    ("reason", ColumnType::String),
-    ("received_at", ColumnType::Timestamp),
-    ("uuid_ts", ColumnType::Timestamp),
-];
-
-impl TableKind {
-    /// The columns every table of this kind has, in order, before any dynamic column.
-    pub fn fixed_columns(self) -> Vec<(&'static str, ColumnType)> {
-        let extra: &[&str] = match self {
-            TableKind::Discards => return DISCARDS.to_vec(),
-            TableKind::Tracks | TableKind::Event => &["event", "event_text"],
-            TableKind::Pages | TableKind::Screens => &["name", "category"],
-            TableKind::Groups => &["group_id"],
-            TableKind::Aliases => &["previous_id"],
-            TableKind::Identifies => &[],
-        };
-        let mut cols = COMMON.to_vec();
-        cols.extend(extra.iter().map(|c| (*c, ColumnType::String)));
-        cols
-    }
-
-    /// The names of [`TableKind::fixed_columns`], without building the list.
-    pub fn fixed_names(self) -> impl Iterator<Item = &'static str> {
-        let (base, extra): (&'static [(&'static str, ColumnType)], &'static [&'static str]) = match self {
-            TableKind::Discards => (DISCARDS, &[]),
-            TableKind::Tracks | TableKind::Event => (COMMON, &["event", "event_text"]),
-            TableKind::Pages | TableKind::Screens => (COMMON, &["name", "category"]),
-            TableKind::Groups => (COMMON, &["group_id"]),
-            TableKind::Aliases => (COMMON, &["previous_id"]),
-            TableKind::Identifies => (COMMON, &[]),
-        };
-        base.iter().map(|(n, _)| *n).chain(extra.iter().copied())
-    }
-
-    fn of(kind: EventType) -> TableKind {
-        match kind {
-            EventType::Track => TableKind::Tracks,
-            EventType::Identify => TableKind::Identifies,
-            EventType::Page => TableKind::Pages,
-            EventType::Screen => TableKind::Screens,
-            EventType::Group => TableKind::Groups,
-            EventType::Alias => TableKind::Aliases,
-        }
-    }
-}
-
-/// Where a row came from in an ordered stream (an Event Hub partition): written with the commit as a Delta
-/// `txn` action so that a redelivered event is recognised and skipped.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Offset {
-    pub app_id: Arc<str>,
-    pub seq: i64,
-}
-
-/// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Row {
-    pub id: Arc<str>,
-    pub cols: Vec<(Arc<str>, Scalar)>,
-    pub offset: Option<Offset>,
-}
-
-/// A value, or a whole event, that could not be stored as sent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Discard {
-    pub row_id: String,
-    pub table_name: String,
-    pub column_name: String,
-    pub column_value: String,
-    pub reason: String,
-    pub received_at: Micros,
-    /// The stream offset of the event it came from, if any.
-    pub offset: Option<Offset>,
-}
-
-impl Discard {
-    pub fn into_row(self) -> Row {
-        let text = |s: String| Scalar::Str(s.into());
-        Row {
-            id: self.row_id.clone().into(),
-            cols: vec![
-                ("row_id".into(), text(self.row_id)),
-                ("table_name".into(), text(self.table_name)),
-                ("column_name".into(), text(self.column_name)),
-                ("column_value".into(), text(self.column_value)),
-                ("reason".into(), text(self.reason)),
-                ("received_at".into(), Scalar::from(self.received_at)),
-            ],
-            offset: self.offset,
-        }
-    }
-}
-
-/// Rows bound for one table.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TableRow {
-    pub table: String,
-    pub kind: TableKind,
-    pub row: Row,
-}
-
-/// Everything one event produced.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Mapped {
-    pub rows: Vec<TableRow>,
-    pub discards: Vec<Discard>,
-}
-
-impl Mapped {
-    /// Marks every row and discard with the stream offset of the event they came from.
-    pub fn with_offset(mut self, offset: Option<Offset>) -> Mapped {
-        if offset.is_some() {
-            for r in &mut self.rows {
-                r.row.offset.clone_from(&offset);
-            }
-            for d in &mut self.discards {
-                d.offset.clone_from(&offset);
-            }
-        }
-        self
-    }
-
-    /// An event that could not be read at all: kept whole in `discards`.
-    pub fn rejected(invalid: Invalid, raw: String, received_at: Micros) -> Mapped {
-        Mapped {
-            rows: Vec::new(),
-            discards: vec![Discard {
-                row_id: invalid.message_id.unwrap_or_default(),
-                table_name: invalid.table.unwrap_or_default().to_string(),
-                column_name: String::new(),
-                column_value: raw,
-                reason: invalid.reason,
-                received_at,
-                offset: None,
-            }],
-        }
+/// The kind of table every event of a type lands in.
+fn table_kind(kind: EventType) -> TableKind {
+    match kind {
+        EventType::Track => TableKind::Tracks,
+        EventType::Identify => TableKind::Identifies,
+        EventType::Page => TableKind::Pages,
+        EventType::Screen => TableKind::Screens,
+        EventType::Group => TableKind::Groups,
+        EventType::Alias => TableKind::Aliases,
     }
 }
 
@@ -349,7 +187,7 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
         _ => None,
     };
 
-    let mut tables = vec![(kind.table().to_string(), TableKind::of(kind), kind != EventType::Track)];
+    let mut tables = vec![(kind.table().to_string(), table_kind(kind), kind != EventType::Track)];
     if let Some(t) = own_table {
         tables.push((t, TableKind::Event, true));
     }

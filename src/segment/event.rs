@@ -2,7 +2,8 @@
 
 use serde_json::{Map, Value};
 
-use crate::segment::time::{Micros, corrected_timestamp, parse_timestamp};
+use crate::layout::value::{Micros, parse_timestamp};
+use crate::segment::time::corrected_timestamp;
 
 /// `messageId`s longer than this are refused, as Segment does.
 pub const MAX_MESSAGE_ID_CHARS: usize = 100;

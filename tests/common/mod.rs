@@ -2,9 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 use deltalake::arrow::array::{Array, AsArray};
@@ -12,10 +10,24 @@ use deltalake::arrow::datatypes::{DataType, Float64Type, Int64Type, TimestampMic
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::{Map, Value};
 
-use segment_delta::batch::Batcher;
+use segment_delta::app::AppState;
 use segment_delta::config::{Config, Lake};
-use segment_delta::delta::Lakehouse;
-use segment_delta::http::api::AppState;
+
+/// The Databricks emulator's binary (the workspace member `crates/databricks-emulator`): `DATABRICKS_EMULATOR_BIN`,
+/// else beside this test's own directory in the target dir, where `cargo build --workspace` puts it.
+pub fn emulator_bin() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os("DATABRICKS_EMULATOR_BIN") {
+        return p.into();
+    }
+    let exe = std::env::current_exe().expect("the test's own path");
+    let bin = exe.parent().and_then(Path::parent).expect("target/<profile>/deps").join("databricks-emulator");
+    assert!(
+        bin.is_file(),
+        "{} is missing: build the workspace first (cargo build --workspace --all-targets)",
+        bin.display()
+    );
+    bin
+}
 
 pub struct Harness {
     pub dir: tempfile::TempDir,
@@ -41,13 +53,7 @@ impl Harness {
         let mut config = Config { lake: Lake::Local(path.to_path_buf()), ..Config::default() };
         config.flush.interval = Duration::from_millis(20);
         tune(&mut config);
-        let mut lake = Lakehouse::new(config.lake.clone(), HashMap::new(), config.max_columns);
-        if let Some(db) = &config.databricks {
-            lake = lake.with_catalog(Arc::new(segment_delta::databricks::Catalog::new(db).expect("catalog")));
-        }
-        let lake = Arc::new(lake);
-        let batcher = Batcher::start(lake, config.flush, config.dedup_capacity);
-        AppState { config: Arc::new(config), batcher }
+        AppState::build(config).expect("the application builds")
     }
 
     pub fn table(&self, schema: &str, table: &str) -> Vec<Map<String, Value>> {

@@ -774,7 +774,7 @@ def pytest_terminal_summary(terminalreporter):
 def databricks_emulator(workdir: Path, token: str, env: dict[str, str] | None = None):
     """The project's Databricks emulator on a free port with catalog `main`; yields its base URL."""
     exe = binary().parent / "databricks-emulator"
-    assert exe.exists(), f"{exe} is missing: build it with `cargo build --bin databricks-emulator`"
+    assert exe.exists(), f"{exe} is missing: build it with `cargo build --workspace`"
     with open(workdir / "emulator.stderr", "ab") as err:
         proc = subprocess.Popen([str(exe), "--port", "0", "--token", token, "--catalog", "main",
                                  "--warehouse-start-ms", "100"], env=clean_env(env or {}), stdout=subprocess.PIPE,

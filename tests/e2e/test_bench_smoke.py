@@ -11,7 +11,7 @@ from conftest import REPO, binary
 def test_bench_quick_reports_every_section(tmp_path):
     bin_dir = binary().parent
     if not os.access(bin_dir / "bench-floor", os.X_OK):
-        raise AssertionError(f"bench-floor not found next to {binary()}: build with cargo build --all-targets")
+        raise AssertionError(f"bench-floor not found next to {binary()}: build with cargo build --workspace")
     # Smaller than --quick alone: the debug binaries are slow.
     cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--bin-dir", str(bin_dir),
            "--workdir", str(tmp_path), "--events", "5000", "--seconds", "1", "--rate", "2000",

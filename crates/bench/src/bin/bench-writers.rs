@@ -2,19 +2,21 @@
 //! concurrent writers grows. Each writer is a separate `Lakehouse` (its own table handle and `txn` id), as
 //! separate Function instances are.
 //!
-//! cargo run --release --bin bench-writers -- --lake /tmp/bench-lake --writers 1,2,4,8,16 --seconds 10
+//! cargo run --release -p segment-delta-bench --bin bench-writers -- --lake /tmp/bench-lake --writers 1,2,4,8,16 --seconds 10
 //! AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:10000 SEGMENT_DELTA_STORAGE_EMULATOR=true \
-//!   cargo run --release --bin bench-writers -- --lake az://bench/run1
+//!   cargo run --release -p segment-delta-bench --bin bench-writers -- --lake az://bench/run1
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use segment_delta::config::Lake;
-use segment_delta::delta::{Lakehouse, TableWrite, storage};
-use segment_delta::schema::rows::{Row, TableKind};
-use segment_delta::schema::value::Scalar;
-use segment_delta::segment::time::now_micros;
+use segment_delta::config::storage;
+use segment_delta::delta::{Lakehouse, TableWrite};
+use segment_delta::layout::TableKind;
+use segment_delta::layout::rows::Row;
+use segment_delta::layout::value::Scalar;
+use segment_delta::layout::value::now_micros;
 
 #[derive(Parser)]
 struct Args {

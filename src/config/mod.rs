@@ -1,4 +1,9 @@
-//! Settings, read once from the environment and validated into one typed value.
+//! Settings, read once from the environment and validated into one typed value. A leaf: the settings of every
+//! subsystem are plain types here, which the subsystems receive; nothing here imports the pipeline.
+
+pub mod databricks;
+pub mod maintenance;
+pub mod storage;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -6,8 +11,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use subtle::ConstantTimeEq;
-
-use crate::schema::names::snake_case;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -133,14 +136,6 @@ impl Lake {
         }
         Ok(Lake::Local(PathBuf::from(s)))
     }
-
-    /// The URI of a table, as delta-rs opens it.
-    pub fn table_uri(&self, schema: &str, table: &str) -> String {
-        match self {
-            Lake::Local(root) => root.join(schema).join(table).to_string_lossy().into_owned(),
-            Lake::Remote(root) => format!("{root}/{schema}/{table}"),
-        }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -148,11 +143,11 @@ pub struct Config {
     pub port: u16,
     pub lake: Lake,
     /// How the lake is reached (storage options and the credential kind).
-    pub storage: crate::delta::storage::Storage,
+    pub storage: storage::Storage,
     /// The schema for Event Hub events that carry no known write key.
     pub eventhub_schema: Option<String>,
     /// Unity Catalog through Databricks SQL; `None` keeps the Delta log as the only catalog.
-    pub databricks: Option<crate::databricks::DatabricksConfig>,
+    pub databricks: Option<databricks::DatabricksConfig>,
     pub sources: Sources,
     pub limits: Limits,
     pub flush: FlushPolicy,
@@ -163,7 +158,7 @@ pub struct Config {
     /// JSON log lines (the default under the Functions host).
     pub log_json: bool,
     /// Compaction target and vacuum retention of `maintain`.
-    pub maintenance: crate::maintain::Settings,
+    pub maintenance: maintenance::MaintenanceSettings,
     /// How long a write retries commit conflicts and storage errors before the request fails.
     pub write_retry: Duration,
 }
@@ -188,9 +183,12 @@ impl Default for Config {
     }
 }
 
-/// A schema name from configuration must already be a normalised identifier.
+/// A schema name from configuration must already be a normalised identifier: lower-case ASCII letters and digits
+/// in words joined by single underscores, as Segment's snake_case leaves a name.
 pub fn check_schema_name(name: &'static str, schema: &str) -> Result<(), ConfigError> {
-    if schema.is_empty() || snake_case(schema) != schema {
+    let normalised =
+        schema.split('_').all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+    if !normalised {
         return Err(invalid(
             name,
             format!("{schema:?} is not a valid schema name (use lower-case letters, digits and _)"),
@@ -258,8 +256,8 @@ impl Config {
                 Sources::Open { schema }
             }
         };
-        c.storage = crate::delta::storage::from_lookup(&c.lake, &get)?;
-        c.databricks = crate::databricks::DatabricksConfig::from_lookup(&get)?;
+        c.storage = storage::from_lookup(&c.lake, &get)?;
+        c.databricks = databricks::DatabricksConfig::from_lookup(&get)?;
         c.eventhub_schema = match get("SEGMENT_DELTA_EVENTHUB_SCHEMA").filter(|s| !s.trim().is_empty()) {
             Some(s) => {
                 let s = s.trim().to_string();
@@ -308,7 +306,7 @@ impl Config {
             num(&get, "SEGMENT_DELTA_TARGET_FILE_SIZE", m.target_file_size as usize)?,
         )? as u64;
         let hours = num(&get, "SEGMENT_DELTA_VACUUM_RETENTION_HOURS", m.vacuum_retention.as_secs() / 3600)?;
-        if hours < crate::maintain::MIN_VACUUM_RETENTION.as_secs() / 3600 {
+        if hours < maintenance::MIN_VACUUM_RETENTION.as_secs() / 3600 {
             return Err(invalid(
                 "SEGMENT_DELTA_VACUUM_RETENTION_HOURS",
                 format!("{hours} is under the least retention of 24 hours"),
@@ -391,6 +389,6 @@ mod tests {
     fn lake_uris() {
         assert_eq!(Lake::parse("file:///tmp/l").unwrap(), Lake::Local(PathBuf::from("/tmp/l")));
         let remote = Lake::parse("abfss://lake@acct.dfs.core.windows.net/bronze/").unwrap();
-        assert_eq!(remote.table_uri("web", "tracks"), "abfss://lake@acct.dfs.core.windows.net/bronze/web/tracks");
+        assert_eq!(remote, Lake::Remote("abfss://lake@acct.dfs.core.windows.net/bronze".into()));
     }
 }

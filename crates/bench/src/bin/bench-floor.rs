@@ -3,7 +3,7 @@
 //! Snappy Parquet file in memory — with no HTTP, no micro-batch bookkeeping and no Delta log. `bench/run.py`
 //! compares the handler with it.
 //!
-//! cargo run --release --bin bench-floor -- --threads 2 batches.jsonl
+//! cargo run --release -p segment-delta-bench --bin bench-floor -- --threads 2 batches.jsonl
 //!
 //! The input holds one `/v1/batch` body a line (`tests/fixtures/corpus.py --batch 500`). Bodies are dealt to the threads
 //! in turn; each thread writes one Parquet file per table every `--chunk-events` events, as the handler writes one
@@ -19,12 +19,13 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
 use segment_delta::config::Limits;
 use segment_delta::delta::arrow;
-use segment_delta::http::api::map_raw;
-use segment_delta::http::body;
-use segment_delta::schema::rows::{Row, TableKind};
-use segment_delta::schema::value::ColumnType;
+use segment_delta::intake::body;
+use segment_delta::intake::map_raw;
+use segment_delta::layout::TableKind;
+use segment_delta::layout::rows::Row;
+use segment_delta::layout::value::ColumnType;
+use segment_delta::layout::value::now_micros;
 use segment_delta::segment::event::Arrival;
-use segment_delta::segment::time::now_micros;
 
 #[derive(Parser)]
 struct Args {

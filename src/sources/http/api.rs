@@ -1,23 +1,15 @@
 //! The Tracking API, independent of transport: a request in, a JSON answer out. The warp server and the
 //! Functions invocation shape both call [`handle`].
 
-use std::sync::Arc;
-
 use serde_json::{Value, json};
 
-use crate::batch::{Batcher, Submission, SubmitError};
-use crate::config::Config;
-use crate::http::body::{self, BodyError};
-use crate::schema::rows::{Mapped, map_event};
-use crate::segment::event::{Arrival, Event};
-use crate::segment::time::now_micros;
-
-/// What the handler needs for every request.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub batcher: Batcher,
-}
+use crate::app::AppState;
+use crate::batch::{Submission, SubmitError};
+use crate::intake::body::{self, BodyError};
+use crate::intake::map_raw;
+use crate::layout::rows::Mapped;
+use crate::layout::value::now_micros;
+use crate::segment::event::Arrival;
 
 /// A request as either transport delivers it.
 pub struct ApiRequest<'a> {
@@ -114,26 +106,6 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     match state.batcher.submit(submission).await {
         Ok(()) => ApiResponse::ok(),
         Err(e) => submit_error(&e),
-    }
-}
-
-/// Maps one raw event; anything that cannot be read lands whole in `discards`.
-pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Mapped {
-    let reject = |reason: String| {
-        let invalid = crate::segment::event::Invalid { reason, message_id: None, table: None };
-        Mapped::rejected(invalid, raw.text(), arrival.received_at)
-    };
-    let mut value = match raw.parse() {
-        Ok(v) => v,
-        Err(reason) => return reject(reason),
-    };
-    // The single-event endpoints say the type; Segment takes it from the path.
-    if let (Some(t), Value::Object(o)) = (implied_type, &mut value) {
-        o.insert("type".into(), Value::String(t.to_string()));
-    }
-    match Event::from_json(value, arrival) {
-        Ok(e) => map_event(e),
-        Err(invalid) => Mapped::rejected(invalid, raw.text(), arrival.received_at),
     }
 }
 

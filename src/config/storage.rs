@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::config::{ConfigError, Lake};
+use super::{ConfigError, Lake};
 
 /// Storage options (some secret) and a printable name of the credential kind in use.
 #[derive(Clone, Default)]

@@ -8,14 +8,13 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
+use crate::app::AppState;
 use crate::batch::{Submission, SubmitError};
 use crate::config::Sources;
-use crate::http::api::{AppState, map_raw};
-use crate::http::body;
-use crate::http::functions::invocation_answer;
-use crate::schema::rows::{Discard, Mapped, Offset};
+use crate::intake::{body, invocation_answer, map_raw};
+use crate::layout::rows::{Discard, Mapped, Offset};
+use crate::layout::value::{Micros, now_micros, parse_timestamp};
 use crate::segment::event::Arrival;
-use crate::segment::time::{Micros, now_micros, parse_timestamp};
 
 /// The Event Hub-triggered function's name (its folder under `function/`).
 pub const EVENTHUB_FUNCTION: &str = "eventhub";
@@ -135,13 +134,13 @@ fn schema_for<'a>(sources: &'a Sources, default: Option<&'a str>, key: Option<&s
     }
 }
 
-/// Maps every delivered event into per-schema submissions.
+/// Maps every delivered event into one submission per schema, each charged the bytes of its own messages.
 pub fn map_delivery(
     delivery: &Delivery,
     sources: &Sources,
     default: Option<&str>,
-) -> Result<BTreeMap<String, Vec<Mapped>>, String> {
-    let mut out: BTreeMap<String, Vec<Mapped>> = BTreeMap::new();
+) -> Result<BTreeMap<String, Submission>, String> {
+    let mut out: BTreeMap<String, Submission> = BTreeMap::new();
     for d in &delivery.events {
         let offset = match (&delivery.app_id, d.seq) {
             (Some(app_id), Some(seq)) => Some(Offset { app_id: app_id.clone(), seq }),
@@ -154,7 +153,10 @@ pub fn map_delivery(
         let unknown_key = key.is_some_and(|k| sources.schema_for(Some(k)).is_none());
         let schema = schema_for(sources, default, key)?;
         let arrival = Arrival { received_at, context, keep_received_at: true, sent_at };
-        let bucket = out.entry(schema.to_string()).or_default();
+        let bucket = out
+            .entry(schema.to_string())
+            .or_insert_with(|| Submission { schema: schema.to_string(), ..Default::default() });
+        bucket.bytes += d.body.len();
         for raw in events {
             let mapped = if unknown_key {
                 Mapped {
@@ -172,7 +174,7 @@ pub fn map_delivery(
             } else {
                 map_raw(raw, &arrival, None)
             };
-            bucket.push(mapped.with_offset(offset.clone()));
+            bucket.events.push(mapped.with_offset(offset.clone()));
         }
     }
     Ok(out)
@@ -194,12 +196,8 @@ pub async fn invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
-    let bytes: usize = delivery.events.iter().map(|e| e.body.len()).sum();
     let n = delivery.events.len();
-    let submissions = by_schema.into_iter().map(|(schema, events)| {
-        let share = bytes * events.len() / n.max(1);
-        state.batcher.submit(Submission { schema, events, bytes: share })
-    });
+    let submissions = by_schema.into_values().map(|submission| state.batcher.submit(submission));
     let results: Vec<Result<(), SubmitError>> = futures::future::join_all(submissions).await;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return fail(format!("not committed, the batch will be delivered again: {e}"));
@@ -269,7 +267,21 @@ mod tests {
         .unwrap();
         let m = map_delivery(&d, &sources, Some("hub")).unwrap();
         assert_eq!(m.keys().collect::<Vec<_>>(), vec!["hub", "web"]);
-        assert_eq!(m["web"][0].rows[0].row.offset.as_ref().map(|o| o.seq), Some(1));
+        assert_eq!(m["web"].events[0].rows[0].row.offset.as_ref().map(|o| o.seq), Some(1));
         assert!(map_delivery(&d, &sources, None).unwrap_err().contains("SEGMENT_DELTA_EVENTHUB_SCHEMA"));
+    }
+
+    #[test]
+    fn each_schema_is_charged_the_bytes_of_its_own_messages() {
+        // One message carries a batch of three events, the other a single event: the schema of the batch holds
+        // three mapped events but is charged only its one message's bytes.
+        let sources = Sources::Keys(vec![(crate::config::Secret::new("K1"), "web".into())]);
+        let batch = r#"{"batch":[{"type":"track","userId":"u","event":"B"},{"type":"track","userId":"u","event":"C"},{"type":"track","userId":"u","event":"D"}]}"#;
+        let single = r#"{"type":"track","userId":"u","event":"A","writeKey":"K1"}"#;
+        let d = parse_invocation(&host_payload(&[single, batch], &[1, 2])).unwrap();
+        let m = map_delivery(&d, &sources, Some("hub")).unwrap();
+        assert_eq!((m["hub"].events.len(), m["hub"].bytes), (3, batch.len()));
+        assert_eq!((m["web"].events.len(), m["web"].bytes), (1, single.len()));
+        assert_eq!(m.values().map(|s| s.bytes).sum::<usize>(), d.events.iter().map(|e| e.body.len()).sum::<usize>());
     }
 }

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::http::api::{self, ApiRequest, ApiResponse, AppState};
+use crate::app::AppState;
+use crate::intake::invocation_answer;
+use crate::sources::http::api::{self, ApiRequest, ApiResponse};
 
 /// The HTTP-triggered function's name (its folder under `function/`).
 pub const HTTP_FUNCTION: &str = "segment";
@@ -25,11 +27,6 @@ struct HttpData {
     params: HashMap<String, Value>,
     #[serde(default)]
     body: Option<Value>,
-}
-
-/// The `Outputs`/`Logs`/`ReturnValue` answer the host expects.
-pub fn invocation_answer(outputs: Value, logs: Vec<String>) -> Value {
-    json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
 }
 
 fn header_text(v: &Value) -> Option<String> {
@@ -93,4 +90,27 @@ fn http_output(res: &ApiResponse) -> Value {
         headers.insert((*k).into(), v.clone().into());
     }
     json!({"statusCode": res.status, "body": res.body.to_string(), "headers": headers})
+}
+
+/// The timer-triggered function's name (its folder under `function/`).
+pub const MAINTAIN_FUNCTION: &str = "maintain";
+
+/// One maintenance run at a time in a process; the timer is a singleton across instances.
+static RUNNING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The timer's invocation: maintains every table and answers with one log line per table. Any failed table fails
+/// the invocation, so that it shows as failed in the host's monitoring; the other tables are maintained still.
+pub async fn maintain_invocation(state: &AppState) -> (u16, serde_json::Value) {
+    let answer = invocation_answer;
+    let Ok(_guard) = RUNNING.try_lock() else {
+        return (200, answer(serde_json::json!({}), vec!["maintenance is already running in this instance".into()]));
+    };
+    match crate::maintain::run(&state.config, state.catalog.as_deref(), &[]).await {
+        Ok(reports) => {
+            let failed = reports.iter().filter(|r| r.error.is_some()).count();
+            let logs: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
+            (if failed == 0 { 200 } else { 500 }, answer(serde_json::json!({}), logs))
+        }
+        Err(e) => (500, answer(serde_json::json!({}), vec![format!("maintenance failed: {e}")])),
+    }
 }

@@ -113,7 +113,7 @@ pub struct Parsed<'a> {
     pub write_key: Option<String>,
     pub context: Option<Map<String, Value>>,
     /// A batch body's `sentAt`, for the events that carry none of their own.
-    pub sent_at: Option<crate::segment::time::Micros>,
+    pub sent_at: Option<crate::layout::value::Micros>,
 }
 
 fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>, what: &str) -> Result<T, BodyError> {
@@ -153,7 +153,7 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     let sent_at = match top.get("sentAt") {
         Some(r) => match field::<Option<String>>(body, r, "sentAt must be a string")? {
             Some(s) => Some(
-                crate::segment::time::parse_timestamp(&s)
+                crate::layout::value::parse_timestamp(&s)
                     .ok_or_else(|| BodyError::Shape(format!("sentAt {s:?} is not an ISO-8601 date-time")))?,
             ),
             None => None,

@@ -2,7 +2,6 @@
 //! ping on `/`, and the invocation shape on `/<FunctionName>`.
 
 pub mod api;
-pub mod body;
 pub mod functions;
 
 use bytes::Buf;
@@ -10,7 +9,8 @@ use futures::StreamExt;
 use warp::Filter;
 use warp::http::{HeaderMap, Method, Response, StatusCode};
 
-use api::{ApiRequest, ApiResponse, AppState};
+use crate::app::AppState;
+use api::{ApiRequest, ApiResponse};
 
 fn reply(status: u16, body: String, headers: &[(&'static str, String)]) -> Response<String> {
     let mut r = Response::builder()
@@ -80,7 +80,7 @@ async fn serve_one(
 ) -> Response<String> {
     let function = path.trim_matches('/');
     let invocation = method == Method::POST
-        && [functions::HTTP_FUNCTION, crate::eventhub::EVENTHUB_FUNCTION, crate::maintain::MAINTAIN_FUNCTION]
+        && [functions::HTTP_FUNCTION, crate::sources::eventhub::EVENTHUB_FUNCTION, functions::MAINTAIN_FUNCTION]
             .iter()
             .any(|f| function.eq_ignore_ascii_case(f));
     // The host's invocations carry whole Event Hub batches; they are bounded by the buffer, not the API limit.
@@ -97,10 +97,10 @@ async fn serve_one(
     if invocation {
         let (status, answer) = if function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
             functions::http_invocation(state, &body).await
-        } else if function.eq_ignore_ascii_case(crate::maintain::MAINTAIN_FUNCTION) {
-            crate::maintain::invocation(&state.config).await
+        } else if function.eq_ignore_ascii_case(functions::MAINTAIN_FUNCTION) {
+            functions::maintain_invocation(state).await
         } else {
-            crate::eventhub::invocation(state, &body).await
+            crate::sources::eventhub::invocation(state, &body).await
         };
         return reply(status, answer.to_string(), &[]);
     }

@@ -9,12 +9,12 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::batch::{Batcher, Submission, Totals};
-use crate::http::api::map_raw;
-use crate::http::body::{self, RawEvent};
-use crate::schema::rows::Mapped;
+use crate::intake::body::{self, RawEvent};
+use crate::intake::map_raw;
+use crate::layout::rows::Mapped;
+use crate::layout::value::now_micros;
 use crate::segment::event::Arrival;
 use crate::segment::scan;
-use crate::segment::time::now_micros;
 
 /// Events per submission, and submissions in flight at once.
 const CHUNK_EVENTS: usize = 5_000;
@@ -24,8 +24,6 @@ const IN_FLIGHT: usize = 4;
 pub enum IngestError {
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Format { path: PathBuf, message: String },
     #[error("writing failed: {0}")]
     Submit(#[from] crate::batch::SubmitError),
 }

@@ -1,0 +1,50 @@
+//! The front door every source shares: a request body is decoded and split into events (`body`), each event is
+//! mapped to its rows and discards, and the host's invocation answers are built. HTTP, Event Hub, webhooks and the
+//! backfill all come in here; none of them imports another.
+
+pub mod body;
+
+use serde_json::{Value, json};
+
+use crate::layout::rows::{Discard, Mapped};
+use crate::schema::rows::map_event;
+use crate::segment::event::{Arrival, Event, Invalid};
+use body::RawEvent;
+
+/// Maps one raw event; anything that cannot be read lands whole in `discards`.
+pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Mapped {
+    let reject = |reason: String| rejected(Invalid { reason, message_id: None, table: None }, raw, arrival);
+    let mut value = match raw.parse() {
+        Ok(v) => v,
+        Err(reason) => return reject(reason),
+    };
+    // The single-event endpoints say the type; Segment takes it from the path.
+    if let (Some(t), Value::Object(o)) = (implied_type, &mut value) {
+        o.insert("type".into(), Value::String(t.to_string()));
+    }
+    match Event::from_json(value, arrival) {
+        Ok(e) => map_event(e),
+        Err(invalid) => rejected(invalid, raw, arrival),
+    }
+}
+
+/// An event that could not be read at all: kept whole in `discards`, with the reason.
+fn rejected(invalid: Invalid, raw: &RawEvent<'_>, arrival: &Arrival<'_>) -> Mapped {
+    Mapped {
+        rows: Vec::new(),
+        discards: vec![Discard {
+            row_id: invalid.message_id.unwrap_or_default(),
+            table_name: invalid.table.unwrap_or_default().to_string(),
+            column_name: String::new(),
+            column_value: raw.text(),
+            reason: invalid.reason,
+            received_at: arrival.received_at,
+            offset: None,
+        }],
+    }
+}
+
+/// The `Outputs`/`Logs`/`ReturnValue` answer the host expects.
+pub fn invocation_answer(outputs: Value, logs: Vec<String>) -> Value {
+    json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
+}

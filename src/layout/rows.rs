@@ -1,0 +1,120 @@
+//! A table row as the pipeline carries it: column name and value pairs, and the discards of what could not be
+//! stored as sent.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
+
+use super::TableKind;
+use super::value::{Micros, Scalar};
+
+/// Where a row came from in an ordered stream (an Event Hub partition): written with the commit as a Delta
+/// `txn` action so that a redelivered event is recognised and skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Offset {
+    pub app_id: Arc<str>,
+    pub seq: i64,
+}
+
+/// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub id: Arc<str>,
+    pub cols: Vec<(Arc<str>, Scalar)>,
+    pub offset: Option<Offset>,
+}
+
+/// A value, or a whole event, that could not be stored as sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Discard {
+    pub row_id: String,
+    pub table_name: String,
+    pub column_name: String,
+    pub column_value: String,
+    pub reason: String,
+    pub received_at: Micros,
+    /// The stream offset of the event it came from, if any.
+    pub offset: Option<Offset>,
+}
+
+impl Discard {
+    pub fn into_row(self) -> Row {
+        let text = |s: String| Scalar::Str(s.into());
+        Row {
+            id: self.row_id.clone().into(),
+            cols: vec![
+                ("row_id".into(), text(self.row_id)),
+                ("table_name".into(), text(self.table_name)),
+                ("column_name".into(), text(self.column_name)),
+                ("column_value".into(), text(self.column_value)),
+                ("reason".into(), text(self.reason)),
+                ("received_at".into(), Scalar::from(self.received_at)),
+            ],
+            offset: self.offset,
+        }
+    }
+}
+
+/// Rows bound for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableRow {
+    pub table: String,
+    pub kind: TableKind,
+    pub row: Row,
+}
+
+/// Everything one event produced.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Mapped {
+    pub rows: Vec<TableRow>,
+    pub discards: Vec<Discard>,
+}
+
+impl Mapped {
+    /// Marks every row and discard with the stream offset of the event they came from.
+    pub fn with_offset(mut self, offset: Option<Offset>) -> Mapped {
+        if offset.is_some() {
+            for r in &mut self.rows {
+                r.row.offset.clone_from(&offset);
+            }
+            for d in &mut self.discards {
+                d.offset.clone_from(&offset);
+            }
+        }
+        self
+    }
+}
+
+/// A hasher for keys that are addresses of live allocations: they cannot be chosen by a sender, so a multiply
+/// and fold is enough.
+#[derive(Default, Clone, Copy)]
+pub struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        let x = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A map keyed by the address of a shared name.
+pub type ByAddr<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
+
+/// The address of a shared name, as a [`ByAddr`] key.
+pub fn addr(name: &Arc<str>) -> usize {
+    Arc::as_ptr(name).cast::<u8>() as usize
+}
