@@ -56,7 +56,7 @@ param lakeNetworkDefaultAction string = 'Allow'
 ])
 param eventHubsSkuName string = 'Standard'
 
-@description('Event Hubs throughput (or processing) units.')
+@description('Standard: throughput units, 1-40. Premium: processing units, 1, 2, 4, 8 or 16.')
 @minValue(1)
 @maxValue(40)
 param eventHubsCapacity int = 1
@@ -69,7 +69,7 @@ param eventHubName string = 'segment-events'
 @maxValue(32)
 param eventHubPartitionCount int = 4
 
-@description('Days events stay in the hub.')
+@description('Days events stay in the hub: at most 7 on Standard, 90 on Premium.')
 @minValue(1)
 @maxValue(90)
 param eventHubMessageRetentionInDays int = 1
@@ -100,6 +100,13 @@ param maintenanceSchedule string = '0 */15 * * * *'
 
 @description('Browser origins allowed to call the Tracking API (analytics.js), e.g. https://www.example.com; empty for none.')
 param allowedOrigins array = []
+
+@description('SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: with Unity Catalog kept, tables of at least this many bytes are compacted by OPTIMIZE on the SQL warehouse; 0 (the default) leaves the setting out.')
+@minValue(0)
+param databricksOptimizeBytes int = 0
+
+@description('Any other setting of the handler (README, Configuration) as {name, value} pairs, e.g. [{name: \'SEGMENT_DELTA_FLUSH_INTERVAL_MS\', value: \'500\'}]. Settings the template sets through their own parameters, and secrets, are refused.')
+param extraAppSettings array = []
 
 @description('SEGMENT_DELTA_SOURCES: KEY1=schema_one,KEY2=schema_two. Stored in Key Vault only.')
 @secure()
@@ -260,6 +267,8 @@ module functionApp 'modules/functionapp.bicep' = {
     databricksWarehouseId: databricksWarehouseId
     maintenanceSchedule: maintenanceSchedule
     allowedOrigins: allowedOrigins
+    databricksOptimizeBytes: databricksOptimizeBytes
+    extraAppSettings: extraAppSettings
   }
 }
 

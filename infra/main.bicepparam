@@ -25,6 +25,14 @@ param instanceMemoryMB = 2048
 param maintenanceSchedule = '0 */15 * * * *'
 // Browser origins that may send events with analytics.js, e.g. ['https://www.example.com'].
 param allowedOrigins = []
+// SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: tables of at least this many bytes are compacted by OPTIMIZE on
+// the SQL warehouse, e.g. 10737418240 (10 GiB); 0 leaves it to the function.
+param databricksOptimizeBytes = 0
+// Any other setting of the handler (README, Configuration) as name/value pairs, e.g.
+// [{ name: 'SEGMENT_DELTA_FLUSH_INTERVAL_MS', value: '500' }, { name: 'RUST_LOG', value: 'info,segment_delta=debug' }].
+// The app settings are exactly what this file and the template say: a setting changed by hand is gone after
+// the next deployment.
+param extraAppSettings = []
 
 // Write keys: KEY1=schema_one,KEY2=schema_two. Required; stored in Key Vault only.
 param segmentDeltaSources = readEnvironmentVariable('SEGMENT_DELTA_SOURCES')

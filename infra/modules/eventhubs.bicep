@@ -20,7 +20,7 @@ param tags object
 ])
 param namespaceSkuName string
 
-@description('Throughput units (Standard) or processing units (Premium).')
+@description('Standard: throughput units, 1-40. Premium: processing units, 1, 2, 4, 8 or 16.')
 @minValue(1)
 @maxValue(40)
 param namespaceCapacity int
@@ -33,7 +33,7 @@ param hubName string
 @maxValue(32)
 param partitionCount int
 
-@description('Days events stay in the hub (Standard: at most 7).')
+@description('Days events stay in the hub: at most 7 on Standard, 90 on Premium.')
 @minValue(1)
 @maxValue(90)
 param messageRetentionInDays int
@@ -46,6 +46,30 @@ param appPrincipalId string
 
 var eventHubsDataReceiver = 'a638d3c7-ab3a-418d-83e6-5f17a39d4fde'
 
+// What Event Hubs accepts per tier: Premium sells 1, 2, 4, 8 or 16 processing units; Standard keeps events
+// at most 7 days (Premium 90, the parameter's maximum). Another value stops the deployment before the
+// namespace is touched: the lookups below then ask for a property that does not exist, and ARM's error names
+// the value and the allowed ones ("The language expression property '3' doesn't exist, available properties
+// are '1, 2, 4, 8, 16'").
+var premiumProcessingUnits = {
+  '1': 1
+  '2': 2
+  '4': 4
+  '8': 8
+  '16': 16
+}
+var standardRetentionInDays = {
+  '1': 1
+  '2': 2
+  '3': 3
+  '4': 4
+  '5': 5
+  '6': 6
+  '7': 7
+}
+var capacity = (namespaceSkuName == 'Premium') ? premiumProcessingUnits[string(namespaceCapacity)] : namespaceCapacity
+var retentionInDays = (namespaceSkuName == 'Standard') ? standardRetentionInDays[string(messageRetentionInDays)] : messageRetentionInDays
+
 resource namespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   name: namespaceName
   location: location
@@ -53,7 +77,7 @@ resource namespace 'Microsoft.EventHub/namespaces@2024-01-01' = {
   sku: {
     name: namespaceSkuName
     tier: namespaceSkuName
-    capacity: namespaceCapacity
+    capacity: capacity
   }
   properties: {
     disableLocalAuth: true
@@ -67,7 +91,7 @@ resource hub 'Microsoft.EventHub/namespaces/eventhubs@2024-01-01' = {
   name: hubName
   properties: {
     partitionCount: partitionCount
-    messageRetentionInDays: messageRetentionInDays
+    messageRetentionInDays: retentionInDays
   }
 }
 

@@ -82,6 +82,13 @@ param maintenanceSchedule string
 @description('Browser origins allowed to call the Tracking API (analytics.js), e.g. https://www.example.com; empty for none.')
 param allowedOrigins array
 
+@description('SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: tables at least this large are compacted by OPTIMIZE on the SQL warehouse; 0 leaves the setting out.')
+@minValue(0)
+param databricksOptimizeBytes int
+
+@description('Further settings of the handler as {name, value} pairs, e.g. [{name: \'SEGMENT_DELTA_FLUSH_INTERVAL_MS\', value: \'500\'}]. Not for a setting this module sets itself, nor for a secret.')
+param extraAppSettings array
+
 var baseAppSettings = [
   // Functions host storage, identity-based.
   {
@@ -175,6 +182,54 @@ var databricksOAuthAppSettings = empty(databricksClientSecretSecretUri) ? [] : [
   }
 ]
 
+var optimizeAppSettings = (databricksOptimizeBytes == 0) ? [] : [
+  {
+    name: 'SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES'
+    value: string(databricksOptimizeBytes)
+  }
+]
+
+// Names extraAppSettings may not use (upper case): the settings this module sets through parameters of
+// their own, secrets (they belong in Key Vault), and what Flex Consumption takes from functionAppConfig.
+var reservedAppSettingKeys = [
+  'AZUREWEBJOBSSTORAGE__ACCOUNTNAME'
+  'AZUREWEBJOBSSTORAGE__CREDENTIAL'
+  'AZUREWEBJOBSSTORAGE__CLIENTID'
+  'APPLICATIONINSIGHTS_CONNECTION_STRING'
+  'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
+  'EVENTHUBCONNECTION__FULLYQUALIFIEDNAMESPACE'
+  'EVENTHUBCONNECTION__CREDENTIAL'
+  'EVENTHUBCONNECTION__CLIENTID'
+  'EVENTHUB_NAME'
+  'EVENTHUB_CONSUMER_GROUP'
+  'AZURE_CLIENT_ID'
+  'SEGMENT_DELTA_LAKE'
+  'SEGMENT_DELTA_SOURCES'
+  'SEGMENT_DELTA_EVENTHUB_SCHEMA'
+  'SEGMENT_DELTA_MAINTENANCE_SCHEDULE'
+  'DATABRICKS_HOST'
+  'DATABRICKS_CATALOG'
+  'DATABRICKS_WAREHOUSE_ID'
+  'DATABRICKS_CLIENT_ID'
+  'DATABRICKS_CLIENT_SECRET'
+  'SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES'
+  'DATABRICKS_TOKEN'
+  'AZURE_CLIENT_SECRET'
+  'AZURE_STORAGE_ACCOUNT_KEY'
+  'AZURE_STORAGE_SAS_TOKEN'
+  'AZUREWEBJOBSSTORAGE'
+  'FUNCTIONS_WORKER_RUNTIME'
+  'FUNCTIONS_EXTENSION_VERSION'
+  'WEBSITE_RUN_FROM_PACKAGE'
+]
+var refusedExtraAppSettings = filter(extraAppSettings, s => contains(reservedAppSettingKeys, toUpper(s.name)))
+// A refused name stops the deployment: the lookup below then asks for a property that does not exist, and
+// ARM's error quotes it ("The language expression property '<this message>' doesn't exist").
+var extraAppSettingsWhenAccepted = {
+  ok: extraAppSettings
+}
+var extraAppSettingsChecked = extraAppSettingsWhenAccepted[empty(refusedExtraAppSettings) ? 'ok' : 'extraAppSettings may not set ${refusedExtraAppSettings[0].name}: use the parameter of that setting, or Key Vault for a secret']
+
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   //checkov:skip=CKV_AZURE_225:Zone redundancy on Flex Consumption keeps at least two always-ready instances per function billed at all times; it is an opt-in (properties.zoneRedundant) rather than a default.
   name: planName
@@ -195,6 +250,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
   //checkov:skip=CKV_AZURE_222:The Tracking API is public by design: SDKs on the internet post events to it.
   //checkov:skip=CKV_AZURE_212:Flex Consumption has no fixed instance count: instances are added per demand up to maximumInstanceCount.
   //checkov:skip=CKV_AZURE_213:Flex Consumption does not support the App Service health check (healthCheckPath); there is no instance pool to take an unhealthy instance out of.
+  //checkov:skip=CKV_AZURE_78:Flex Consumption has no FTP endpoint and rejects siteConfig.ftpsState, a deprecated site property on the plan; basic-auth publishing is off through basicPublishingCredentialsPolicies.
   name: name
   location: location
   tags: tags
@@ -234,21 +290,23 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
       remoteDebuggingEnabled: false
       cors: {
         allowedOrigins: allowedOrigins
         supportCredentials: false
       }
-      appSettings: concat(baseAppSettings, warehouseAppSettings, databricksOAuthAppSettings)
+      appSettings: concat(baseAppSettings, warehouseAppSettings, databricksOAuthAppSettings, optimizeAppSettings, extraAppSettingsChecked)
     }
   }
 }
 
-resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+// Basic-auth (publishing profile) access to the deployment endpoint is off: Core Tools publishes to a
+// Flex Consumption app with an Entra ID token. Flex Consumption has no FTP endpoint, so there is no
+// 'ftp' policy to set.
+resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: site
-  name: 'ftp'
+  name: 'scm'
   properties: {
     allow: false
   }

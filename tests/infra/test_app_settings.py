@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from bicep_templates import INFRA, app_settings, expr, identifiers, is_secure, template, walk
+from bicep_templates import INFRA, ROOT, app_settings, bicepparam, expr, identifiers, is_secure, template, walk
 
 # Read by the Functions host or its extensions (identity-based connections, telemetry, the Event Hub
 # trigger's %EVENTHUB_NAME% and %EVENTHUB_CONSUMER_GROUP% placeholders).
@@ -34,7 +34,12 @@ HANDLER_SETTINGS = {
 }
 
 # Set only when a value is given.
-OPTIONAL_SETTINGS = {"DATABRICKS_WAREHOUSE_ID", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"}
+OPTIONAL_SETTINGS = {
+    "DATABRICKS_WAREHOUSE_ID",
+    "DATABRICKS_CLIENT_ID",
+    "DATABRICKS_CLIENT_SECRET",
+    "SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES",
+}
 
 SECRET_SETTINGS = {"SEGMENT_DELTA_SOURCES", "DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"}
 
@@ -110,9 +115,11 @@ def test_optional_settings_are_left_out_when_empty():
     v = app["variables"]
     assert expr(v["warehouseAppSettings"]["value"]).startswith("empty(databricksWarehouseId) ? [] : ")
     assert expr(v["databricksOAuthAppSettings"]["value"]).startswith("empty(databricksClientSecretSecretUri) ? [] : ")
+    assert expr(v["optimizeAppSettings"]["value"]).startswith("equals(databricksOptimizeBytes, 0) ? [] : ")
     (site,) = [r for r in app["resources"].values() if r["type"] == "Microsoft.Web/sites"]
     assert expr(site["config"]["properties"]["siteConfig"]["appSettings"]) == (
-        "concat(baseAppSettings, warehouseAppSettings, databricksOAuthAppSettings)"
+        "concat(baseAppSettings, warehouseAppSettings, databricksOAuthAppSettings, optimizeAppSettings, "
+        "extraAppSettingsChecked)"
     )
 
     def names(var):
@@ -120,6 +127,10 @@ def test_optional_settings_are_left_out_when_empty():
 
     assert names("warehouseAppSettings") == {"DATABRICKS_WAREHOUSE_ID"}
     assert names("databricksOAuthAppSettings") == {"DATABRICKS_CLIENT_ID", "DATABRICKS_CLIENT_SECRET"}
+    assert names("optimizeAppSettings") == {"SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES"}
+    assert app_settings()["SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES"] == {
+        "function": {"type": "string", "parameters": {"value_to_convert": "databricksOptimizeBytes"}}
+    }
     assert names("baseAppSettings") == HOST_SETTINGS | HANDLER_SETTINGS
 
 
@@ -147,6 +158,87 @@ def test_function_app_module_is_wired_to_the_other_modules(main):
     assert params["eventHubName"] == "eventHubs.outputs.hubName"
     assert params["eventHubConsumerGroup"] == "eventHubs.outputs.consumerGroupName"
     assert params["appInsightsConnectionString"] == "monitoring.outputs.connectionString"
+
+
+# Extra settings: every other setting of the handler, passed as one parameter of name/value pairs.
+
+# Settings of the handler (README, Configuration) that the template neither sets nor lets through
+# extraAppSettings, and why.
+NOT_SETTABLE = {
+    "FUNCTIONS_CUSTOMHANDLER_PORT": "set by the Functions host",
+    "DATABRICKS_TOKEN": "a secret; the app authenticates with its identity or an OAuth client in Key Vault",
+    "AZURE_CLIENT_SECRET": "a secret; the app runs as its managed identity",
+    "AZURE_STORAGE_ACCOUNT_KEY": "a secret; shared keys are off",
+    "AZURE_STORAGE_SAS_TOKEN": "a secret; shared keys are off",
+}
+
+
+def readme_handler_settings() -> set[str]:
+    """The variables of README's Configuration table."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    names = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            names.update(re.findall(r"`([A-Z][A-Z0-9_]+)`", line.split("|")[1]))
+    return names
+
+
+def reserved_keys() -> list[str]:
+    return template("functionapp")["variables"]["reservedAppSettingKeys"]["value"]
+
+
+def test_extra_app_settings_are_checked_then_appended():
+    app = template("functionapp")
+    v = app["variables"]
+    assert app["parameters"]["extraAppSettings"]["type"] == "array"
+    refused = expr(v["refusedExtraAppSettings"]["value"])
+    # pycep renders the lambda differently from one version to the next; the parts are the same.
+    assert refused.startswith("filter(extraAppSettings, ")
+    assert "contains(reservedAppSettingKeys, to_upper(s.name))" in refused
+    assert v["extraAppSettingsWhenAccepted"]["value"] == {"ok": "extraAppSettings"}
+    checked = v["extraAppSettingsChecked"]["value"]["operator"]
+    assert checked["type"] == "index_accessor"
+    assert checked["operands"]["operand_1"] == "extraAppSettingsWhenAccepted"
+    key = expr(checked["operands"]["operand_2"])
+    assert key.startswith("empty(refusedExtraAppSettings) ? ok : extraAppSettings may not set ")
+
+
+def test_extra_app_settings_cannot_replace_template_settings_or_hold_secrets():
+    reserved = reserved_keys()
+    assert all(key == key.upper() for key in reserved)
+    must_refuse = (
+        set(app_settings())
+        | (set(NOT_SETTABLE) - {"FUNCTIONS_CUSTOMHANDLER_PORT"})
+        | {"AzureWebJobsStorage", "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE"}
+    )
+    assert {name.upper() for name in must_refuse} <= set(reserved)
+
+
+def test_every_handler_setting_can_be_set_by_a_template_parameter():
+    documented = readme_handler_settings()
+    assert {"SEGMENT_DELTA_FLUSH_INTERVAL_MS", "RUST_LOG", "SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES"} <= documented
+    assert set(NOT_SETTABLE) <= documented
+    reserved = set(reserved_keys())
+    named = set(app_settings())
+    for name in sorted(documented - set(NOT_SETTABLE)):
+        # Either the template sets it from a parameter of its own, or extraAppSettings may carry it.
+        assert name in named or name.upper() not in reserved, name
+
+
+def test_extra_settings_and_optimize_bytes_are_parameters_of_main(main):
+    p = main["parameters"]
+    assert p["extraAppSettings"]["type"] == "array"
+    assert p["extraAppSettings"]["default"] == []
+    assert p["databricksOptimizeBytes"]["type"] == "int"
+    assert p["databricksOptimizeBytes"]["default"] == 0
+    assert {"type": "min_value", "argument": 0} in p["databricksOptimizeBytes"]["decorators"]
+    params = main["modules"]["functionApp"]["config"]["params"]
+    assert params["extraAppSettings"] == "extraAppSettings"
+    assert params["databricksOptimizeBytes"] == "databricksOptimizeBytes"
+    _, values = bicepparam()
+    assert values["extraAppSettings"] == "[]"
+    assert values["databricksOptimizeBytes"] == "0"
 
 
 def test_defaults(main):

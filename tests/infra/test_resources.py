@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from bicep_templates import INFRA, MODULES, all_resources, expr, module_names, one, parse, resources, template
@@ -106,6 +108,83 @@ def test_hub_partition_count_is_a_parameter(main):
     assert group["body"]["name"] == "consumerGroupName"
 
 
+def decorator_values(tpl, param):
+    out = {}
+    for d in tpl["parameters"][param].get("decorators", []):
+        out[d["type"]] = d.get("argument")
+    return out
+
+
+@pytest.mark.parametrize("name,capacity,retention", [
+    ("main", "eventHubsCapacity", "eventHubMessageRetentionInDays"),
+    ("eventhubs", "namespaceCapacity", "messageRetentionInDays"),
+])
+def test_event_hubs_capacity_and_retention_are_bounded(name, capacity, retention):
+    # Standard: 1-40 throughput units, events kept at most 7 days; Premium: 1, 2, 4, 8 or 16 processing
+    # units, at most 90 days (Event Hubs quotas and limits; Event Hubs Premium overview).
+    tpl = template(name)
+    bounds = decorator_values(tpl, capacity)
+    assert (bounds["min_value"], bounds["max_value"]) == (1, 40)
+    bounds = decorator_values(tpl, retention)
+    assert (bounds["min_value"], bounds["max_value"]) == (1, 90)
+
+
+def test_event_hubs_tier_limits_stop_the_deployment():
+    # A value outside the tier's lookup table makes ARM fail on a missing property; an if() evaluates only
+    # the branch it takes, so the other tier is not looked up.
+    eh = template("eventhubs")
+    v = eh["variables"]
+    assert v["premiumProcessingUnits"]["value"] == {f"'{n}'": n for n in (1, 2, 4, 8, 16)}
+    assert v["standardRetentionInDays"]["value"] == {f"'{n}'": n for n in range(1, 8)}
+    assert expr(v["capacity"]["value"]) == (
+        "equals(namespaceSkuName, Premium) ? premiumProcessingUnits[string(namespaceCapacity)] : namespaceCapacity"
+    )
+    assert expr(v["retentionInDays"]["value"]) == (
+        "equals(namespaceSkuName, Standard) ? standardRetentionInDays[string(messageRetentionInDays)] : "
+        "messageRetentionInDays"
+    )
+    _, ns = one(eh, "Microsoft.EventHub/namespaces")
+    assert ns["body"]["sku"]["capacity"] == "capacity"
+    _, hub = one(eh, "Microsoft.EventHub/namespaces/eventhubs")
+    assert hub["body"]["properties"]["messageRetentionInDays"] == "retentionInDays"
+
+
+def check_event_hubs(sku: str, capacity: int, retention: int) -> bool:
+    """What the template lets through, read off its decorators and lookup tables."""
+    eh = template("eventhubs")
+    if sku not in decorator_values(eh, "namespaceSkuName")["allowed"]:
+        return False
+    bounds = decorator_values(eh, "namespaceCapacity")
+    if not bounds["min_value"] <= capacity <= bounds["max_value"]:
+        return False
+    bounds = decorator_values(eh, "messageRetentionInDays")
+    if not bounds["min_value"] <= retention <= bounds["max_value"]:
+        return False
+    v = eh["variables"]
+    if sku == "Premium" and f"'{capacity}'" not in v["premiumProcessingUnits"]["value"]:
+        return False
+    if sku == "Standard" and f"'{retention}'" not in v["standardRetentionInDays"]["value"]:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("sku,capacity,retention,accepted", [
+    ("Standard", 1, 1, True),
+    ("Standard", 40, 7, True),
+    ("Standard", 41, 1, False),
+    ("Standard", 1, 8, False),
+    ("Standard", 1, 90, False),
+    ("Premium", 1, 90, True),
+    ("Premium", 16, 30, True),
+    ("Premium", 3, 1, False),
+    ("Premium", 20, 1, False),
+    ("Premium", 4, 91, False),
+    ("Basic", 1, 1, False),
+])
+def test_event_hubs_values_azure_rejects_are_refused(sku, capacity, retention, accepted):
+    assert check_event_hubs(sku, capacity, retention) is accepted
+
+
 def test_no_shared_access_authorization_rules():
     for name, symbol, res in all_resources():
         assert "authorizationrules" not in res["type"].lower(), (name, symbol)
@@ -185,7 +264,6 @@ def test_function_app_is_https_only_custom_handler_on_its_identity():
     assert props["keyVaultReferenceIdentity"] == "identityId"
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
     assert props["siteConfig"]["scmMinTlsVersion"] == "1.2"
-    assert props["siteConfig"]["ftpsState"] == "Disabled"
     assert props["siteConfig"]["remoteDebuggingEnabled"] is False
     assert props["siteConfig"]["cors"] == {"allowedOrigins": "allowedOrigins", "supportCredentials": False}
 
@@ -203,7 +281,61 @@ def test_function_app_is_https_only_custom_handler_on_its_identity():
     assert app["parameters"]["instanceMemoryMB"]["decorators"][-1]["argument"] == [512, 2048, 4096]
 
 
-def test_ftp_publishing_credentials_are_off():
-    _, policy = one(template("functionapp"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
-    assert policy["body"]["name"] == "ftp"
-    assert policy["body"]["properties"]["allow"] is False
+# Site properties and site settings that Flex Consumption rejects or ignores, from Microsoft's table of Flex
+# Consumption deprecations (functions-app-settings, "Flex Consumption plan deprecations"). ARM answers a
+# site that sets one of the first group with "The following site configuration property
+# (Site.SiteConfig.FtpsState) for Flex Consumption sites is invalid".
+FLEX_DEPRECATED_SITE_PROPERTIES = {
+    "alwaysOn",
+    "containerSize",
+    "ftpsState",
+    "isReserved",
+    "IsXenon",
+    "javaVersion",
+    "LinuxFxVersion",
+    "netFrameworkVersion",
+    "powerShellVersion",
+    "functionAppScaleLimit",
+    "preWarmedInstanceCount",
+    "use32BitWorkerProcess",
+    "vnetBackupRestoreEnabled",
+    "vnetContentShareEnabled",
+    "vnetImagePullEnabled",
+    "vnetRouteAllEnabled",
+    "windowsFxVersion",
+    # Named in the same ARM error for Flex Consumption sites.
+    "functionsRuntimeScaleMonitoringEnabled",
+}
+
+# Every site property and site setting the template sets, each checked against that table.
+FLEX_SITE_PROPERTIES = {"serverFarmId", "httpsOnly", "clientCertEnabled", "publicNetworkAccess",
+                        "keyVaultReferenceIdentity", "functionAppConfig", "siteConfig"}
+FLEX_SITE_CONFIG = {"minTlsVersion", "scmMinTlsVersion", "http20Enabled", "remoteDebuggingEnabled", "cors",
+                    "appSettings"}
+
+
+def test_function_app_sets_no_property_flex_consumption_rejects():
+    _, site = one(template("functionapp"), "Microsoft.Web/sites")
+    props = site["body"]["properties"]
+    assert set(props) == FLEX_SITE_PROPERTIES
+    assert set(props["siteConfig"]) == FLEX_SITE_CONFIG
+    deprecated = {name.lower() for name in FLEX_DEPRECATED_SITE_PROPERTIES}
+    for key in (*props, *props["siteConfig"]):
+        assert key.lower() not in deprecated, key
+
+
+def test_ftps_check_is_skipped_with_the_flex_consumption_reason():
+    text = (INFRA / "modules" / "functionapp.bicep").read_text()
+    assert "ftpsState:" not in text
+    assert re.search(r"//checkov:skip=CKV_AZURE_78:.*Flex Consumption.*ftpsState", text)
+
+
+def test_basic_auth_publishing_is_off():
+    # Core Tools publishes to a Flex Consumption app with an Entra ID token; Flex Consumption has no FTP
+    # endpoint, so only the scm (deployment endpoint) policy exists to be set.
+    site_symbol, _ = one(template("functionapp"), "Microsoft.Web/sites")
+    policies = resources(template("functionapp"), "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
+    assert {p["body"]["name"] for p in policies.values()} == {"scm"}
+    for policy in policies.values():
+        assert policy["body"]["parent"] == site_symbol
+        assert policy["body"]["properties"] == {"allow": False}
