@@ -37,6 +37,9 @@ enum Command {
         /// Schema to load into; defaults to the one schema of SEGMENT_DELTA_SOURCES, or `segment` locally.
         #[arg(long)]
         schema: Option<String>,
+        /// Append again what an earlier run of the same files already loaded.
+        #[arg(long)]
+        force: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -122,7 +125,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> anyhow::Result<()> {
+async fn ingest(config: Config, schema: Option<String>, force: bool, files: Vec<PathBuf>) -> anyhow::Result<()> {
     let schema = match schema {
         Some(s) => {
             check_schema_name("--schema", &s)?;
@@ -134,7 +137,7 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
         },
     };
     let batcher = AppState::build(config)?.batcher;
-    let result = segment_delta::sources::ingest::run(&batcher, &schema, &files).await;
+    let result = segment_delta::sources::ingest::run(&batcher, &schema, &files, force).await;
     batcher.shutdown().await;
     let summary = result?;
     println!("events   {}", summary.events);
@@ -142,6 +145,7 @@ async fn ingest(config: Config, schema: Option<String>, files: Vec<PathBuf>) -> 
         println!("rows     {table}: {rows}");
     }
     println!("discards {}", summary.totals.discards);
+    println!("duplicates skipped {}", summary.totals.skipped);
     println!("commits  {}", summary.totals.commits);
     println!("seconds  {:.2} ({:.0} events/s)", summary.seconds, summary.events as f64 / summary.seconds.max(1e-9));
     Ok(())
@@ -172,7 +176,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve => serve(config).await,
             Command::Setup { apply } => setup(config, apply).await,
-            Command::Ingest { schema, files } => ingest(config, schema, files).await,
+            Command::Ingest { schema, force, files } => ingest(config, schema, force, files).await,
             Command::Maintain { tables } => maintain(config, tables).await,
         }
     })

@@ -249,16 +249,16 @@ async fn tables_with_features_this_writer_cannot_write_are_refused() {
     let emu = Emulator::start(&[]);
     let h = Harness::new(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
     assert_eq!(track(&h.state, "f1", json!({"plan": "pro"})).await.0, 200);
-    // Databricks upgrades the table: a commit adding row tracking to the protocol.
+    // Databricks upgrades the table: a commit adding a writer feature this writer does not know to the protocol.
     let log = h.dir.path().join("segment/signed_up/_delta_log");
     let protocol = json!({"protocol": {"minReaderVersion": 3, "minWriterVersion": 7, "readerFeatures": [],
-        "writerFeatures": ["rowTracking", "domainMetadata"]}});
+        "writerFeatures": ["domainMetadata", "someFutureFeature"]}});
     let commit = json!({"commitInfo": {"timestamp": 1, "operation": "SET TBLPROPERTIES"}});
     std::fs::write(log.join("00000000000000000001.json"), format!("{commit}\n{protocol}\n")).unwrap();
     let other = h.sibling(|c| c.databricks = Some(emu.config(Auth::Pat(Secret::new(PAT)))));
     let (status, body) = track(&other, "f2", json!({"plan": "team"})).await;
     assert_eq!(status, 500, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("rowTracking"), "{body}");
+    assert!(body["error"].as_str().unwrap().contains("someFutureFeature"), "{body}");
     assert_eq!(h.table("segment", "signed_up").len(), 1, "nothing was written to the upgraded table");
 }
 

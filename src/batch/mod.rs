@@ -3,7 +3,7 @@
 
 pub mod dedup;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::FlushPolicy;
+use crate::delta::errors::Failure;
 use crate::delta::{Lakehouse, TableWrite, WriteError};
 use crate::layout::rows::{Discard, Mapped, Row};
 use crate::layout::value::now_micros;
@@ -47,6 +48,8 @@ pub struct Totals {
     pub rows: BTreeMap<String, u64>,
     pub commits: u64,
     pub discards: u64,
+    /// Rows a table already held from an earlier delivery of the same stream offsets.
+    pub skipped: u64,
 }
 
 type TableId = (String, String);
@@ -192,6 +195,16 @@ impl Batcher {
     }
 }
 
+/// The earliest stream offset among `rows`, per stream.
+fn earliest_offsets(rows: &[Row]) -> HashMap<Arc<str>, i64> {
+    let mut earliest: HashMap<Arc<str>, i64> = HashMap::new();
+    for o in rows.iter().filter_map(|r| r.offset.as_ref()) {
+        let e = earliest.entry(o.app_id.clone()).or_insert(o.seq);
+        *e = (*e).min(o.seq);
+    }
+    earliest
+}
+
 /// Waits for the first row of a micro-batch, then for its deadline or size trigger, then writes it.
 async fn flusher(inner: Arc<Inner>) {
     loop {
@@ -244,6 +257,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         let lake = inner.lake.clone();
         async move {
             let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
+            let earliest = earliest_offsets(&rows);
             let (s, t) = (schema.clone(), table.clone());
             let task = tokio::spawn(async move {
                 if rows.is_empty() {
@@ -253,16 +267,19 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                 }
             });
             let result = task.await.unwrap_or_else(|e| {
-                Err(WriteError { table: table.clone(), message: format!("the write stopped: {e}"), retryable: true })
+                Err(WriteError::new(&table, Failure::Unavailable(format!("the write stopped: {e}"))))
             });
-            ((schema, table), keys, result)
+            ((schema, table), keys, earliest, result)
         }
     });
     let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY).collect().await;
     let mut committed_keys = Vec::new();
-    for (id, keys, result) in results {
+    // Per schema and stream, the earliest offset of a row whose table write failed.
+    let mut held: HashMap<String, HashMap<Arc<str>, i64>> = HashMap::new();
+    for (id, keys, earliest, result) in results {
         match result {
             Ok(w) => {
+                totals.skipped += w.skipped as u64;
                 if w.rows > 0 {
                     totals.commits += 1;
                     *totals.rows.entry(format!("{}.{}", id.0, id.1)).or_default() += w.rows as u64;
@@ -280,11 +297,26 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
             }
             Err(e) => {
                 tracing::error!(schema = %id.0, table = %id.1, error = %e, "write failed");
+                let streams = held.entry(id.0.clone()).or_default();
+                for (app, seq) in earliest {
+                    let h = streams.entry(app).or_insert(seq);
+                    *h = (*h).min(seq);
+                }
                 failed.insert(id, Arc::new(e));
             }
         }
     }
-    for (schema, discards) in batch.discards {
+    for (schema, mut discards) in batch.discards {
+        // The discards table records how far each stream was written: discards of a stream from where one of its
+        // table writes failed are held back, or its offset would move past rows that are to be delivered again
+        // (and whose discards would then be skipped as already written).
+        if let Some(streams) = held.get(&schema) {
+            discards
+                .retain(|(_, d)| d.offset.as_ref().is_none_or(|o| streams.get(&o.app_id).is_none_or(|h| o.seq < *h)));
+            if discards.is_empty() {
+                continue;
+            }
+        }
         let id = (schema.clone(), DISCARDS.to_string());
         let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
@@ -317,6 +349,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         }
         t.commits += totals.commits;
         t.discards += totals.discards;
+        t.skipped += totals.skipped;
     }
     inner.buffered.fetch_sub(bytes, Ordering::SeqCst);
     for w in batch.waiters {

@@ -1,64 +1,16 @@
-//! The append path's own view of a table: protocol, metadata and schema from the log, without the list of data
-//! files. An append reads no data file and conflicts with nothing but a change of schema or of the streams it
-//! records, so its cost does not grow with the table.
+//! Reading and writing the Delta log directly: one commit's actions, what the commits a writer lost to did, the
+//! version a stream's `txn` records, checkpoints, and the put-if-absent of a commit file.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
 use bytes::Bytes;
+use deltalake::DeltaTableError;
 use deltalake::kernel::transaction::TransactionError;
-use deltalake::kernel::{Action, Add, CommitInfo, IsolationLevel, Metadata, Snapshot, Transaction};
 use deltalake::logstore::{CommitOrBytes, LogStoreRef};
-use deltalake::{BlindDeltaTable, DeltaTableError};
-
-/// An open table as the writer sees it.
-pub(crate) struct Open {
-    /// Source of the data-file writer: the table's object store and its write settings.
-    pub blind: BlindDeltaTable,
-    /// Protocol, metadata and schema as of `snapshot.version()`.
-    pub snapshot: Arc<Snapshot>,
-    /// The newest version this writer knows of; its own commits that change no metadata advance this alone.
-    pub version: u64,
-}
-
-impl Open {
-    /// Loads the table's protocol and metadata, or `None` when no table exists there yet.
-    pub async fn load(log_store: &LogStoreRef) -> Result<Option<Open>, DeltaTableError> {
-        match BlindDeltaTable::try_new_with_log_store(log_store.clone()).await {
-            Ok(blind) => {
-                let snapshot = Arc::new(blind.snapshot().clone());
-                Ok(Some(Open { version: snapshot.version(), blind, snapshot }))
-            }
-            Err(e) if is_missing_table(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Reads the log up to `version` (the latest when `None`), keeping what was already read.
-    pub async fn update(&mut self, log_store: &LogStoreRef, version: Option<u64>) -> Result<(), DeltaTableError> {
-        let snapshot = self.snapshot.clone().update(log_store.engine(None), version).await?;
-        self.version = self.version.max(snapshot.version());
-        self.snapshot = snapshot;
-        Ok(())
-    }
-}
-
-/// Whether opening a table failed because no table exists at its location.
-pub(crate) fn is_missing_table(e: &DeltaTableError) -> bool {
-    matches!(e, DeltaTableError::NotATable(_)) || e.to_string().contains("No files in log segment")
-}
-
-/// Whether an error comes from a listing of the log taken while another writer committed: local directories
-/// list without order, so a listing can miss a commit and see a gap. Listing again is the remedy.
-pub(crate) fn listing_raced(message: &str) -> bool {
-    message.contains("contiguous commit files")
-}
+use serde_json::Value;
 
 /// The actions of commit `version`, one JSON object each; `None` when the commit file is gone (log cleanup).
-pub(crate) async fn commit_actions(
-    log_store: &LogStoreRef,
-    version: u64,
-) -> Result<Option<Vec<serde_json::Value>>, DeltaTableError> {
+pub async fn commit_actions(log_store: &LogStoreRef, version: u64) -> Result<Option<Vec<Value>>, DeltaTableError> {
     let Some(bytes) = log_store.read_commit_entry(version).await? else { return Ok(None) };
     bytes
         .split(|b| *b == b'\n')
@@ -70,40 +22,167 @@ pub(crate) async fn commit_actions(
         .map(Some)
 }
 
-/// The version a stream's `txn` action records in the table as of `version`.
-pub(crate) async fn txn_version(
+/// The `commitInfo.inCommitTimestamp` of commit `version`, if it has one.
+pub async fn in_commit_timestamp(log_store: &LogStoreRef, version: u64) -> Result<Option<i64>, DeltaTableError> {
+    let actions = commit_actions(log_store, version).await?.unwrap_or_default();
+    Ok(actions.iter().find_map(|a| a.pointer("/commitInfo/inCommitTimestamp").and_then(Value::as_i64)))
+}
+
+/// The `commitInfo.txnId` of a commit: the token this writer puts in its own commits to recognise them.
+fn token_of(action: &Value) -> Option<&str> {
+    action.pointer("/commitInfo/txnId").and_then(Value::as_str)
+}
+
+/// What the commits from `first` on did, up to the newest, found by reading them one after the other until one is
+/// missing: a writer that lost version `first` learns what it lost to, and the newest version, without listing
+/// the log.
+pub async fn winners_from(log_store: &LogStoreRef, first: u64, token: &str) -> Result<(Winners, u64), DeltaTableError> {
+    let mut w = Winners::default();
+    let mut version = first;
+    while let Some(actions) = commit_actions(log_store, version).await? {
+        w.record(version, actions, token);
+        version += 1;
+    }
+    if version == first {
+        // The commit that took the version is not there: it was cleaned up, or the store does not show it yet.
+        let latest = latest_version(log_store, first).await?;
+        let w = winners(log_store, first, latest, token).await?;
+        return Ok((w, latest));
+    }
+    Ok((w, version - 1))
+}
+
+/// What the commits `first..=last` did, as far as a writer that lost the race to them needs to know.
+#[derive(Debug, Default)]
+pub struct Winners {
+    /// A commit file of the range is gone (log cleanup ran): nothing is known of what it did.
+    pub gone: bool,
+    /// One of them changed the protocol.
+    pub protocol: bool,
+    /// One of them replaced the metadata (schema, configuration, partitioning, table id).
+    pub metadata: bool,
+    /// The version of the commit that carries this writer's own token: its commit landed though its answer was
+    /// lost.
+    pub own: Option<u64>,
+    /// `txn` app ids they recorded.
+    pub app_ids: HashSet<String>,
+    /// Paths of the files they removed.
+    pub removed: HashSet<String>,
+    /// The newest `inCommitTimestamp` among them.
+    pub last_in_commit_timestamp: Option<i64>,
+    /// The newest row id high-water mark they recorded (`delta.rowTracking` domain).
+    pub row_id_high_water_mark: Option<i64>,
+}
+
+pub async fn winners(log_store: &LogStoreRef, first: u64, last: u64, token: &str) -> Result<Winners, DeltaTableError> {
+    let mut w = Winners::default();
+    for version in first..=last {
+        match commit_actions(log_store, version).await? {
+            Some(actions) => w.record(version, actions, token),
+            None => w.gone = true,
+        }
+    }
+    Ok(w)
+}
+
+impl Winners {
+    fn record(&mut self, version: u64, actions: Vec<Value>, token: &str) {
+        for action in actions {
+            if token_of(&action) == Some(token) {
+                self.own.get_or_insert(version);
+            }
+            if let Some(t) = action.pointer("/commitInfo/inCommitTimestamp").and_then(Value::as_i64) {
+                self.last_in_commit_timestamp = Some(t);
+            }
+            self.protocol |= action.get("protocol").is_some();
+            self.metadata |= action.get("metaData").is_some();
+            if let Some(path) = action.pointer("/remove/path").and_then(Value::as_str) {
+                self.removed.insert(path.to_string());
+            }
+            if let Some(app) = action.pointer("/txn/appId").and_then(Value::as_str) {
+                self.app_ids.insert(app.to_string());
+            }
+            if action.pointer("/domainMetadata/domain").and_then(Value::as_str) == Some(ROW_TRACKING_DOMAIN) {
+                let configuration = action.pointer("/domainMetadata/configuration").and_then(Value::as_str);
+                self.row_id_high_water_mark = configuration.and_then(row_id_high_water_mark);
+            }
+        }
+    }
+}
+
+/// The domain that holds a table's row id high-water mark.
+pub const ROW_TRACKING_DOMAIN: &str = "delta.rowTracking";
+
+/// `{"rowIdHighWaterMark": N}` → N.
+pub fn row_id_high_water_mark(configuration: &str) -> Option<i64> {
+    serde_json::from_str::<Value>(configuration).ok()?.get("rowIdHighWaterMark")?.as_i64()
+}
+
+/// The version of the first commit in `from..=to` that carries `token`, if any.
+pub async fn find_token(
     log_store: &LogStoreRef,
-    version: u64,
-    app_id: &str,
-) -> Result<Option<i64>, DeltaTableError> {
+    from: u64,
+    to: u64,
+    token: &str,
+) -> Result<Option<u64>, DeltaTableError> {
+    for version in from..=to {
+        let actions = commit_actions(log_store, version).await?.unwrap_or_default();
+        if actions.iter().any(|a| token_of(a) == Some(token)) {
+            return Ok(Some(version));
+        }
+    }
+    Ok(None)
+}
+
+/// The newest version of the table (at least `from`), listed again when the listing raced a commit.
+pub async fn latest_version(log_store: &LogStoreRef, from: u64) -> Result<u64, DeltaTableError> {
+    let mut attempt = 0;
+    loop {
+        match log_store.get_latest_version(from).await {
+            Err(e) if super::table::raced(&e, &mut attempt).await => {}
+            other => return other,
+        }
+    }
+}
+
+/// The version a stream's `txn` action records in the table as of `version`.
+pub async fn txn_version(log_store: &LogStoreRef, version: u64, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
     let app_id = app_id.to_string();
     with_kernel_snapshot(log_store, version, move |snapshot, engine| Ok(snapshot.get_app_id_version(&app_id, engine)?))
         .await
 }
 
 /// Writes a checkpoint of `version`, read from the log alone.
-pub(crate) async fn checkpoint(log_store: &LogStoreRef, version: u64) -> Result<(), DeltaTableError> {
+pub async fn checkpoint(log_store: &LogStoreRef, version: u64) -> Result<(), DeltaTableError> {
     with_kernel_snapshot(log_store, version, |snapshot, engine| Ok(snapshot.checkpoint(engine, None).map(|_| ())?))
         .await
 }
 
 /// Runs `f` on the Delta kernel's snapshot of `version` (protocol, metadata and log segment, no file list), on a
-/// blocking thread: the kernel reads the log synchronously.
+/// blocking thread: the kernel reads the log synchronously. A listing of the log that raced a commit is taken again.
 async fn with_kernel_snapshot<T: Send + 'static>(
     log_store: &LogStoreRef,
     version: u64,
-    f: impl FnOnce(&delta_kernel::snapshot::SnapshotRef, &dyn delta_kernel::Engine) -> Result<T, DeltaTableError>
+    f: impl Fn(&delta_kernel::snapshot::SnapshotRef, &dyn delta_kernel::Engine) -> Result<T, DeltaTableError>
     + Send
+    + Sync
     + 'static,
 ) -> Result<T, DeltaTableError> {
-    let engine = log_store.engine(None);
-    let root = table_root(log_store);
-    tokio::task::spawn_blocking(move || {
-        let snapshot = delta_kernel::Snapshot::builder_for(root).at_version(version).build(engine.as_ref())?;
-        f(&snapshot, engine.as_ref())
-    })
-    .await
-    .map_err(|e| DeltaTableError::Generic(e.to_string()))?
+    let f = std::sync::Arc::new(f);
+    let mut attempt = 0;
+    loop {
+        let (engine, root, f) = (log_store.engine(None), table_root(log_store), f.clone());
+        let result = tokio::task::spawn_blocking(move || {
+            let snapshot = delta_kernel::Snapshot::builder_for(root).at_version(version).build(engine.as_ref())?;
+            f(&snapshot, engine.as_ref())
+        })
+        .await
+        .map_err(|e| DeltaTableError::Generic(e.to_string()))?;
+        match result {
+            Err(e) if super::table::raced(&e, &mut attempt).await => {}
+            other => return other,
+        }
+    }
 }
 
 fn table_root(log_store: &LogStoreRef) -> url::Url {
@@ -114,91 +193,8 @@ fn table_root(log_store: &LogStoreRef) -> url::Url {
     root
 }
 
-/// The commit file of an append: commit info, the `txn` actions, the widened metadata if any, the data files.
-pub(crate) fn append_commit(
-    read_version: u64,
-    txns: &[Transaction],
-    metadata: Option<&Metadata>,
-    adds: &[Add],
-) -> Result<Bytes, DeltaTableError> {
-    let info = commit_info("WRITE", [("mode", "Append".into())], read_version, metadata.is_none());
-    let actions = txns
-        .iter()
-        .cloned()
-        .map(Action::Txn)
-        .chain(metadata.cloned().map(Action::Metadata))
-        .chain(adds.iter().cloned().map(Action::Add));
-    commit_bytes(info, actions)
-}
-
-/// The commit information this loader records with each commit.
-pub(crate) fn commit_info<const N: usize>(
-    operation: &str,
-    parameters: [(&str, serde_json::Value); N],
-    read_version: u64,
-    blind_append: bool,
-) -> CommitInfo {
-    CommitInfo {
-        timestamp: Some(chrono::Utc::now().timestamp_millis()),
-        operation: Some(operation.into()),
-        operation_parameters: Some(parameters.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
-        read_version: Some(read_version),
-        isolation_level: Some(IsolationLevel::Serializable),
-        is_blind_append: Some(blind_append),
-        engine_info: Some(concat!("segment-delta/", env!("CARGO_PKG_VERSION")).into()),
-        ..Default::default()
-    }
-}
-
-/// A commit file: the commit information first, then the actions, one JSON object per line.
-pub(crate) fn commit_bytes(info: CommitInfo, actions: impl Iterator<Item = Action>) -> Result<Bytes, DeltaTableError> {
-    let actions = std::iter::once(Action::CommitInfo(info)).chain(actions);
-    let mut out = Vec::new();
-    for action in actions {
-        serde_json::to_writer(&mut out, &action).map_err(|e| DeltaTableError::Generic(e.to_string()))?;
-        out.push(b'\n');
-    }
-    Ok(Bytes::from(out))
-}
-
 /// Writes `bytes` as commit `version`; fails with `VersionAlreadyExists` when another writer took it. Both stores
 /// this loader supports (local files, Azure Blob Storage) have an atomic put-if-absent, which takes the bytes.
-pub(crate) async fn write_commit(log_store: &LogStoreRef, version: u64, bytes: Bytes) -> Result<(), TransactionError> {
+pub async fn write_commit(log_store: &LogStoreRef, version: u64, bytes: Bytes) -> Result<(), TransactionError> {
     log_store.write_commit_entry(version, CommitOrBytes::LogBytes(bytes), uuid::Uuid::new_v4()).await
-}
-
-/// What the commits after `from` (exclusive) up to `to` (inclusive) changed that matters to an append.
-#[derive(Debug, Default)]
-pub(crate) struct Winners {
-    /// A new schema, protocol or table properties.
-    pub metadata: bool,
-    /// One of the given `txn` app ids was recorded.
-    pub same_stream: bool,
-    /// Paths of the files the commits removed.
-    pub removed: HashSet<String>,
-}
-
-pub(crate) async fn winners(
-    log_store: &LogStoreRef,
-    from: u64,
-    to: u64,
-    app_ids: &HashSet<&str>,
-) -> Result<Winners, DeltaTableError> {
-    let mut w = Winners::default();
-    for version in from + 1..=to {
-        for action in commit_actions(log_store, version).await?.unwrap_or_default() {
-            if action.get("metaData").is_some() || action.get("protocol").is_some() {
-                w.metadata = true;
-            }
-            if let Some(path) = action.get("remove").and_then(|r| r.get("path")).and_then(|p| p.as_str()) {
-                w.removed.insert(path.to_string());
-            }
-            if let Some(app) = action.get("txn").and_then(|t| t.get("appId")).and_then(|a| a.as_str())
-                && app_ids.contains(app)
-            {
-                w.same_stream = true;
-            }
-        }
-    }
-    Ok(w)
 }

@@ -1,52 +1,47 @@
 //! Delta tables: one cached handle per table, created on first sight, widened when new columns arrive, and
-//! appended to with one commit per micro-batch.
+//! appended to with one commit per micro-batch, within what each table's protocol allows.
+//!
+//! The toolkit, shared by appends and maintenance: `table` (a table as a writer holds it), `protocol` (which
+//! tables may be written and how), `plan` (the columns of an append), `files` (data files as the protocol lays
+//! them out), `commit` (the one commit-with-rebase path), `log` (reading the log directly), `errors`.
 
 pub mod arrow;
-pub(crate) mod log;
+pub mod commit;
+pub mod errors;
+pub mod files;
+pub mod log;
+pub mod plan;
+pub mod protocol;
+pub mod storage;
+pub mod table;
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::transaction::{CommitProperties, TransactionError};
-use deltalake::kernel::{MetadataExt, Snapshot, StructField, StructType, Transaction};
+use deltalake::arrow::array::{Array, BooleanArray};
+use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::record_batch::RecordBatch;
+use deltalake::kernel::{Action, Metadata, Protocol, StructField, StructType, Transaction};
 use deltalake::logstore::LogStoreRef;
-use deltalake::table::config::TablePropertiesExt;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, TableProperty};
-use url::Url;
+use deltalake::{DeltaTableError, ObjectStore};
+use serde_json::{Value, json};
 
-use self::log::Open;
-
+use self::commit::{Commit, CommitError, Verdict};
+use self::errors::{ErrorClass, Failure, classify};
+use self::files::FileLayout;
+use self::plan::Plan;
+use self::protocol::{ColumnMapping, Operation};
+use self::table::TableState;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::Lake;
-use crate::layout::rows::Row;
-use crate::layout::value::{ColumnType, Micros};
+use crate::layout::rows::{Discard, Row};
+use crate::layout::value::Micros;
 use crate::layout::{TableKind, paths};
 use crate::retry::Backoff;
 
-/// A write that did not commit. `retryable` says whether sending the same rows again can succeed.
-#[derive(Debug, thiserror::Error)]
-#[error("table {table}: {message}")]
-pub struct WriteError {
-    pub table: String,
-    pub message: String,
-    pub retryable: bool,
-}
-
-impl WriteError {
-    fn delta(table: &str, e: DeltaTableError) -> WriteError {
-        let retryable = !matches!(
-            e,
-            DeltaTableError::InvalidTableLocation(_)
-                | DeltaTableError::Generic(_)
-                | DeltaTableError::SchemaMismatch { .. }
-        );
-        WriteError { table: table.to_string(), message: e.to_string(), retryable }
-    }
-}
+pub use self::errors::WriteError;
+pub use self::table::table_url;
 
 /// Rows bound for one table of one schema.
 pub struct TableWrite<'a> {
@@ -56,15 +51,7 @@ pub struct TableWrite<'a> {
     pub rows: Vec<Row>,
 }
 
-/// Commits retried at once after losing a version race, before the pauses begin.
-const QUICK_REBASES: u32 = 3;
-
-/// Pauses between commits that lost a version race. Rebasing costs a listing and a read of the winners, so the
-/// pauses stay short: long ones would let fresher writers win every race while one writer sleeps.
-const RACE_BACKOFF: Backoff =
-    Backoff { base: Duration::from_millis(5), max_delay: Duration::from_millis(200), total: Duration::ZERO };
-
-/// How long a writer's `txn` entries are kept in a table's state.
+/// How long a stream's `txn` entries are kept in the state of the tables this loader creates.
 const TXN_RETENTION: &str = "interval 7 days";
 
 /// What one append committed.
@@ -76,18 +63,17 @@ pub struct Written {
     pub skipped: usize,
     pub conflict_retries: u32,
     pub new_columns: Vec<String>,
-    /// Values that could not be stored as sent (cast failures, columns past the cap).
-    pub discards: Vec<crate::layout::rows::Discard>,
+    /// Values that could not be stored as sent (cast failures, columns past the cap, NULLs for NOT NULL columns).
+    pub discards: Vec<Discard>,
 }
 
-/// A table handle kept across writes, with the stream versions its `txn` actions record as of that handle.
-/// The versions stay valid across this writer's own commits (a commit that raced another with the same app id
-/// is rebuilt) and are dropped on every reload.
+/// A table handle kept across writes, with the stream versions its `txn` actions record as of that handle. The
+/// versions stay valid across this writer's own commits and are dropped whenever the table is read again.
 struct Cached {
     log_store: LogStoreRef,
     /// `None` while no table exists at the location.
-    open: Option<Open>,
-    txns: HashMap<Arc<str>, i64>,
+    state: Option<TableState>,
+    streams: HashMap<Arc<str>, i64>,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
@@ -98,24 +84,19 @@ pub struct Lakehouse {
     max_columns: usize,
     tables: Mutex<HashMap<String, Slot>>,
     backoff: Backoff,
-    /// This process's own `txn` app id, and the version its next commit carries.
-    writer_id: String,
-    commit_seq: AtomicU64,
     catalog: Option<Arc<dyn Catalog>>,
     /// Checkpoints being written in the background, and the tables they are for (one at a time per table).
     background: Mutex<tokio::task::JoinSet<()>>,
     checkpointing: Arc<Mutex<HashSet<String>>>,
 }
 
-/// The URL delta-rs opens for a table location (local paths become absolute `file://` URLs).
-pub fn table_url(uri: &str) -> Result<Url, String> {
-    if uri.contains("://") {
-        return Url::parse(uri).map_err(|e| format!("{uri}: {e}"));
-    }
-    let path = Path::new(uri);
-    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {uri}: {e}"))?;
-    let abs = std::fs::canonicalize(path).map_err(|e| format!("{uri}: {e}"))?;
-    Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
+/// How one attempt failed.
+enum Attempt {
+    /// Plan again from the table as it now is (already read again), at once.
+    Replan(String),
+    /// Storage failed; the commit may have landed. Pause, then check for it before trying again.
+    Transient(WriteError),
+    Fatal(WriteError),
 }
 
 impl Lakehouse {
@@ -125,9 +106,7 @@ impl Lakehouse {
             storage_options,
             max_columns,
             tables: Mutex::new(HashMap::new()),
-            backoff: Backoff { total: std::time::Duration::from_secs(30), ..Backoff::default() },
-            writer_id: format!("segment-delta/writer/{}", uuid::Uuid::new_v4()),
-            commit_seq: AtomicU64::new(1),
+            backoff: Backoff { total: Duration::from_secs(30), ..Backoff::default() },
             catalog: None,
             background: Mutex::new(tokio::task::JoinSet::new()),
             checkpointing: Default::default(),
@@ -162,197 +141,256 @@ impl Lakehouse {
     }
 
     /// Opens a table's log: its protocol and metadata, or nothing when no table exists there yet.
-    async fn open(&self, uri: &str, table: &str) -> Result<Cached, WriteError> {
-        let url = table_url(uri).map_err(|message| WriteError { table: table.into(), message, retryable: false })?;
-        let log_store = DeltaTableBuilder::from_url(url)
-            .and_then(|b| b.with_storage_options(self.storage_options.clone()).build_storage())
-            .map_err(|e| WriteError::delta(table, e))?;
-        let open = Open::load(&log_store).await.map_err(|e| WriteError::delta(table, e))?;
-        Ok(Cached { log_store, open, txns: HashMap::new() })
+    async fn open(&self, uri: &str) -> Result<Cached, DeltaTableError> {
+        let log_store = table::log_store(uri, &self.storage_options)?;
+        let state = TableState::load(&log_store, None).await?;
+        Ok(Cached { log_store, state, streams: HashMap::new() })
     }
 
     /// Appends rows to `<lake>/<schema>/<table>` in one commit, creating the table or adding columns as needed.
-    /// Commit conflicts are retried with backoff; every commit carries this writer's own `txn` so that a retry after
-    /// an ambiguous failure never commits the same rows twice.
+    /// Lost races are rebased or re-planned, storage errors retried with backoff; every commit carries a token of
+    /// its own, so that a commit whose answer was lost is recognised instead of written twice.
     pub async fn append(&self, w: TableWrite<'_>, uuid_ts: Micros) -> Result<Written, WriteError> {
         let uri = paths::table_uri(&self.lake, w.schema, w.table);
+        let name = format!("{}.{}", w.schema, w.table);
         let slot = self.slot(&uri);
         let mut guard = slot.lock().await;
         let mut cached = match guard.take() {
             Some(c) => c,
-            None => self.open(&uri, w.table).await?,
+            None => self.open(&uri).await.map_err(|e| WriteError::new(w.table, e))?,
         };
-        let seq = self.commit_seq.fetch_add(1, Ordering::SeqCst) as i64;
-        let name = w.schema_and_table();
+        let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
+        // Where this write's commits can appear: after the version its first attempt read.
+        let first = cached.state.as_ref().map_or(0, |s| s.version + 1);
         let started = Instant::now();
-        let mut retries = 0u32;
+        let (mut retries, mut failures) = (0u32, 0u32);
         let mut maybe_landed = false;
         let result = loop {
-            let (kind, e) = match self.try_append(&mut cached, &w, uuid_ts, seq, maybe_landed, &mut retries).await {
+            if maybe_landed {
+                match self.find_own(&mut cached, &uri, first, &token).await {
+                    Ok(Some(version)) => {
+                        break Ok(Written { version: version as i64, skipped: w.rows.len(), ..Default::default() });
+                    }
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+            }
+            match self.try_append(&mut cached, &w, uuid_ts, &token, &mut retries).await {
                 Ok(mut written) => {
                     written.conflict_retries = retries;
                     break Ok(written);
                 }
                 Err(Attempt::Fatal(e)) => break Err(e),
-                Err(Attempt::Transient(e)) => {
-                    // The commit may have landed before the error: the next attempt checks first.
-                    maybe_landed = true;
-                    ("storage error", e)
+                Err(Attempt::Replan(why)) => {
+                    cached.streams.clear();
+                    tracing::debug!(table = %name, why, "planning the write again");
+                    if started.elapsed() > self.backoff.total {
+                        break Err(WriteError::new(w.table, Failure::Unavailable(why)));
+                    }
                 }
-                Err(Attempt::Conflict(e)) => ("commit conflict", e),
-            };
-            let Some(pause) = self.backoff.delay(retries, started) else {
-                break Err(WriteError { retryable: true, ..e });
-            };
-            retries += 1;
-            tracing::debug!(table = %name, attempt = retries, pause_ms = pause.as_millis() as u64, error = %e, "{kind}; retrying");
-            tokio::time::sleep(pause).await;
-            if let Err(e) = self.refresh(&mut cached, &uri, w.table).await
-                && !log::listing_raced(&e.message)
-            {
-                break Err(e);
+                Err(Attempt::Transient(e)) => {
+                    maybe_landed = true;
+                    let Some(pause) = self.backoff.delay(failures, started) else { break Err(e) };
+                    failures += 1;
+                    retries += 1;
+                    tracing::debug!(table = %name, attempt = failures, pause_ms = pause.as_millis() as u64, error = %e, "storage error; retrying");
+                    tokio::time::sleep(pause).await;
+                    if let Err(e) = self.reopen(&mut cached, &uri).await {
+                        break Err(e);
+                    }
+                }
             }
         };
         if let Ok(written) = &result {
             *guard = Some(cached);
             tracing::info!(table = %name, rows = written.rows, version = written.version, new_columns = written.new_columns.len(),
-                conflicts = retries, skipped = written.skipped, "committed");
+                conflicts = retries, skipped = written.skipped, discards = written.discards.len(), "committed");
         }
-        // On failure the handle is dropped: the next write reloads the table from storage.
+        // On failure the handle is dropped: the next write reads the table from storage again.
         result
     }
 
-    /// Reads the log again after a failed attempt; the stream versions are read again when next needed.
-    async fn refresh(&self, cached: &mut Cached, uri: &str, table: &str) -> Result<(), WriteError> {
-        cached.txns.clear();
-        if let Some(open) = &mut cached.open
-            && open.update(&cached.log_store, None).await.is_ok()
-        {
-            return Ok(());
+    /// Reads the table again after a failed attempt.
+    async fn reopen(&self, cached: &mut Cached, uri: &str) -> Result<(), WriteError> {
+        cached.streams.clear();
+        let table = paths_table_name(uri);
+        if let Some(state) = &mut cached.state {
+            match state.update(&cached.log_store, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if classify(&e) == ErrorClass::Conflict => {}
+                Err(e) => return Err(WriteError::new(table, e)),
+            }
         }
-        *cached = self.open(uri, table).await?;
+        *cached = self.open(uri).await.map_err(|e| WriteError::new(table, e))?;
         Ok(())
     }
 
+    /// After a storage error: the version of this write's own commit, if an earlier attempt landed after all.
+    async fn find_own(
+        &self,
+        cached: &mut Cached,
+        uri: &str,
+        first: u64,
+        token: &str,
+    ) -> Result<Option<u64>, WriteError> {
+        let table = paths_table_name(uri);
+        let latest = match &cached.state {
+            Some(s) => s.version,
+            None => match log::latest_version(&cached.log_store, 0).await {
+                Ok(v) => v,
+                Err(e) if classify(&e) == ErrorClass::MissingTable => return Ok(None),
+                Err(e) => return Err(WriteError::new(table, e)),
+            },
+        };
+        if latest < first {
+            return Ok(None);
+        }
+        log::find_token(&cached.log_store, first, latest, token).await.map_err(|e| WriteError::new(table, e))
+    }
+
     /// The version a stream's `txn` action records in this table, if any.
-    async fn txn_version(cached: &Cached, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
-        match &cached.open {
-            Some(open) => log::txn_version(&cached.log_store, open.version, app_id).await,
+    async fn stream_version(cached: &Cached, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
+        match &cached.state {
+            Some(state) => log::txn_version(&cached.log_store, state.version, app_id).await,
             None => Ok(None),
         }
     }
 
-    /// One attempt: plan the columns against the table as last read, build the batch, write and commit.
+    /// One attempt: check the protocol, plan the columns against the table as last read, build the batch, write
+    /// the data files and commit them.
     async fn try_append(
         &self,
         cached: &mut Cached,
         w: &TableWrite<'_>,
         uuid_ts: Micros,
-        seq: i64,
-        maybe_landed: bool,
+        token: &Arc<str>,
         retries: &mut u32,
     ) -> Result<Written, Attempt> {
         let table = w.table;
-        let fatal = |e: DeltaTableError| Attempt::classify(table, e);
-        // A previous attempt that failed ambiguously may have committed after all.
-        if maybe_landed
-            && let Some(done) = Self::txn_version(cached, &self.writer_id).await.map_err(fatal)?
-            && done >= seq
-        {
-            let version = cached.open.as_ref().map_or(0, |o| o.version as i64);
-            return Ok(Written { version, skipped: w.rows.len(), ..Default::default() });
-        }
+        let delta = |e: DeltaTableError| match classify(&e) {
+            ErrorClass::Transient | ErrorClass::Conflict => Attempt::Transient(WriteError::new(table, e)),
+            _ => Attempt::Fatal(WriteError::new(table, e)),
+        };
         // Rows of a stream at or below the version committed for it are redeliveries.
         for app in w.rows.iter().filter_map(|r| r.offset.as_ref()).map(|o| o.app_id.clone()) {
-            if !cached.txns.contains_key(&app) {
-                let v = Self::txn_version(cached, &app).await.map_err(fatal)?.unwrap_or(i64::MIN);
-                cached.txns.insert(app, v);
+            if !cached.streams.contains_key(&app) {
+                let v = Self::stream_version(cached, &app).await.map_err(delta)?.unwrap_or(i64::MIN);
+                cached.streams.insert(app, v);
             }
         }
-        let committed = &cached.txns;
+        let committed = &cached.streams;
         let (fresh, redelivered): (Vec<&Row>, Vec<&Row>) =
             w.rows.iter().partition(|r| r.offset.as_ref().is_none_or(|o| o.seq > committed[&o.app_id]));
         let skipped = redelivered.len();
         let location = paths::table_uri(&self.lake, w.schema, table);
-        let mut plan = match &cached.open {
-            Some(open) => {
-                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
-                self.plan(table, Some(&open.snapshot.arrow_schema()), w.kind, &fresh)
-            }
-            None => self.plan(table, None, w.kind, &fresh),
-        };
-        if let (Some(catalog), Some(open)) = (&self.catalog, &mut cached.open) {
+        let refused = |e: protocol::Refusal| Attempt::Fatal(WriteError::new(table, e));
+        if let Some(state) = &cached.state {
+            state.rules(Operation::Append).map_err(refused)?;
+        }
+        let mut plan = self.plan(table, cached.state.as_ref(), w.kind, &fresh);
+        if let (Some(catalog), Some(state)) = (&self.catalog, &mut cached.state) {
             let catalog_err = |e: CatalogError| {
-                let err = WriteError { table: table.into(), message: e.to_string(), retryable: e.retryable };
-                if e.retryable { Attempt::Transient(err) } else { Attempt::Fatal(err) }
+                let retryable = e.retryable;
+                let err = WriteError::new(table, e);
+                if retryable { Attempt::Transient(err) } else { Attempt::Fatal(err) }
             };
             if plan.new_columns.is_empty() {
                 // The first look at a table this process has not written yet; no call after that.
                 catalog.register(w.schema, table, &location).await.map_err(catalog_err)?;
             } else {
-                // New columns go through the warehouse, which changes the Delta log as Databricks does;
-                // then the table is read again and the rows are appended to it as it now is.
-                let new: Vec<(String, ColumnType)> =
+                // New columns go through the warehouse, which changes the Delta log as Databricks does; then the
+                // table is read again and the rows are appended to it as it now is.
+                let new: Vec<(String, _)> =
                     plan.columns.iter().filter(|(n, _)| plan.new_columns.contains(n)).cloned().collect();
                 catalog.add_columns(w.schema, table, &location, &new).await.map_err(catalog_err)?;
-                open.update(&cached.log_store, None).await.map_err(fatal)?;
-                cached.txns.clear();
-                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
-                plan = self.plan(table, Some(&open.snapshot.arrow_schema()), w.kind, &fresh);
+                state.update(&cached.log_store, None).await.map_err(delta)?;
+                cached.streams.clear();
+                state.rules(Operation::Append).map_err(refused)?;
+                plan = self.plan(table, Some(state), w.kind, &fresh);
             }
         }
+        let max = self.max_columns;
         let build = |rows: &[&Row]| {
-            arrow::build(table, &plan.columns, rows.iter().copied(), uuid_ts, |name| {
-                plan.unplaced(table, name, self.max_columns)
-            })
-            .map_err(|e| Attempt::Fatal(WriteError { table: table.into(), message: e.to_string(), retryable: false }))
+            arrow::build(table, &plan.columns, rows.iter().copied(), uuid_ts, |name| plan.unplaced(table, name, max))
+                .map_err(|e| Attempt::Fatal(WriteError::new(table, Failure::Invalid(e.to_string()))))
         };
         // A redelivered row is not written again, but what it could not store is reported again: the discards
         // table keeps its own stream offsets and skips what it already holds.
         let mut discards = if redelivered.is_empty() { Vec::new() } else { build(&redelivered)?.1 };
-        let current = cached.open.as_ref().map_or(0, |o| o.version as i64);
+        let current = cached.state.as_ref().map_or(0, |s| s.version as i64);
         if fresh.is_empty() {
             return Ok(Written { version: current, skipped, discards, ..Default::default() });
         }
+        let (batch, cast_discards) = build(&fresh)?;
+        discards.extend(cast_discards);
+        // A row without a value for a NOT NULL column is not written: it goes whole to `discards`.
+        let (batch, kept) = required_values(table, &plan, batch, &fresh, &mut discards);
+        let rows = batch.num_rows();
+        if rows == 0 {
+            return Ok(Written { version: current, skipped, discards, ..Default::default() });
+        }
+
         let now = Some(chrono::Utc::now().timestamp_millis());
-        let mut txns = vec![Transaction::new_with_last_update(self.writer_id.as_str(), seq, now)];
         let mut highest: HashMap<Arc<str>, i64> = HashMap::new();
-        for o in fresh.iter().filter_map(|r| r.offset.as_ref()) {
+        for o in kept.iter().filter_map(|r| r.offset.as_ref()) {
             let h = highest.entry(o.app_id.clone()).or_insert(o.seq);
             *h = (*h).max(o.seq);
         }
-        txns.extend(highest.iter().map(|(app, v)| Transaction::new_with_last_update(app.as_ref(), *v, now)));
-
-        let (batch, fresh_discards) = build(&fresh)?;
-        discards.extend(fresh_discards);
-        let rows = batch.num_rows();
-        let version = match &mut cached.open {
-            Some(open) => {
-                let mut writer = RecordBatchWriter::for_blind_appends(&open.blind).map_err(fatal)?;
-                // The writer starts from the schema the table had when opened; columns added since are merged in.
-                writer.write_with_mode(batch, WriteMode::MergeSchema).await.map_err(fatal)?;
-                let adds = writer.flush().await.map_err(fatal)?;
-                self.commit_files(&cached.log_store, open, table, &plan.columns, &adds, &txns, retries).await?
+        let txns: Vec<Action> = highest
+            .iter()
+            .map(|(app, v)| Action::Txn(Transaction::new_with_last_update(app.as_ref(), *v, now)))
+            .collect();
+        let store = cached.log_store.object_store(None);
+        let mut commit = match &cached.state {
+            Some(state) => {
+                let rules = state.rules(Operation::Append).map_err(refused)?;
+                let new_fields = plan.new_fields(rules.column_mapping, commit::max_column_id(state));
+                let schema = widened_schema(&state.schema(), &new_fields).map_err(delta)?;
+                let layout = state.layout(&rules, &schema);
+                let adds = files::write(store.as_ref(), &layout, &batch, true).await.map_err(delta)?;
+                let mut commit = Commit::new(Operation::Append, "WRITE");
+                commit.parameters.push(("mode", json!("Append")));
+                commit.new_columns = new_fields;
+                commit.actions = adds.into_iter().map(Action::Add).collect();
+                commit
             }
-            None => {
-                let props = CommitProperties::default()
-                    .with_application_transactions(txns)
-                    .with_create_checkpoint(false)
-                    .with_cleanup_expired_logs(Some(false));
-                let version = self.create_with(&cached.log_store, &plan.columns, batch, props).await.map_err(fatal)?;
-                cached.open = Open::load(&cached.log_store).await.map_err(fatal)?;
-                if let Some(catalog) = &self.catalog
-                    && let Err(e) = catalog.register(w.schema, table, &location).await
-                {
-                    // The rows are committed; the next write to this table tries the registration again.
-                    tracing::warn!(table, error = %e, "table written but not yet registered in Unity Catalog");
-                }
-                version
+            None => self.create(store.as_ref(), &plan, &batch).await.map_err(delta)?,
+        };
+        commit.token = token.clone();
+        commit.actions.extend(txns);
+        let streams: HashSet<String> = highest.keys().map(|a| a.to_string()).collect();
+        let judge = move |winners: &log::Winners| {
+            if winners.app_ids.iter().any(|a| streams.contains(a)) {
+                Verdict::Replan("another writer committed rows of the same stream")
+            } else {
+                Verdict::Rebase
             }
         };
-        cached.txns.extend(highest);
-        if let Some(open) = &cached.open {
-            self.maybe_checkpoint(&cached.log_store, &open.snapshot, version);
+        let created = cached.state.is_none();
+        let version =
+            match commit::commit(&cached.log_store, &mut cached.state, &commit, &judge, self.backoff.total, retries)
+                .await
+            {
+                Ok(v) => v,
+                Err(CommitError::Replan(why)) => return Err(Attempt::Replan(why)),
+                Err(CommitError::Storage(e)) => return Err(Attempt::Transient(WriteError::new(table, e))),
+                Err(CommitError::Contended) => {
+                    let e = Failure::Unavailable("lost the commit race for longer than the retry budget".into());
+                    return Err(Attempt::Fatal(WriteError::new(table, e)));
+                }
+                Err(CommitError::Refused(r)) => return Err(refused(r)),
+                Err(CommitError::Delta(e)) => return Err(delta(e)),
+            };
+        if created
+            && let Some(catalog) = &self.catalog
+            && let Err(e) = catalog.register(w.schema, table, &location).await
+        {
+            // The rows are committed; the next write to this table tries the registration again.
+            tracing::warn!(table, error = %e, "table written but not yet registered in Unity Catalog");
+        }
+        cached.streams.extend(highest);
+        if let Some(state) = &cached.state {
+            self.maybe_checkpoint(&cached.log_store, state, version);
         }
         Ok(Written {
             version: version as i64,
@@ -364,82 +402,31 @@ impl Lakehouse {
         })
     }
 
-    /// Commits written data files, adding the columns the table lacks. When another writer took the version, the
-    /// commits it lost to are read: the same files are committed again on top of them as long as the table's
-    /// columns still fit them and no commit recorded one of the same streams; otherwise the caller rebuilds.
-    /// After a few immediate rebases the retries pause with jittered backoff.
-    #[allow(clippy::too_many_arguments)]
-    async fn commit_files(
+    fn plan(&self, table: &str, state: Option<&TableState>, kind: TableKind, rows: &[&Row]) -> Plan {
+        let schema = state.map(|s| s.schema());
+        Plan::new(table, schema.as_deref(), kind, rows, self.max_columns)
+    }
+
+    /// The first commit of a new table, with the columns of the plan and `txn` retention for its streams.
+    async fn create(
         &self,
-        log_store: &LogStoreRef,
-        open: &mut Open,
-        table: &str,
-        columns: &[(String, ColumnType)],
-        adds: &[deltalake::kernel::Add],
-        txns: &[Transaction],
-        retries: &mut u32,
-    ) -> Result<u64, Attempt> {
-        let classify = |e: DeltaTableError| Attempt::classify(table, e);
-        let app_ids: HashSet<&str> = txns.iter().map(|t| t.app_id.as_str()).collect();
-        let started = Instant::now();
-        let mut lost = 0u32;
-        loop {
-            let snapshot = &open.snapshot;
-            let metadata = widened_metadata(&snapshot.schema(), snapshot.metadata(), columns).map_err(classify)?;
-            let bytes = log::append_commit(open.version, txns, metadata.as_ref(), adds).map_err(classify)?;
-            let version = open.version + 1;
-            match log::write_commit(log_store, version, bytes).await {
-                Ok(()) => {
-                    open.version = version;
-                    if metadata.is_some() {
-                        // Read back the schema this commit set; failing that, the next write reads the log again.
-                        if let Err(e) = open.update(log_store, Some(version)).await {
-                            tracing::warn!(table, error = %e, "committed; reading the new schema back failed");
-                        }
-                    }
-                    return Ok(version);
-                }
-                Err(TransactionError::VersionAlreadyExists(_)) => {}
-                Err(e) => return Err(classify(DeltaTableError::Transaction { source: e })),
-            }
-            let latest = log_store.get_latest_version(version).await.map_err(classify)?;
-            let winners = log::winners(log_store, open.version, latest, &app_ids).await.map_err(classify)?;
-            if winners.metadata {
-                open.update(log_store, Some(latest)).await.map_err(classify)?;
-                check_features(&open.snapshot, table).map_err(Attempt::Fatal)?;
-            }
-            open.version = open.version.max(latest);
-            *retries += 1;
-            lost += 1;
-            let conflict = |message: &str| {
-                Err(Attempt::Conflict(WriteError { table: table.into(), message: message.into(), retryable: true }))
-            };
-            if winners.same_stream {
-                return conflict("another writer committed rows of the same stream; rebuilding");
-            }
-            let current = open.snapshot.arrow_schema();
-            let fits = columns.iter().all(|(name, t)| {
-                current.field_with_name(name).map_or(true, |f| arrow::column_type(f.data_type()) == Some(*t))
-            });
-            if !fits {
-                return conflict("another writer gave a column a different type; rebuilding");
-            }
-            if lost > QUICK_REBASES {
-                let race = Backoff { total: self.backoff.total, ..RACE_BACKOFF };
-                let Some(pause) = race.delay(lost - QUICK_REBASES, started) else {
-                    return conflict("lost the commit race for longer than the retry budget");
-                };
-                tokio::time::sleep(pause).await;
-            }
-        }
+        store: &dyn ObjectStore,
+        plan: &Plan,
+        batch: &RecordBatch,
+    ) -> Result<Commit, DeltaTableError> {
+        let fields = plan.columns.iter().map(|(n, t)| StructField::new(n.clone(), plan::kernel_type(*t), true));
+        let configuration =
+            HashMap::from([("delta.setTransactionRetentionDuration".to_string(), TXN_RETENTION.to_string())]);
+        new_table(store, StructType::try_new(fields)?, batch, configuration).await
     }
 
     /// Checkpoints every `delta.checkpointInterval` versions, so a cold start replays at most that many commits.
     /// The checkpoint is written in the background from the log, one at a time per table; one that fails or is
     /// skipped because another is still being written is covered by the next.
-    fn maybe_checkpoint(&self, log_store: &LogStoreRef, snapshot: &Snapshot, version: u64) {
-        let interval = snapshot.table_properties().checkpoint_interval().get();
-        if version == 0 || !version.is_multiple_of(interval) {
+    fn maybe_checkpoint(&self, log_store: &LogStoreRef, state: &TableState, version: u64) {
+        use deltalake::table::config::TablePropertiesExt;
+        let interval = state.snapshot.table_properties().checkpoint_interval().get();
+        if version == 0 || !version.is_multiple_of(interval) || state.rules(Operation::Checkpoint).is_err() {
             return;
         }
         let table = log_store.root_url().to_string();
@@ -458,221 +445,99 @@ impl Lakehouse {
             checkpointing.lock().unwrap_or_else(|p| p.into_inner()).remove(&table);
         });
     }
+}
 
-    /// Which columns the batch has: the table's (or a new table's fixed ones), then new columns in order of first
-    /// appearance, up to the column cap.
-    fn plan(
-        &self,
-        table: &str,
-        existing: Option<&deltalake::arrow::datatypes::Schema>,
-        kind: TableKind,
-        rows: &[&Row],
-    ) -> Plan {
-        let mut plan = Plan::default();
-        match existing {
-            Some(schema) => {
-                for f in schema.fields() {
-                    match arrow::column_type(f.data_type()) {
-                        Some(t) => plan.columns.push((f.name().clone(), t)),
-                        None => {
-                            let reason = format!(
-                                "column {} of {table} has type {} which this loader does not write",
-                                f.name(),
-                                f.data_type()
-                            );
-                            plan.foreign.insert(f.name().clone(), reason);
-                        }
-                    }
-                }
+/// The first commit of a new table: its data files, its protocol (reader 1, writer 2: nothing this writer does not
+/// implement) and its metadata. Version 0 is written once, with a put-if-absent like every commit: a writer that
+/// finds it taken appends to the table another writer created.
+pub async fn new_table(
+    store: &dyn ObjectStore,
+    schema: StructType,
+    batch: &RecordBatch,
+    configuration: HashMap<String, String>,
+) -> Result<Commit, DeltaTableError> {
+    let layout = FileLayout::new(&schema, &[], &configuration, ColumnMapping::None);
+    let adds = files::write(store, &layout, batch, true).await?;
+    let generic = |e: serde_json::Error| DeltaTableError::Generic(e.to_string());
+    let metadata: Metadata = serde_json::from_value(json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "format": {"provider": "parquet", "options": {}},
+        "schemaString": serde_json::to_string(&schema).map_err(generic)?,
+        "partitionColumns": [],
+        "configuration": configuration,
+        "createdTime": chrono::Utc::now().timestamp_millis(),
+    }))
+    .map_err(generic)?;
+    let protocol: Protocol =
+        serde_json::from_value(json!({"minReaderVersion": 1, "minWriterVersion": 2})).map_err(generic)?;
+    let mut commit = Commit::new(Operation::Append, "CREATE TABLE");
+    commit.parameters.push(("mode", json!("ErrorIfExists")));
+    commit.create = Some((protocol, metadata));
+    commit.actions = adds.into_iter().map(Action::Add).collect();
+    Ok(commit)
+}
+
+/// The table's name in messages, from its URI.
+fn paths_table_name(uri: &str) -> &str {
+    uri.trim_end_matches('/').rsplit(['/', '\\']).next().unwrap_or(uri)
+}
+
+/// The table's schema with `new` appended.
+fn widened_schema(schema: &StructType, new: &[StructField]) -> Result<StructType, DeltaTableError> {
+    Ok(StructType::try_new(schema.fields().cloned().chain(new.iter().cloned()))?)
+}
+
+/// Drops the rows that have no value for a NOT NULL column; each goes whole to `discards`, naming the column.
+/// Returns the rows kept.
+fn required_values<'r>(
+    table: &str,
+    plan: &Plan,
+    batch: RecordBatch,
+    rows: &[&'r Row],
+    discards: &mut Vec<Discard>,
+) -> (RecordBatch, Vec<&'r Row>) {
+    if plan.required.is_empty() {
+        return (batch, rows.to_vec());
+    }
+    let columns: Vec<(&String, Option<&Arc<dyn Array>>)> =
+        plan.required.iter().map(|c| (c, batch.column_by_name(c))).collect();
+    let mut keep = Vec::with_capacity(rows.len());
+    let mut kept = Vec::with_capacity(rows.len());
+    for (i, row) in rows.iter().enumerate() {
+        let missing = columns.iter().find(|(_, c)| c.is_none_or(|c| c.is_null(i))).map(|(name, _)| *name);
+        match missing {
+            None => {
+                keep.push(true);
+                kept.push(*row);
             }
-            None => plan.columns.extend(kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t))),
-        }
-        let known = plan.columns.len() + plan.foreign.len();
-        let mut seen: HashSet<String> =
-            plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.foreign.keys().cloned()).collect();
-        for row in rows {
-            for (name, value) in &row.cols {
-                if seen.contains(name.as_ref()) {
-                    continue;
-                }
-                seen.insert(name.to_string());
-                if known + plan.new_columns.len() >= self.max_columns {
-                    plan.over_cap = true;
-                    continue;
-                }
-                plan.new_columns.push(name.to_string());
-                plan.columns.push((name.to_string(), value.natural_type()));
+            Some(column) => {
+                keep.push(false);
+                let whole: serde_json::Map<String, Value> =
+                    row.cols.iter().map(|(n, v)| (n.to_string(), Value::String(v.to_text()))).collect();
+                let received_at = row
+                    .cols
+                    .iter()
+                    .find(|(n, _)| n.as_ref() == "received_at")
+                    .and_then(|(_, v)| v.as_timestamp().ok())
+                    .unwrap_or_default();
+                discards.push(Discard {
+                    row_id: row.id.to_string(),
+                    table_name: table.to_string(),
+                    column_name: column.clone(),
+                    column_value: Value::Object(whole).to_string(),
+                    reason: format!(
+                        "column {column} of {table} is NOT NULL and the row has no value for it; the row is not written"
+                    ),
+                    received_at,
+                    offset: row.offset.clone(),
+                });
             }
         }
-        plan
     }
-
-    /// Writes the first data file and creates the table with it in version 0.
-    async fn create_with(
-        &self,
-        log_store: &LogStoreRef,
-        columns: &[(String, ColumnType)],
-        batch: deltalake::arrow::record_batch::RecordBatch,
-        props: CommitProperties,
-    ) -> Result<u64, DeltaTableError> {
-        let dt = DeltaTable::new(log_store.clone());
-        let uri = dt.table_url().to_string();
-        let mut writer =
-            RecordBatchWriter::try_new(&uri, arrow::arrow_schema(columns), None, Some(self.storage_options.clone()))?;
-        writer.write(batch).await?;
-        let adds = writer.flush().await?;
-        let fields: Vec<deltalake::kernel::StructField> = columns
-            .iter()
-            .map(|(n, t)| deltalake::kernel::StructField::new(n.clone(), kernel_type(*t), true))
-            .collect();
-        let created = dt
-            .create()
-            .with_columns(fields)
-            .with_configuration_property(TableProperty::SetTransactionRetentionDuration, Some(TXN_RETENTION))
-            // Version 0 is written once: when another writer created the table first, delta-rs would otherwise
-            // retry this create as version 1, replacing the table's metadata. The caller reloads and appends.
-            .with_commit_properties(props.with_max_retries(0))
-            .with_actions(adds.into_iter().map(deltalake::kernel::Action::Add))
-            .await?;
-        Ok(created.version().unwrap_or(0))
+    if kept.len() == rows.len() {
+        return (batch, kept);
     }
-}
-
-/// The column plan of one attempt.
-#[derive(Default)]
-struct Plan {
-    columns: Vec<(String, ColumnType)>,
-    new_columns: Vec<String>,
-    /// Existing columns of types this loader does not write, with the reason.
-    foreign: HashMap<String, String>,
-    over_cap: bool,
-}
-
-impl Plan {
-    /// Why a row's column has no place in the batch.
-    fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<String> {
-        self.foreign.get(name).cloned().or_else(|| {
-            self.over_cap
-                .then(|| format!("table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"))
-        })
-    }
-}
-
-/// How one attempt failed: a conflict (nothing committed) and a storage error (the commit may have landed) are
-/// retried after a pause; anything else is returned.
-enum Attempt {
-    Conflict(WriteError),
-    Transient(WriteError),
-    Fatal(WriteError),
-}
-
-impl Attempt {
-    fn classify(table: &str, e: DeltaTableError) -> Attempt {
-        let conflict = matches!(
-            &e,
-            DeltaTableError::Transaction {
-                source: TransactionError::CommitConflict(_)
-                    | TransactionError::MaxCommitAttempts(_)
-                    | TransactionError::VersionAlreadyExists(_)
-            } | DeltaTableError::VersionAlreadyExists(_)
-        ) || e.to_string().contains("already exists at that location")
-            // A listing of the log taken while another writer committed (local directories list without order).
-            || log::listing_raced(&e.to_string());
-        let transient = matches!(
-            &e,
-            DeltaTableError::ObjectStore { .. }
-                | DeltaTableError::Io { .. }
-                | DeltaTableError::Transaction { source: TransactionError::ObjectStore { .. } }
-                // A data file whose upload failed (the Parquet writer reports the store's error as its own).
-                | DeltaTableError::Parquet { source: deltalake::parquet::errors::ParquetError::External(_) }
-        );
-        let err = WriteError::delta(table, e);
-        if conflict {
-            Attempt::Conflict(err)
-        } else if transient {
-            Attempt::Transient(err)
-        } else {
-            Attempt::Fatal(err)
-        }
-    }
-}
-
-/// Delta features this writer cannot honour: a table Databricks upgraded to one of them is reported, not written.
-const UNSUPPORTED_FEATURES: &[&str] = &[
-    "typeWidening",
-    "typeWidening-preview",
-    "rowTracking",
-    "domainMetadata",
-    "inCommitTimestamp",
-    "clustering",
-    "variantType",
-    "variantType-preview",
-    "icebergCompatV1",
-    "icebergCompatV2",
-    "collations-preview",
-];
-
-fn check_features(snapshot: &Snapshot, table: &str) -> Result<(), WriteError> {
-    let p = snapshot.protocol();
-    let mut found: Vec<String> = p
-        .writer_features()
-        .into_iter()
-        .flatten()
-        .map(|f| f.as_ref().to_string())
-        .chain(p.reader_features().into_iter().flatten().map(|f| f.to_string()))
-        .filter(|f| UNSUPPORTED_FEATURES.contains(&f.as_str()))
-        .collect();
-    found.sort();
-    found.dedup();
-    if found.is_empty() && p.min_writer_version() <= 7 {
-        return Ok(());
-    }
-    Err(WriteError {
-        table: table.into(),
-        message: format!(
-            "the table uses Delta features this writer cannot write ({}; writer version {}); nothing was written. \
-             Disable them on the table (or let Databricks write to it) and retry",
-            if found.is_empty() { "none named".to_string() } else { found.join(", ") },
-            p.min_writer_version()
-        ),
-        retryable: false,
-    })
-}
-
-/// The table's metadata with the columns it lacks appended, or `None` when it has them all.
-pub(crate) fn widened_metadata(
-    schema: &StructType,
-    metadata: &deltalake::kernel::Metadata,
-    columns: &[(String, ColumnType)],
-) -> Result<Option<deltalake::kernel::Metadata>, DeltaTableError> {
-    let mut fields: Vec<StructField> = schema.fields().cloned().collect();
-    let before = fields.len();
-    for (name, t) in columns {
-        if schema.field(name).is_none() {
-            fields.push(StructField::new(name.clone(), kernel_type(*t), true));
-        }
-    }
-    if fields.len() == before {
-        return Ok(None);
-    }
-    let widened = StructType::try_new(fields)?;
-    Ok(Some(metadata.clone().with_schema(&widened)?))
-}
-
-/// The Delta type of a warehouse type.
-pub(crate) fn kernel_type(t: ColumnType) -> deltalake::kernel::DataType {
-    use deltalake::kernel::{DataType, PrimitiveType};
-    DataType::Primitive(match t {
-        ColumnType::Timestamp => PrimitiveType::Timestamp,
-        ColumnType::BigInt => PrimitiveType::Long,
-        ColumnType::Double => PrimitiveType::Double,
-        ColumnType::Boolean => PrimitiveType::Boolean,
-        ColumnType::String => PrimitiveType::String,
-    })
-}
-
-impl TableWrite<'_> {
-    fn schema_and_table(&self) -> String {
-        format!("{}.{}", self.schema, self.table)
-    }
+    let mask = BooleanArray::from(keep);
+    let filtered = filter_record_batch(&batch, &mask).unwrap_or_else(|_| batch.slice(0, 0));
+    (filtered, kept)
 }

@@ -2,27 +2,43 @@
 //! files, checkpoints and log cleanup, and vacuum. Run by the timer function (a singleton) and by
 //! `segment-delta maintain`.
 
-mod files;
+pub mod compact;
 pub mod upsert;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use deltalake::kernel::Action;
-use deltalake::kernel::transaction::TransactionError;
 use deltalake::operations::vacuum::VacuumMode;
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
-use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError, ObjectStore, Path};
+use deltalake::{DeltaTable, DeltaTableError, Path};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogError};
 use crate::config::Config;
 use crate::config::maintenance::{MIN_VACUUM_RETENTION, MaintenanceSettings as Settings};
-use crate::delta::log;
+use crate::delta::commit::CommitError;
+use crate::delta::errors::{ErrorClass, classify};
+use crate::delta::protocol::{Operation, Refusal};
+use crate::delta::table::{self, TableState};
 use crate::layout::{UPSERTS, paths};
+
+/// Why maintenance of a table failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MaintainError {
+    #[error(transparent)]
+    Delta(#[from] DeltaTableError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error(transparent)]
+    Arrow(#[from] deltalake::arrow::error::ArrowError),
+    #[error("{0}")]
+    Invalid(String),
+}
 
 /// One table's maintenance.
 #[derive(Debug, Default, Clone)]
@@ -43,6 +59,8 @@ pub struct Report {
     pub upserted: Option<usize>,
     /// Compacted by `OPTIMIZE` on the Databricks warehouse rather than in process.
     pub optimized_by_databricks: bool,
+    /// Steps left out, with the reason (a feature of the table this writer does not rewrite, ...).
+    pub skipped: Vec<String>,
     pub seconds: f64,
     pub error: Option<String>,
 }
@@ -51,7 +69,7 @@ impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}.{}: files {} -> {}, bytes {} -> {}, commits {}, version {}, vacuumed {}, logs removed {}{}{}, {:.2} s",
+            "{}.{}: files {} -> {}, bytes {} -> {}, commits {}, version {}, vacuumed {}, logs removed {}{}{}{}, {:.2} s",
             self.schema,
             self.table,
             self.files_before,
@@ -64,6 +82,7 @@ impl fmt::Display for Report {
             self.logs_removed,
             self.upserted.map(|n| format!(", rows upserted {n}")).unwrap_or_default(),
             if self.optimized_by_databricks { ", compacted by Databricks OPTIMIZE" } else { "" },
+            self.skipped.iter().map(|s| format!(", {s}")).collect::<String>(),
             self.seconds
         )?;
         if let Some(e) = &self.error {
@@ -79,7 +98,6 @@ pub async fn run(
     catalog: Option<&dyn Catalog>,
     only: &[String],
 ) -> Result<Vec<Report>, DeltaTableError> {
-    let settings = &config.maintenance;
     let mut tables = paths::discover(&config.lake, &config.storage.options, only).await?;
     let mut reports = Vec::new();
     // The upserts first, so that compaction then covers what they wrote.
@@ -132,9 +150,9 @@ pub async fn run(
         let uri = paths::table_uri(&config.lake, &schema, &table);
         for attempt in 1..=3 {
             let mut r = report.clone();
-            match maintain_table(config, settings, catalog, &uri, &mut r).await {
+            match maintain_table(config, &config.maintenance, catalog, &uri, &mut r).await {
                 // A listing of the log taken while a writer committed can miss a commit; list again.
-                Err(e) if attempt < 3 && log::listing_raced(&e.to_string()) => continue,
+                Err(MaintainError::Delta(e)) if attempt < 3 && classify(&e) == ErrorClass::Conflict => continue,
                 Err(e) => {
                     report.error = Some(e.to_string());
                     break;
@@ -157,9 +175,17 @@ pub async fn run(
     Ok(reports)
 }
 
+/// The table at `uri` with its list of files, read again when the listing of its log raced a commit.
 pub(crate) async fn load(config: &Config, uri: &str) -> Result<DeltaTable, DeltaTableError> {
-    let url = crate::delta::table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
-    DeltaTableBuilder::from_url(url)?.with_storage_options(config.storage.options.clone()).load().await
+    let url = table::table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
+    let mut attempt = 0;
+    loop {
+        let builder = crate::delta::storage::builder(url.clone(), &config.storage.options)?;
+        match builder.load().await {
+            Err(e) if table::raced(&e, &mut attempt).await => {}
+            other => return other,
+        }
+    }
 }
 
 async fn maintain_table(
@@ -168,49 +194,125 @@ async fn maintain_table(
     catalog: Option<&dyn Catalog>,
     uri: &str,
     report: &mut Report,
-) -> Result<(), DeltaTableError> {
+) -> Result<(), MaintainError> {
     let mut dt = load(config, uri).await?;
     let (files, bytes) = file_stats(&dt).await?;
     (report.files_before, report.bytes_before) = (files, bytes);
     match (catalog, settings.databricks_optimize_bytes) {
         (Some(catalog), Some(at_least)) if bytes as u64 >= at_least && files > 1 => {
             let before = dt.version();
-            catalog
-                .optimize(&report.schema, &report.table, uri)
-                .await
-                .map_err(|e| DeltaTableError::Generic(format!("OPTIMIZE on the warehouse: {e}")))?;
-            dt.update_incremental(None).await?;
+            catalog.optimize(&report.schema, &report.table, uri).await?;
+            update(&mut dt).await?;
             report.commits += u32::from(dt.version() != before);
             report.optimized_by_databricks = true;
         }
-        _ => report.commits += compact(&mut dt, settings.target_file_size).await?,
+        _ => match compact::compact(&dt, settings.target_file_size).await? {
+            compact::Compaction::Committed(n) => report.commits += n,
+            compact::Compaction::Skipped(why) => report.skipped.push(format!("compaction skipped: {why}")),
+        },
     }
-    dt.update_incremental(None).await?;
+    update(&mut dt).await?;
+    let log_store = dt.log_store();
+    let Some(state) = TableState::load(&log_store, None).await? else {
+        return Err(MaintainError::Invalid(format!("{uri}: the table is gone")));
+    };
     // A checkpoint of the newest version, then the log entries past the table's log retention.
-    let version = dt.version().unwrap_or(0);
+    let version = state.version;
     let checkpoint = Path::from(format!("_delta_log/{version:020}.checkpoint.parquet"));
-    if version > 0 && dt.log_store().object_store(None).head(&checkpoint).await.is_err() {
-        deltalake::checkpoints::create_checkpoint(&dt, None).await?;
-        report.checkpoint = true;
+    match state.rules(Operation::Checkpoint) {
+        Err(refusal) => report.skipped.push(format!("checkpoint skipped: {refusal}")),
+        Ok(_) if version > 0 && log_store.object_store(None).head(&checkpoint).await.is_err() => {
+            crate::delta::log::checkpoint(&log_store, version).await?;
+            report.checkpoint = true;
+        }
+        Ok(_) => {}
     }
-    report.logs_removed = deltalake::checkpoints::cleanup_metadata(&dt, None).await?;
-    let retention = settings.vacuum_retention.max(MIN_VACUUM_RETENTION);
-    let (vacuumed, metrics) = dt
-        .vacuum()
-        .with_retention_period(chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7)))
-        // The retention is this loader's own setting (never under a day), not the table's default of 7 days.
-        .with_enforce_retention_duration(false)
-        .with_mode(VacuumMode::Full)
-        .await?;
-    report.vacuumed = metrics.files_deleted.len();
-    if report.vacuumed > 0 {
-        report.commits += 2; // VACUUM START and VACUUM END
+    match state.rules(Operation::LogCleanup) {
+        Err(refusal) => report.skipped.push(format!("log cleanup skipped: {refusal}")),
+        Ok(_) => {
+            let mut attempt = 0;
+            report.logs_removed = loop {
+                match deltalake::checkpoints::cleanup_metadata(&dt, None).await {
+                    Err(e) if table::raced(&e, &mut attempt).await => {}
+                    other => break other?,
+                }
+            };
+        }
     }
-    let dt = vacuumed;
+    match state.rules(Operation::Vacuum) {
+        Err(refusal) => report.skipped.push(format!("vacuum skipped: {refusal}")),
+        Ok(_) => report.vacuumed = vacuum(&dt, &state, settings.vacuum_retention).await?,
+    }
+    update(&mut dt).await?;
     report.version = dt.version().unwrap_or(0);
     let (files, bytes) = file_stats(&dt).await?;
     (report.files_after, report.bytes_after) = (files, bytes);
     Ok(())
+}
+
+/// Reads the newest commits of `dt`, again when the listing of its log raced a commit.
+async fn update(dt: &mut DeltaTable) -> Result<(), DeltaTableError> {
+    let mut attempt = 0;
+    loop {
+        match dt.update_incremental(None).await {
+            Err(e) if table::raced(&e, &mut attempt).await => {}
+            other => return other,
+        }
+    }
+}
+
+/// Deletes the files the table no longer references that were removed (or written) longer ago than the larger of
+/// `retention` (this loader's setting, never under a day) and the table's own `delta.deletedFileRetentionDuration`
+/// (which Databricks users raise to keep time travel longer). Vacuum commits nothing.
+async fn vacuum(dt: &DeltaTable, state: &TableState, retention: Duration) -> Result<usize, MaintainError> {
+    let own = state
+        .metadata()
+        .configuration()
+        .get("delta.deletedFileRetentionDuration")
+        .map(|v| {
+            parse_interval(v).ok_or_else(|| MaintainError::Invalid(format!("delta.deletedFileRetentionDuration {v:?}")))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let retention = retention.max(MIN_VACUUM_RETENTION).max(own);
+    let (_, plan) = dt
+        .clone()
+        .vacuum()
+        .with_retention_period(chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7)))
+        // Both retentions were applied above; the library's own check knows only the table's.
+        .with_enforce_retention_duration(false)
+        .with_mode(VacuumMode::Full)
+        .with_dry_run(true)
+        .await?;
+    let store = dt.log_store().object_store(None);
+    let mut deleted = 0;
+    for file in &plan.files_deleted {
+        let path = Path::parse(file).map_err(|e| MaintainError::Invalid(format!("{file}: {e}")))?;
+        match store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => return Err(DeltaTableError::from(e).into()),
+        }
+    }
+    Ok(deleted)
+}
+
+/// A Delta interval (`interval 30 days`, `interval 2 weeks`, `interval 12 hours`).
+fn parse_interval(s: &str) -> Option<Duration> {
+    let mut words = s.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("interval") {
+        return None;
+    }
+    let n: u64 = words.next()?.parse().ok()?;
+    let unit = words.next()?.to_ascii_lowercase();
+    let secs = match unit.trim_end_matches('s') {
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        "week" => 604_800,
+        _ => return None,
+    };
+    Some(Duration::from_secs(n * secs))
 }
 
 async fn file_stats(dt: &DeltaTable) -> Result<(usize, i64), DeltaTableError> {
@@ -218,103 +320,15 @@ async fn file_stats(dt: &DeltaTable) -> Result<(usize, i64), DeltaTableError> {
     Ok((files.len(), files.iter().map(|f| f.size()).sum()))
 }
 
-/// Bin-packs the files smaller than the target into files near it, committed with `dataChange=false` so that
-/// readers and appends see no change. Appends that commit meanwhile do not conflict (they remove nothing); a
-/// conflicting commit (a delete of a file being compacted) fails this compaction, which the next run retries.
-/// Returns the number of commits made.
-pub async fn compact(dt: &mut DeltaTable, target: u64) -> Result<u32, DeltaTableError> {
-    let files: Vec<_> = dt.get_active_add_actions_by_predicate(None).try_collect().await?;
-    if files.iter().any(|f| f.deletion_vector_descriptor().is_some()) {
-        tracing::warn!(table = %dt.table_url(), "table has deletion vectors: compaction left to Databricks OPTIMIZE");
-        return Ok(0);
-    }
-    let partitioned = !dt.snapshot()?.metadata().partition_columns().is_empty();
-    if partitioned {
-        tracing::warn!(table = %dt.table_url(), "partitioned table: compaction left to Databricks OPTIMIZE");
-        return Ok(0);
-    }
-    // Greedy bins in log order (roughly time order), each up to the target size; a bin of one file is left alone.
-    let mut bins: Vec<Vec<usize>> = Vec::new();
-    let mut current: (Vec<usize>, u64) = (Vec::new(), 0);
-    for (i, f) in files.iter().enumerate() {
-        let size = f.size().max(0) as u64;
-        if size >= target {
-            continue;
-        }
-        if current.1 + size > target && !current.0.is_empty() {
-            bins.push(std::mem::take(&mut current.0));
-            current.1 = 0;
-        }
-        current.0.push(i);
-        current.1 += size;
-    }
-    bins.push(current.0);
-    bins.retain(|b| b.len() > 1);
-    if bins.is_empty() {
-        return Ok(0);
-    }
-    // One commit per group of bins of about 1 GiB read, so a large backlog makes progress in steps.
-    let group_bytes = target.max(1 << 30);
-    let store: Arc<dyn ObjectStore> = dt.object_store();
-    let schema = dt.snapshot()?.snapshot().arrow_schema();
-    let mut commits = 0;
-    let mut group: Vec<Action> = Vec::new();
-    let mut group_read = 0u64;
-    for (n, bin) in bins.iter().enumerate() {
-        let mut writer = RecordBatchWriter::for_table(dt)?.with_target_file_size(target);
-        for &i in bin {
-            let f = &files[i];
-            for batch in files::read(&store, &f.object_store_path(), None).await? {
-                writer.write(files::conform(&batch, &schema)?).await?;
-            }
-            group.push(Action::Remove(f.remove_action(false)));
-            group_read += f.size().max(0) as u64;
-        }
-        for mut add in writer.flush().await? {
-            add.data_change = false;
-            group.push(Action::Add(add));
-        }
-        if group_read >= group_bytes || n + 1 == bins.len() {
-            if !commit_compaction(dt, std::mem::take(&mut group), target).await? {
-                // Another commit removed a file this compaction read, or changed the schema or protocol: the
-                // files it wrote are left to vacuum and the next run compacts again.
-                tracing::warn!(table = %dt.table_url(), "compaction yielded to a concurrent change");
-                return Ok(commits);
-            }
-            commits += 1;
-            group_read = 0;
-            dt.update_incremental(None).await?;
-        }
-    }
-    Ok(commits)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Commits a compaction's removes and adds (all `dataChange=false`). Appends that commit first do not conflict:
-/// it is committed again on top of them at once. It yields (returns `false`) when a commit it lost to removed a
-/// file it read, or changed the schema or protocol, or when it has lost for a minute.
-async fn commit_compaction(dt: &DeltaTable, actions: Vec<Action>, target: u64) -> Result<bool, DeltaTableError> {
-    let log_store = dt.log_store();
-    let read: HashSet<String> =
-        actions.iter().filter_map(|a| if let Action::Remove(r) = a { Some(r.path.clone()) } else { None }).collect();
-    let read_version = dt.version().unwrap_or(0);
-    let mut version = read_version;
-    let started = Instant::now();
-    loop {
-        let parameters = [("predicate", "[]".into()), ("targetSize", target.to_string().into())];
-        let info = log::commit_info("OPTIMIZE", parameters, read_version, false);
-        let bytes = log::commit_bytes(info, actions.iter().cloned())?;
-        match log::write_commit(&log_store, version + 1, bytes).await {
-            Ok(()) => return Ok(true),
-            Err(TransactionError::VersionAlreadyExists(_)) => {}
-            Err(e) => return Err(DeltaTableError::Transaction { source: e }),
-        }
-        let latest = log_store.get_latest_version(version + 1).await?;
-        let winners = log::winners(&log_store, version, latest, &HashSet::new()).await?;
-        if winners.metadata || winners.removed.iter().any(|p| read.contains(p)) || started.elapsed() > YIELD_AFTER {
-            return Ok(false);
-        }
-        version = latest;
+    #[test]
+    fn delta_intervals() {
+        assert_eq!(parse_interval("interval 30 days"), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_interval("INTERVAL 1 week"), Some(Duration::from_secs(604_800)));
+        assert_eq!(parse_interval("interval 12 hours"), Some(Duration::from_secs(43_200)));
+        assert_eq!(parse_interval("30 days"), None);
     }
 }
-
-const YIELD_AFTER: Duration = Duration::from_secs(60);

@@ -13,23 +13,53 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{Array, ArrayRef, BooleanArray, StringArray, TimestampMicrosecondArray, new_null_array};
-use deltalake::arrow::compute::{filter_record_batch, interleave};
+use deltalake::arrow::compute::{cast, filter_record_batch, interleave};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::arrow::record_batch::RecordBatch;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-use deltalake::kernel::{Action, StructField, Transaction};
-use deltalake::protocol::{DeltaOperation, MergePredicate};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
+use deltalake::kernel::{Action, StructField, StructType, Transaction};
 use deltalake::{DeltaTable, DeltaTableError, ObjectStore, Path};
 use futures::TryStreamExt;
+use serde_json::json;
 
-use super::files;
+use super::MaintainError;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::delta::arrow::{arrow_type, column_type};
-use crate::delta::{kernel_type, log, widened_metadata};
+use crate::delta::arrow::{arrow_type, column_type as arrow_column_type};
+use crate::delta::commit::{self, Commit, Verdict};
+use crate::delta::files::{self, FileLayout};
+use crate::delta::log;
+use crate::delta::plan;
+use crate::delta::protocol::Operation;
+use crate::delta::table::TableState;
 use crate::layout::value::ColumnType;
 use crate::layout::{UUID_TS, Upsert, paths};
+
+/// A table's files as the upsert reads them: where they are, how they are laid out, the table's logical schema.
+struct Files {
+    store: Arc<dyn ObjectStore>,
+    layout: FileLayout,
+    schema: Arc<Schema>,
+}
+
+impl Files {
+    async fn of(dt: &DeltaTable) -> Result<(Files, TableState), MaintainError> {
+        let log_store = dt.log_store();
+        let state = TableState::load(&log_store, dt.version())
+            .await?
+            .ok_or_else(|| MaintainError::Invalid(format!("{}: no table", dt.table_url())))?;
+        let schema = state.schema();
+        let layout = state.reading_layout(&schema)?;
+        let files = Files { store: log_store.object_store(None), schema: files::arrow_schema(&schema)?, layout };
+        Ok((files, state))
+    }
+
+    /// The rows of one file with exactly `want`'s columns (by name; absent ones null, types cast).
+    async fn read(&self, path: &Path, want: &Arc<Schema>) -> Result<Vec<RecordBatch>, DeltaTableError> {
+        let names: Vec<&str> = want.fields().iter().map(|f| f.name().as_str()).collect();
+        let batches = files::read(self.store.as_ref(), path, &self.layout, &self.schema, Some(&names)).await?;
+        batches.iter().map(|b| conform(b, want)).collect()
+    }
+}
 
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -52,15 +82,16 @@ pub async fn run(
     catalog: Option<&dyn Catalog>,
     schema: &str,
     spec: &Upsert,
-) -> Result<Outcome, DeltaTableError> {
+) -> Result<Outcome, MaintainError> {
     let source = super::load(config, &paths::table_uri(&config.lake, schema, spec.source)).await?;
-    let source_version = source.version().unwrap_or(0) as u64;
+    let (source_files, source_state) = Files::of(&source).await?;
+    let source_version = source_state.version;
     let mut outcome = Outcome { source_version, ..Default::default() };
     let target_uri = paths::table_uri(&config.lake, schema, spec.target);
-    let mut target = match super::load(config, &target_uri).await {
+    let target = match super::load(config, &target_uri).await {
         Ok(t) => Some(t),
-        Err(e) if log::is_missing_table(&e) => None,
-        Err(e) => return Err(e),
+        Err(e) if crate::delta::errors::classify(&e) == crate::delta::errors::ErrorClass::MissingTable => None,
+        Err(e) => return Err(e.into()),
     };
     let app = app_id(spec);
     let done = match &target {
@@ -70,69 +101,112 @@ pub async fn run(
     if done == Some(source_version as i64) {
         return Ok(outcome);
     }
-    let source_schema = source.snapshot()?.snapshot().arrow_schema();
-    if source_schema.field_with_name(spec.key).is_err() {
+    if source_files.schema.field_with_name(spec.key).is_err() {
         return Ok(outcome); // No row of the source has the key yet.
     }
+    let target = match target {
+        Some(t) => {
+            let (files, state) = Files::of(&t).await?;
+            state.rules(Operation::Upsert)?;
+            Some((t, files, state))
+        }
+        None => None,
+    };
     let (changed, appended) = match (done, &target) {
-        (Some(d), Some(_)) if d >= 0 => changed_keys(&source, d as u64, source_version, spec.key).await?,
+        (Some(d), Some(_)) if d >= 0 => {
+            changed_keys(&source, &source_files, d as u64, source_version, spec.key).await?
+        }
         _ => (None, true),
     };
+    let txn = Action::Txn(Transaction::new_with_last_update(app.as_str(), source_version as i64, Some(now_millis())));
     if let Some(keys) = &changed
         && keys.is_empty()
-        && let Some(t) = &target
+        && let Some((t, _, state)) = target
     {
         if !appended {
             // Nothing but compaction since the last run: nothing to do, nothing to record.
             return Ok(outcome);
         }
         // Only rows without the key arrived: record the progress alone.
-        let txn = Transaction::new_with_last_update(app.as_str(), source_version as i64, Some(now_millis()));
-        commit(t, Vec::new(), txn, spec).await?;
+        let mut c = Commit::new(Operation::Upsert, "MERGE");
+        c.actions.push(txn);
+        commit_target(&t, state, &c, spec).await?;
         outcome.commits = 1;
         return Ok(outcome);
     }
-    let rows = recompute(&source, &source_schema, spec, changed.as_ref()).await?;
+    let rows = recompute(&source, &source_files, spec, changed.as_ref()).await?;
     if rows.num_rows() == 0 && target.is_none() {
         return Ok(outcome);
     }
     outcome.rows = rows.num_rows();
-    let txn = Transaction::new_with_last_update(app.as_str(), source_version as i64, Some(now_millis()));
-    match &mut target {
+    match target {
         None => {
             create(config, &target_uri, &rows, txn).await?;
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &target_uri).await.map_err(generic)?;
+                catalog.register(schema, spec.target, &target_uri).await?;
             }
         }
-        Some(t) => {
+        Some((mut t, mut files, mut state)) => {
             // Columns the target lacks: through the warehouse when Unity Catalog is kept, else in the commit.
-            let current = t.snapshot()?.snapshot().arrow_schema();
             let new: Vec<(String, ColumnType)> = rows
                 .schema()
                 .fields()
                 .iter()
-                .filter(|f| current.field_with_name(f.name()).is_err())
-                .filter_map(|f| column_type(f.data_type()).map(|c| (f.name().clone(), c)))
+                .filter(|f| files.schema.field_with_name(f.name()).is_err())
+                .filter_map(|f| arrow_column_type(f.data_type()).map(|c| (f.name().clone(), c)))
                 .collect();
-            let mut metadata = None;
+            let mut new_fields = Vec::new();
             if let Some(catalog) = catalog {
-                catalog.register(schema, spec.target, &target_uri).await.map_err(generic)?;
+                catalog.register(schema, spec.target, &target_uri).await?;
                 if !new.is_empty() {
-                    catalog.add_columns(schema, spec.target, &target_uri, &new).await.map_err(generic)?;
+                    catalog.add_columns(schema, spec.target, &target_uri, &new).await?;
                     t.update_incremental(None).await?;
+                    (files, state) = Files::of(&t).await?;
+                    state.rules(Operation::Upsert)?;
                 }
             } else {
-                let snapshot = t.snapshot()?;
-                metadata = widened_metadata(&snapshot.schema(), snapshot.metadata(), &new)?;
+                let rules = state.rules(Operation::Upsert)?;
+                new_fields = plan::annotated(
+                    new.iter().map(|(n, c)| StructField::new(n.clone(), plan::kernel_type(*c), true)),
+                    rules.column_mapping,
+                    commit::max_column_id(&state),
+                );
             }
-            let mut actions = rewrite(t, &rows, changed.as_ref()).await?;
-            actions.extend(metadata.map(Action::Metadata));
-            commit(t, actions, txn, spec).await?;
+            let rules = state.rules(Operation::Upsert)?;
+            let widened = StructType::try_new(state.schema().fields().cloned().chain(new_fields.iter().cloned()))
+                .map_err(DeltaTableError::from)?;
+            let layout = state.layout(&rules, &widened);
+            let mut c = Commit::new(Operation::Upsert, "MERGE");
+            c.parameters = vec![("predicate", json!(format!("target.id = source.{}", spec.key)))];
+            c.actions = rewrite(&t, &files, &layout, &widened, &rows, changed.as_ref()).await?;
+            c.actions.push(txn);
+            c.new_columns = new_fields;
+            commit_target(&t, state, &c, spec).await?;
         }
     }
     outcome.commits = 1;
     Ok(outcome)
+}
+
+/// Commits an upsert on the target; a concurrent change to the same files or progress fails it (the next run
+/// starts again from where the target's progress says).
+async fn commit_target(target: &DeltaTable, state: TableState, c: &Commit, spec: &Upsert) -> Result<(), MaintainError> {
+    let app = app_id(spec);
+    let rewritten: HashSet<String> =
+        c.actions.iter().filter_map(|a| if let Action::Remove(r) = a { Some(r.path.clone()) } else { None }).collect();
+    let judge = move |w: &log::Winners| {
+        if w.app_ids.contains(&app) {
+            Verdict::Replan("another run upserted the same table")
+        } else if w.removed.iter().any(|p| rewritten.contains(p)) {
+            Verdict::Replan("a file it rewrote was removed")
+        } else {
+            Verdict::Rebase
+        }
+    };
+    let mut retries = 0;
+    let budget = std::time::Duration::from_secs(60);
+    commit::commit_once(&target.log_store(), &mut Some(state), c, &judge, budget, &mut retries).await?;
+    Ok(())
 }
 
 fn now_millis() -> i64 {
@@ -144,6 +218,7 @@ fn now_millis() -> i64 {
 /// whether those commits appended any rows at all.
 async fn changed_keys(
     source: &DeltaTable,
+    files: &Files,
     from: u64,
     to: u64,
     key: &str,
@@ -164,10 +239,10 @@ async fn changed_keys(
         }
     }
     let appended = !added.is_empty();
-    let store = source.object_store();
+    let want = Arc::new(Schema::new(vec![Field::new(key, DataType::Utf8, true)]));
     let mut keys = HashSet::new();
     for path in added {
-        let batches = match files::read(&store, &path, Some(&[key])).await {
+        let batches = match files.read(&path, &want).await {
             Ok(b) => b,
             Err(DeltaTableError::ObjectStore { source: object_store::Error::NotFound { .. } }) => {
                 return Ok((None, true));
@@ -194,14 +269,15 @@ struct KeyState {
 /// One row per key (all keys, or those in `only`), from every row of the source.
 async fn recompute(
     source: &DeltaTable,
-    source_schema: &Arc<Schema>,
+    source_files: &Files,
     spec: &Upsert,
     only: Option<&HashSet<String>>,
 ) -> Result<RecordBatch, DeltaTableError> {
-    let traits: Vec<Arc<Field>> = source_schema
+    let traits: Vec<Arc<Field>> = source_files
+        .schema
         .fields()
         .iter()
-        .filter(|f| spec.is_trait(f.name()) && column_type(f.data_type()).is_some())
+        .filter(|f| spec.is_trait(f.name()) && arrow_column_type(f.data_type()).is_some())
         .cloned()
         .collect();
     let ts_type = arrow_type(ColumnType::Timestamp);
@@ -212,9 +288,7 @@ async fn recompute(
     ];
     fields.extend(traits.iter().cloned());
     let projected = Arc::new(Schema::new(fields));
-    let names: Vec<&str> = projected.fields().iter().map(|f| f.name().as_str()).collect();
 
-    let store: Arc<dyn ObjectStore> = source.object_store();
     let files: Vec<_> = source.get_active_add_actions_by_predicate(None).try_collect().await?;
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut states: HashMap<String, KeyState> = HashMap::new();
@@ -225,8 +299,7 @@ async fn recompute(
                 f.path()
             )));
         }
-        for batch in files::read(&store, &f.object_store_path(), Some(&names)).await? {
-            let batch = files::conform(&batch, &projected)?;
+        for batch in source_files.read(&f.object_store_path(), &projected).await? {
             let keys =
                 batch.column(0).as_any().downcast_ref::<StringArray>().ok_or_else(|| generic("key is not text"))?;
             let keep: BooleanArray =
@@ -303,109 +376,98 @@ async fn recompute(
     Ok(RecordBatch::try_new(out_schema, columns)?)
 }
 
-/// Creates the target with its first rows and the source version they cover.
-async fn create(config: &Config, uri: &str, rows: &RecordBatch, txn: Transaction) -> Result<(), DeltaTableError> {
-    let url = crate::delta::table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
-    let mut writer =
-        RecordBatchWriter::try_new(url.as_str(), rows.schema(), None, Some(config.storage.options.clone()))?;
-    writer.write(rows.clone()).await?;
-    let adds = writer.flush().await?;
+/// Creates the target with its first rows and the source version they cover. It gets no `txn` retention, so that
+/// its progress never expires.
+async fn create(config: &Config, uri: &str, rows: &RecordBatch, txn: Action) -> Result<(), MaintainError> {
+    let log_store = crate::delta::table::log_store(uri, &config.storage.options)?;
     let fields: Vec<StructField> = rows
         .schema()
         .fields()
         .iter()
-        .filter_map(|f| column_type(f.data_type()).map(|c| StructField::new(f.name().clone(), kernel_type(c), true)))
+        .filter_map(|f| {
+            arrow_column_type(f.data_type()).map(|c| StructField::new(f.name().clone(), plan::kernel_type(c), true))
+        })
         .collect();
-    let log_store = deltalake::DeltaTableBuilder::from_url(url)?
-        .with_storage_options(config.storage.options.clone())
-        .build_storage()?;
-    DeltaTable::new(log_store)
-        .create()
-        .with_columns(fields)
-        .with_commit_properties(CommitProperties::default().with_application_transaction(txn).with_max_retries(0))
-        .with_actions(adds.into_iter().map(Action::Add))
-        .await?;
+    let schema = StructType::try_new(fields).map_err(DeltaTableError::from)?;
+    let store = log_store.object_store(None);
+    let mut c = crate::delta::new_table(store.as_ref(), schema, rows, Default::default()).await?;
+    c.operation = Operation::Upsert;
+    c.actions.push(txn);
+    let mut retries = 0;
+    let judge = |_: &log::Winners| Verdict::Rebase;
+    commit::commit_once(&log_store, &mut None, &c, &judge, std::time::Duration::from_secs(60), &mut retries).await?;
     Ok(())
 }
 
-/// The target files holding any of the recomputed keys are rewritten without them (all files when every key
-/// was recomputed), and the recomputed rows are added.
+/// The target files holding any of the recomputed keys are rewritten without them (all files when every key was
+/// recomputed), and the recomputed rows are added. A file with deleted rows (a deletion vector) is refused: its
+/// rows cannot be read as the table has them.
 async fn rewrite(
     target: &DeltaTable,
+    files: &Files,
+    layout: &FileLayout,
+    widened: &StructType,
     rows: &RecordBatch,
     changed: Option<&HashSet<String>>,
-) -> Result<Vec<Action>, DeltaTableError> {
-    let schema = Arc::new(target_schema(target, rows)?);
-    let store: Arc<dyn ObjectStore> = target.object_store();
-    let files: Vec<_> = target.get_active_add_actions_by_predicate(None).try_collect().await?;
-    let mut writer = RecordBatchWriter::for_table(target)?;
+) -> Result<Vec<Action>, MaintainError> {
+    let schema = files::arrow_schema(widened)?;
+    let active: Vec<_> = target.get_active_add_actions_by_predicate(None).try_collect().await?;
+    let ids = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, true)]));
+    let mut kept = Vec::new();
     let mut actions = Vec::new();
-    for f in &files {
+    for f in &active {
         let path = f.object_store_path();
-        let keep_rows = match changed {
-            None => None,
-            Some(keys) => {
-                let ids = files::read(&store, &path, Some(&["id"])).await?;
-                let hit = ids.iter().any(|b| {
-                    b.column_by_name("id")
-                        .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                        .is_some_and(|c| c.iter().flatten().any(|id| keys.contains(id)))
-                });
-                if !hit {
-                    continue;
-                }
-                Some(keys)
+        if let Some(keys) = changed {
+            let hit = files.read(&path, &ids).await?.iter().any(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .is_some_and(|c| c.iter().flatten().any(|id| keys.contains(id)))
+            });
+            if !hit {
+                continue;
             }
-        };
-        if let Some(keys) = keep_rows {
-            for batch in files::read(&store, &path, None).await? {
-                let batch = files::conform(&batch, &schema)?;
+        }
+        if f.deletion_vector_descriptor().is_some() {
+            return Err(MaintainError::Invalid(format!(
+                "{}: {} has rows deleted by a deletion vector, which this upsert does not rewrite; \
+                 run OPTIMIZE (or REORG TABLE ... APPLY (PURGE)) on Databricks first",
+                target.table_url(),
+                f.path()
+            )));
+        }
+        if let Some(keys) = changed {
+            for batch in files.read(&path, &schema).await? {
                 let ids = batch.column_by_name("id").and_then(|c| c.as_any().downcast_ref::<StringArray>().cloned());
                 let Some(ids) = ids else { continue };
                 let keep: BooleanArray = ids.iter().map(|id| Some(id.is_none_or(|id| !keys.contains(id)))).collect();
-                let kept = filter_record_batch(&batch, &keep)?;
-                if kept.num_rows() > 0 {
-                    writer.write_with_mode(kept, WriteMode::MergeSchema).await?;
+                let batch = filter_record_batch(&batch, &keep)?;
+                if batch.num_rows() > 0 {
+                    kept.push(batch);
                 }
             }
         }
         actions.push(Action::Remove(f.remove_action(true)));
     }
-    if rows.num_rows() > 0 {
-        writer.write_with_mode(files::conform(rows, &schema)?, WriteMode::MergeSchema).await?;
+    let rows = conform(rows, &schema)?;
+    kept.push(rows);
+    let all = deltalake::arrow::compute::concat_batches(&schema, &kept)?;
+    if all.num_rows() > 0 {
+        actions.extend(files::write(files.store.as_ref(), layout, &all, true).await?.into_iter().map(Action::Add));
     }
-    actions.extend(writer.flush().await?.into_iter().map(Action::Add));
     Ok(actions)
 }
 
-/// The target's columns followed by the new ones of `rows`.
-fn target_schema(target: &DeltaTable, rows: &RecordBatch) -> Result<Schema, DeltaTableError> {
-    let current = target.snapshot()?.snapshot().arrow_schema();
-    let mut fields: Vec<Arc<Field>> = current.fields().iter().cloned().collect();
-    for f in rows.schema().fields() {
-        if current.field_with_name(f.name()).is_err() {
-            fields.push(f.clone());
-        }
-    }
-    Ok(Schema::new(fields))
-}
-
-async fn commit(
-    target: &DeltaTable,
-    actions: Vec<Action>,
-    txn: Transaction,
-    spec: &Upsert,
-) -> Result<(), DeltaTableError> {
-    let op = DeltaOperation::Merge {
-        predicate: Some(format!("target.id = source.{}", spec.key)),
-        merge_predicate: Some(format!("target.id = source.{}", spec.key)),
-        matched_predicates: vec![MergePredicate { action_type: "update".into(), predicate: None }],
-        not_matched_predicates: vec![MergePredicate { action_type: "insert".into(), predicate: None }],
-        not_matched_by_source_predicates: Vec::new(),
-    };
-    CommitBuilder::from(CommitProperties::default().with_application_transaction(txn))
-        .with_actions(actions)
-        .build(Some(target.snapshot()?), target.log_store(), op)
-        .await?;
-    Ok(())
+/// A batch with exactly `schema`'s columns: by name, absent ones null, types cast.
+fn conform(batch: &RecordBatch, schema: &Arc<Schema>) -> Result<RecordBatch, DeltaTableError> {
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|f| match batch.column_by_name(f.name()) {
+            Some(c) if c.data_type() == f.data_type() => Ok(c.clone()),
+            Some(c) => Ok(cast(c, f.data_type())?),
+            None => Ok(new_null_array(f.data_type(), batch.num_rows())),
+        })
+        .collect::<Result<Vec<ArrayRef>, DeltaTableError>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }

@@ -3,6 +3,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -11,7 +12,7 @@ use futures::stream::FuturesUnordered;
 use crate::batch::{Batcher, Submission, Totals};
 use crate::intake::body::{self, RawEvent};
 use crate::intake::map_raw;
-use crate::layout::rows::Mapped;
+use crate::layout::rows::{Mapped, Offset};
 use crate::layout::value::now_micros;
 use crate::segment::event::Arrival;
 use crate::segment::scan;
@@ -62,8 +63,29 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
     }
 }
 
-/// Loads every file into `schema`, printing progress to the terminal, and returns the counts.
-pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf]) -> Result<Summary, IngestError> {
+/// A file's identity as a stream: its content's SHA-1. Loading the same content again (a re-run, or a run resumed
+/// after a failure) skips the chunks each table already holds: every chunk's rows carry the file's stream and the
+/// chunk's number, committed as a Delta `txn` with the rows, as the Event Hub trigger does with its offsets.
+fn stream_id(path: &Path) -> Result<Arc<str>, IngestError> {
+    use sha1::{Digest, Sha1};
+    let io = |source| IngestError::Io { path: path.to_path_buf(), source };
+    let mut file = BufReader::new(File::open(path).map_err(io)?);
+    let mut hasher = Sha1::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("segment-delta/ingest/{digest}").into())
+}
+
+/// Loads every file into `schema`, printing progress to the terminal, and returns the counts. Unless `force` is
+/// set, the chunks of a file that a table already holds (the same content loaded before) are skipped.
+pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf], force: bool) -> Result<Summary, IngestError> {
     let started = Instant::now();
     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let progress = indicatif::ProgressBar::new(total);
@@ -81,6 +103,18 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf]) -> Result<S
         async move { b.submit(Submission { schema, events: chunk, bytes }).await }
     };
     for path in files {
+        let stream = if force { None } else { Some(stream_id(path)?) };
+        let mut number = 0i64;
+        let mut numbered = |chunk: Vec<Mapped>| -> Vec<Mapped> {
+            number += 1;
+            match &stream {
+                Some(app_id) => {
+                    let offset = Some(Offset { app_id: app_id.clone(), seq: number });
+                    chunk.into_iter().map(|m| m.with_offset(offset.clone())).collect()
+                }
+                None => chunk,
+            }
+        };
         let mut reader = open(path, &progress)?;
         let whole_document = {
             let name = path.to_string_lossy().trim_end_matches(".gz").to_ascii_lowercase();
@@ -110,13 +144,14 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf]) -> Result<S
                         r?;
                     }
                 }
-                in_flight.push(submit(std::mem::take(&mut chunk), std::mem::take(&mut chunk_bytes)));
+                in_flight.push(submit(numbered(std::mem::take(&mut chunk)), std::mem::take(&mut chunk_bytes)));
                 progress.set_message(format!("{events} events"));
             }
         }
-    }
-    if !chunk.is_empty() {
-        in_flight.push(submit(chunk, chunk_bytes));
+        // Chunks end with their file, so that a file's chunks are the same on every run.
+        if !chunk.is_empty() {
+            in_flight.push(submit(numbered(std::mem::take(&mut chunk)), std::mem::take(&mut chunk_bytes)));
+        }
     }
     // The input is read: what waits for the flush interval is written now.
     batcher.drain();

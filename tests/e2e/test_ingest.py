@@ -119,3 +119,32 @@ def test_ingest_one_hostile_item_does_not_sink_its_batch_line(tmp_path):
     [d] = read_discards(lake)
     assert "nested more than 128 levels" in d["reason"] and d["column_value"] == deep.decode()
     assert (got["events"], got["discards"]) == (4, 1)
+
+
+def test_ingesting_the_same_file_again_writes_nothing_twice(tmp_path):
+    """A re-run of a backfill (or one resumed after a failure) skips what each table already holds; --force
+    appends again on purpose."""
+    lines = generate(2_000, seed=11)
+    events = [json.loads(line) for line in lines]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    lake = tmp_path / "lake"
+    want = Counter(t for e in events for t in tables_of(e))
+
+    first = run_ingest(lake, path)
+    assert re.search(r"^duplicates skipped 0$", first, re.M), first
+    # The same content under another name is the same data.
+    copy = tmp_path / "copy.jsonl"
+    copy.write_bytes(path.read_bytes())
+    second = run_ingest(lake, copy)
+    skipped = int(re.search(r"^duplicates skipped (\d+)$", second, re.M)[1])
+    assert skipped == sum(want.values()), second
+    assert summary(second)["rows"] == {}, second
+    for table, n in want.items():
+        ids = read_table(lake, "segment", table).column("id").to_pylist()
+        assert len(ids) == len(set(ids)) == n, table
+
+    forced = run_ingest(lake, "--force", path)
+    assert re.search(r"^duplicates skipped 0$", forced, re.M), forced
+    for table, n in want.items():
+        assert len(read_table(lake, "segment", table).column("id").to_pylist()) == 2 * n, table

@@ -127,13 +127,13 @@ def test_many_writers_one_lake(written, azurite_lake, record_property):
                     wrong.append((row["id"], late[other], row[late[other]]))
         assert not wrong, (table, wrong[:10])
 
-    # The Delta log: consecutive versions, and no writer's commit (its own txn appId and version) twice.
+    # The Delta log: consecutive versions, and no writer's commit (its own commitInfo txnId) twice.
     commits, creates, schema_changes, writers_seen = {}, {}, {}, {}
     for table in sorted({"tracks"} | event_tables):
         log = azurite_lake.delta_log(table, SCHEMA)
         assert sorted(log) == list(range(len(log))), f"{table}: versions {sorted(log)}"
-        txns = [(a["txn"]["appId"], a["txn"]["version"]) for actions in log.values() for a in actions
-                if "txn" in a and a["txn"]["appId"].startswith("segment-delta/writer/")]
+        txns = [(a["commitInfo"]["writerId"], a["commitInfo"]["txnId"]) for actions in log.values() for a in actions
+                if "commitInfo" in a and "writerId" in a["commitInfo"]]
         assert len(txns) == len(set(txns)), f"{table}: a writer's commit is in the log twice"
         added = sum(json.loads(a["add"]["stats"])["numRecords"] for actions in log.values() for a in actions
                     if "add" in a and a["add"].get("stats"))

@@ -4,7 +4,6 @@
 use std::collections::HashMap;
 
 use deltalake::DeltaTable;
-use deltalake::kernel::StructField;
 use serde_json::{Value, json};
 use url::Url;
 
@@ -63,7 +62,7 @@ pub async fn optimize(location: &str) -> Result<(usize, usize), SqlError> {
         t.snapshot().map(|s| s.log_data().iter().map(|f| f.path().to_string()).collect()).unwrap_or_default()
     };
     let before = paths(&table);
-    segment_delta::maintain::compact(&mut table, 1 << 30)
+    segment_delta::maintain::compact::compact(&table, 1 << 30)
         .await
         .map_err(|e| SqlError::internal(format!("OPTIMIZE of '{location}' failed: {e}.")))?;
     table.update_incremental(None).await.map_err(|e| SqlError::internal(e.to_string()))?;
@@ -159,22 +158,74 @@ pub async fn add_columns(location: &str, columns: &[NewColumn]) -> Result<Schema
             ),
         ));
     }
-    let mut new_fields = Vec::new();
+    let mapped = matches!(mapping.as_deref(), Some("name" | "id"));
+    let mut fields_json = fields(&schema);
+    let mut max_id = snapshot
+        .metadata()
+        .configuration()
+        .get("delta.columnMapping.maxColumnId")
+        .and_then(|v| v.parse::<i64>().ok())
+        .unwrap_or(0);
+    max_id = fields_json
+        .iter()
+        .filter_map(|f| f.pointer("/metadata/delta.columnMapping.id")?.as_i64())
+        .fold(max_id, i64::max);
     for c in columns {
         let mut metadata = serde_json::Map::new();
         if let Some(comment) = &c.comment {
             metadata.insert("comment".into(), json!(comment));
         }
-        let field = json!({"name": c.name, "type": c.delta_type, "nullable": true, "metadata": metadata});
-        let field: StructField = serde_json::from_value(field).map_err(|e| SqlError::internal(e.to_string()))?;
-        new_fields.push(field);
+        if mapped {
+            // Column mapping: the next id and a fresh physical name, as Databricks assigns them.
+            max_id += 1;
+            metadata.insert("delta.columnMapping.id".into(), json!(max_id));
+            metadata.insert("delta.columnMapping.physicalName".into(), json!(format!("col-{}", uuid::Uuid::new_v4())));
+        }
+        fields_json.push(json!({"name": c.name, "type": c.delta_type, "nullable": true, "metadata": metadata}));
     }
-    let table = table
-        .add_columns()
-        .with_fields(new_fields)
+    let mut metadata = serde_json::to_value(snapshot.metadata()).map_err(|e| SqlError::internal(e.to_string()))?;
+    metadata["schemaString"] = json!(json!({"type": "struct", "fields": fields_json}).to_string());
+    if mapped {
+        metadata["configuration"]["delta.columnMapping.maxColumnId"] = json!(max_id.to_string());
+    }
+    let ict = snapshot.metadata().configuration().get("delta.enableInCommitTimestamps").is_some_and(|v| v == "true");
+    let version = table.version().unwrap_or(0) as u64;
+    let now = chrono::Utc::now().timestamp_millis();
+    let mut info = json!({"timestamp": now, "operation": "ADD COLUMNS", "operationParameters": {"columns": columns.len().to_string()},
+        "readVersion": version, "isolationLevel": "Serializable", "isBlindAppend": true, "engineInfo": "Databricks-Runtime/emulated"});
+    if ict {
+        let previous = last_in_commit_timestamp(&table, version).await?;
+        info["inCommitTimestamp"] = json!(now.max(previous.map_or(i64::MIN, |p| p + 1)));
+    }
+    let body = format!("{}\n{}\n", json!({"commitInfo": info}), json!({"metaData": metadata}));
+    table
+        .log_store()
+        .write_commit_entry(
+            version + 1,
+            deltalake::logstore::CommitOrBytes::LogBytes(body.into()),
+            uuid::Uuid::new_v4(),
+        )
         .await
-        .map_err(|e| SqlError::internal(format!("Committing the new columns to '{location}' failed: {e}.")))?;
+        .map_err(|e| {
+            SqlError::new(
+                "DELTA_CONCURRENT_TRANSACTION",
+                "ABORTED",
+                "2D521",
+                format!("Committing the new columns to '{location}' failed: {e}. Retry the statement."),
+            )
+        })?;
+    let table = open(location).await?;
     schema_of(&table)
+}
+
+/// The `inCommitTimestamp` of commit `version`.
+async fn last_in_commit_timestamp(table: &DeltaTable, version: u64) -> Result<Option<i64>, SqlError> {
+    let bytes = table.log_store().read_commit_entry(version).await.map_err(|e| SqlError::internal(e.to_string()))?;
+    Ok(bytes.and_then(|b| {
+        b.split(|c| *c == b'\n')
+            .filter_map(|l| serde_json::from_slice::<Value>(l).ok())
+            .find_map(|a| a.pointer("/commitInfo/inCommitTimestamp").and_then(Value::as_i64))
+    }))
 }
 
 fn field_name(field: &Value) -> &str {

@@ -122,10 +122,10 @@ pub fn submit_error(e: &SubmitError) -> ApiResponse {
         }
         SubmitError::Write(w) => {
             let mut r = ApiResponse::error(
-                if w.retryable { 503 } else { 500 },
+                if w.retryable() { 503 } else { 500 },
                 format!("write failed, nothing was acknowledged: {w}"),
             );
-            if w.retryable {
+            if w.retryable() {
                 r.headers.push(("retry-after", "1".into()));
             }
             r

@@ -1,0 +1,179 @@
+//! The columns of one append: the table's own columns of the types this loader writes, then the batch's new
+//! columns in order of first appearance up to the column cap; and the new columns as Delta fields, annotated for
+//! column mapping when the table uses it.
+
+use std::collections::{HashMap, HashSet};
+
+use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, StructType};
+
+use super::protocol::ColumnMapping;
+use crate::layout::TableKind;
+use crate::layout::rows::Row;
+use crate::layout::value::ColumnType;
+
+/// The Delta type of a warehouse type.
+pub fn kernel_type(t: ColumnType) -> DataType {
+    DataType::Primitive(match t {
+        ColumnType::Timestamp => PrimitiveType::Timestamp,
+        ColumnType::BigInt => PrimitiveType::Long,
+        ColumnType::Double => PrimitiveType::Double,
+        ColumnType::Boolean => PrimitiveType::Boolean,
+        ColumnType::String => PrimitiveType::String,
+    })
+}
+
+/// The warehouse type of a table column, when it is one this loader writes.
+pub fn column_type(t: &DataType) -> Option<ColumnType> {
+    match t {
+        DataType::Primitive(PrimitiveType::Timestamp) => Some(ColumnType::Timestamp),
+        DataType::Primitive(PrimitiveType::Long) => Some(ColumnType::BigInt),
+        DataType::Primitive(PrimitiveType::Double) => Some(ColumnType::Double),
+        DataType::Primitive(PrimitiveType::Boolean) => Some(ColumnType::Boolean),
+        DataType::Primitive(PrimitiveType::String) => Some(ColumnType::String),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// The columns rows are built with, in order.
+    pub columns: Vec<(String, ColumnType)>,
+    /// The columns the table does not have yet.
+    pub new_columns: Vec<String>,
+    /// Names rows use that cannot be written, with the reason (a column of a type this loader does not write, or
+    /// one that differs from a table column only in case).
+    pub unwritable: HashMap<String, String>,
+    /// Some rows have columns past the column cap.
+    pub over_cap: bool,
+    /// Columns declared NOT NULL.
+    pub required: Vec<String>,
+}
+
+impl Plan {
+    /// The columns of `existing` (or, for a new table, the fixed columns of `kind`), then the rows' new ones.
+    pub fn new(table: &str, existing: Option<&StructType>, kind: TableKind, rows: &[&Row], max_columns: usize) -> Plan {
+        let mut plan = Plan::default();
+        match existing {
+            Some(schema) => {
+                for f in schema.fields() {
+                    if !f.is_nullable() {
+                        plan.required.push(f.name().clone());
+                    }
+                    match column_type(f.data_type()) {
+                        Some(t) => plan.columns.push((f.name().clone(), t)),
+                        None => {
+                            let reason = format!(
+                                "column {} of {table} has type {} which this loader does not write",
+                                f.name(),
+                                f.data_type()
+                            );
+                            plan.unwritable.insert(f.name().clone(), reason);
+                        }
+                    }
+                }
+            }
+            None => plan.columns.extend(kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t))),
+        }
+        let known = plan.columns.len() + plan.unwritable.len();
+        let mut seen: HashSet<String> =
+            plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
+        let lower: HashMap<String, String> = seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
+        for row in rows {
+            for (name, value) in &row.cols {
+                if seen.contains(name.as_ref()) {
+                    continue;
+                }
+                seen.insert(name.to_string());
+                if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
+                    let reason = format!("{name} differs from column {existing} of {table} only in case");
+                    plan.unwritable.insert(name.to_string(), reason);
+                    continue;
+                }
+                if known + plan.new_columns.len() >= max_columns {
+                    plan.over_cap = true;
+                    continue;
+                }
+                plan.new_columns.push(name.to_string());
+                plan.columns.push((name.to_string(), value.natural_type()));
+            }
+        }
+        plan
+    }
+
+    /// Why a row's column has no place in the batch.
+    pub fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<String> {
+        self.unwritable.get(name).cloned().or_else(|| {
+            self.over_cap
+                .then(|| format!("table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"))
+        })
+    }
+
+    /// The new columns as Delta fields (nullable, as every added column must be). Under column mapping each gets
+    /// the next column id after `max_column_id` and a fresh physical name, as Databricks gives them.
+    pub fn new_fields(&self, mapping: ColumnMapping, max_column_id: i64) -> Vec<StructField> {
+        let types: HashMap<&str, ColumnType> = self.columns.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let fields = self.new_columns.iter().map(|n| StructField::new(n.clone(), kernel_type(types[n.as_str()]), true));
+        annotated(fields, mapping, max_column_id)
+    }
+}
+
+/// New columns as a table with this column mapping needs them: under column mapping each gets the next column id
+/// after `max_column_id` and a fresh physical name, as Databricks gives them.
+pub fn annotated(
+    fields: impl IntoIterator<Item = StructField>,
+    mapping: ColumnMapping,
+    max_column_id: i64,
+) -> Vec<StructField> {
+    fields
+        .into_iter()
+        .enumerate()
+        .map(|(i, field)| match mapping {
+            ColumnMapping::None => field,
+            ColumnMapping::Name | ColumnMapping::Id => field.with_metadata([
+                ("delta.columnMapping.id", MetadataValue::Number(max_column_id + 1 + i as i64)),
+                ("delta.columnMapping.physicalName", MetadataValue::String(format!("col-{}", uuid::Uuid::new_v4()))),
+            ]),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::value::Scalar;
+
+    fn row(cols: &[(&str, Scalar)]) -> Row {
+        Row { id: "r".into(), cols: cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect(), offset: None }
+    }
+
+    #[test]
+    fn existing_columns_then_new_ones_up_to_the_cap() {
+        let schema = StructType::try_new([
+            StructField::new("id", kernel_type(ColumnType::String), false),
+            StructField::new(
+                "amount",
+                DataType::Primitive(PrimitiveType::Decimal(deltalake::kernel::DecimalType::try_new(10, 2).unwrap())),
+                true,
+            ),
+            StructField::new("UserName", kernel_type(ColumnType::String), true),
+        ])
+        .unwrap();
+        let r = row(&[
+            ("id", Scalar::Str("a".into())),
+            ("plan", Scalar::Int(1)),
+            ("username", Scalar::Str("x".into())),
+            ("seats", Scalar::Int(2)),
+        ]);
+        let plan = Plan::new("t", Some(&schema), TableKind::Event, &[&r], 4);
+        assert_eq!(plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["id", "UserName", "plan"]);
+        assert_eq!(plan.new_columns, ["plan"]);
+        assert_eq!(plan.required, ["id"]);
+        assert!(plan.unwritable["amount"].contains("does not write"));
+        assert!(plan.unwritable["username"].contains("only in case"));
+        assert!(plan.over_cap, "seats is past the cap of 4 columns");
+        let fields = plan.new_fields(ColumnMapping::Name, 7);
+        let id = serde_json::to_value(fields[0].metadata().get("delta.columnMapping.id").unwrap()).unwrap();
+        assert_eq!(id, 8);
+        assert!(plan.new_fields(ColumnMapping::None, 7)[0].metadata().is_empty());
+    }
+}

@@ -1,0 +1,135 @@
+//! A table as a writer holds it between commits: its log store, and the protocol, metadata and schema of the
+//! newest version it read (never the list of data files, so that holding a table costs the same at any size),
+//! plus the little the next commit needs from the log: the last in-commit timestamp and the row id high-water
+//! mark.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use deltalake::DeltaTableError;
+use deltalake::kernel::{Metadata, Protocol, Snapshot, StructType};
+use deltalake::logstore::LogStoreRef;
+use url::Url;
+
+use super::errors::{ErrorClass, classify};
+use super::files::FileLayout;
+use super::log;
+use super::protocol::{self, Operation, Refusal, Rules};
+
+/// The URL delta-rs opens for a table location (local paths become absolute `file://` URLs).
+pub fn table_url(uri: &str) -> Result<Url, String> {
+    if uri.contains("://") {
+        return Url::parse(uri).map_err(|e| format!("{uri}: {e}"));
+    }
+    let path = std::path::Path::new(uri);
+    std::fs::create_dir_all(path).map_err(|e| format!("cannot create {uri}: {e}"))?;
+    let abs = std::fs::canonicalize(path).map_err(|e| format!("{uri}: {e}"))?;
+    Url::from_directory_path(&abs).map_err(|()| format!("{} is not an absolute path", abs.display()))
+}
+
+/// The log store of the table at `uri`.
+pub fn log_store(uri: &str, storage_options: &HashMap<String, String>) -> Result<LogStoreRef, DeltaTableError> {
+    let url = table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
+    super::storage::log_store(url, storage_options)
+}
+
+/// Whether a read of the log should simply be taken again: a listing taken while another writer committed (local
+/// directories list without order, so a listing can miss the commit being made and see a gap). Pauses briefly.
+pub async fn raced(e: &DeltaTableError, attempt: &mut u32) -> bool {
+    *attempt += 1;
+    if classify(e) != ErrorClass::Conflict || *attempt > 30 {
+        return false;
+    }
+    let pause = (2 * u64::from(*attempt)).min(50) + fastrand::u64(0..10);
+    tracing::debug!(attempt = *attempt, pause_ms = pause, "the listing of the log raced a commit; reading it again");
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    true
+}
+
+/// A version of a table as read from its log.
+#[derive(Clone)]
+pub struct TableState {
+    pub snapshot: Arc<Snapshot>,
+    /// The newest version this writer knows of; commits that change no metadata advance it alone.
+    pub version: u64,
+    /// The newest commit's `inCommitTimestamp`, when the table keeps them.
+    pub last_in_commit_timestamp: Option<i64>,
+    /// The `delta.rowTracking` high-water mark (-1 when no row id was assigned yet), when the table tracks rows.
+    pub row_id_high_water_mark: Option<i64>,
+}
+
+impl TableState {
+    /// The table at `version` (the newest when `None`), or `None` when no table exists at the location.
+    pub async fn load(log_store: &LogStoreRef, version: Option<u64>) -> Result<Option<TableState>, DeltaTableError> {
+        let mut attempt = 0;
+        loop {
+            match Snapshot::try_new(log_store.as_ref(), version).await {
+                Ok(snapshot) => return Ok(Some(TableState::read(log_store, Arc::new(snapshot)).await?)),
+                Err(e) if classify(&e) == ErrorClass::MissingTable => return Ok(None),
+                Err(e) if raced(&e, &mut attempt).await => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the log from where this state stands up to `version` (the newest when `None`).
+    pub async fn update(&mut self, log_store: &LogStoreRef, version: Option<u64>) -> Result<(), DeltaTableError> {
+        let mut attempt = 0;
+        let snapshot = loop {
+            match self.snapshot.clone().update(log_store.engine(None), version).await {
+                Ok(snapshot) => break snapshot,
+                Err(e) if raced(&e, &mut attempt).await => {}
+                Err(e) => return Err(e),
+            }
+        };
+        *self = TableState::read(log_store, snapshot).await?;
+        Ok(())
+    }
+
+    async fn read(log_store: &LogStoreRef, snapshot: Arc<Snapshot>) -> Result<TableState, DeltaTableError> {
+        let version = snapshot.version();
+        let features = protocol::features(snapshot.protocol());
+        let last_in_commit_timestamp = if features.contains("inCommitTimestamp") {
+            log::in_commit_timestamp(log_store, version).await?
+        } else {
+            None
+        };
+        let row_id_high_water_mark = if features.contains("rowTracking") {
+            let domain = snapshot.domain_metadata(log_store.as_ref(), log::ROW_TRACKING_DOMAIN).await?;
+            Some(domain.as_deref().and_then(log::row_id_high_water_mark).unwrap_or(-1))
+        } else {
+            None
+        };
+        Ok(TableState { version, snapshot, last_in_commit_timestamp, row_id_high_water_mark })
+    }
+
+    pub fn protocol(&self) -> &Protocol {
+        self.snapshot.protocol()
+    }
+
+    pub fn metadata(&self) -> &Metadata {
+        self.snapshot.metadata()
+    }
+
+    pub fn schema(&self) -> Arc<StructType> {
+        self.snapshot.schema()
+    }
+
+    /// Whether this writer may do `operation` to the table, and the rules it must follow when it does.
+    pub fn rules(&self, operation: Operation) -> Result<Rules, Refusal> {
+        protocol::check(self.protocol(), self.metadata(), operation)
+    }
+
+    /// How the table's data files are laid out, for reading them (no write rules apply).
+    pub fn reading_layout(&self, schema: &StructType) -> Result<FileLayout, Refusal> {
+        let mapping = protocol::column_mapping(self.protocol(), self.metadata())?;
+        let metadata = self.metadata();
+        Ok(FileLayout::new(schema, metadata.partition_columns(), metadata.configuration(), mapping))
+    }
+
+    /// How the table's data files are laid out, for a table with `schema` (the current one, or a widened one).
+    pub fn layout(&self, rules: &Rules, schema: &StructType) -> FileLayout {
+        let metadata = self.metadata();
+        FileLayout::new(schema, metadata.partition_columns(), metadata.configuration(), rules.column_mapping)
+    }
+}
