@@ -118,6 +118,19 @@ fn from_storage(e: &DeltaTableError) -> bool {
     false
 }
 
+/// Whether a read of the log should simply be taken again: a listing taken while another writer committed (local
+/// directories list without order, so a listing can miss the commit being made and see a gap). Pauses briefly.
+pub async fn raced(e: &DeltaTableError, attempt: &mut u32) -> bool {
+    *attempt += 1;
+    if classify(e) != ErrorClass::Conflict || *attempt > 30 {
+        return false;
+    }
+    let pause = (2 * u64::from(*attempt)).min(50) + fastrand::u64(0..10);
+    tracing::debug!(attempt = *attempt, pause_ms = pause, "the listing of the log raced a commit; reading it again");
+    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+    true
+}
+
 impl From<DeltaTableError> for Failure {
     fn from(e: DeltaTableError) -> Failure {
         match classify(&e) {

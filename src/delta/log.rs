@@ -139,7 +139,7 @@ pub async fn latest_version(log_store: &LogStoreRef, from: u64) -> Result<u64, D
     let mut attempt = 0;
     loop {
         match log_store.get_latest_version(from).await {
-            Err(e) if super::table::raced(&e, &mut attempt).await => {}
+            Err(e) if super::errors::raced(&e, &mut attempt).await => {}
             other => return other,
         }
     }
@@ -179,7 +179,7 @@ async fn with_kernel_snapshot<T: Send + 'static>(
         .await
         .map_err(|e| DeltaTableError::Generic(e.to_string()))?;
         match result {
-            Err(e) if super::table::raced(&e, &mut attempt).await => {}
+            Err(e) if super::errors::raced(&e, &mut attempt).await => {}
             other => return other,
         }
     }

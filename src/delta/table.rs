@@ -11,7 +11,7 @@ use deltalake::kernel::{Metadata, Protocol, Snapshot, StructType};
 use deltalake::logstore::LogStoreRef;
 use url::Url;
 
-use super::errors::{ErrorClass, classify};
+use super::errors::{ErrorClass, classify, raced};
 use super::files::FileLayout;
 use super::log;
 use super::protocol::{self, Operation, Refusal, Rules};
@@ -31,19 +31,6 @@ pub fn table_url(uri: &str) -> Result<Url, String> {
 pub fn log_store(uri: &str, storage_options: &HashMap<String, String>) -> Result<LogStoreRef, DeltaTableError> {
     let url = table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
     super::storage::log_store(url, storage_options)
-}
-
-/// Whether a read of the log should simply be taken again: a listing taken while another writer committed (local
-/// directories list without order, so a listing can miss the commit being made and see a gap). Pauses briefly.
-pub async fn raced(e: &DeltaTableError, attempt: &mut u32) -> bool {
-    *attempt += 1;
-    if classify(e) != ErrorClass::Conflict || *attempt > 30 {
-        return false;
-    }
-    let pause = (2 * u64::from(*attempt)).min(50) + fastrand::u64(0..10);
-    tracing::debug!(attempt = *attempt, pause_ms = pause, "the listing of the log raced a commit; reading it again");
-    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
-    true
 }
 
 /// A version of a table as read from its log.

@@ -182,7 +182,7 @@ pub(crate) async fn load(config: &Config, uri: &str) -> Result<DeltaTable, Delta
     loop {
         let builder = crate::delta::storage::builder(url.clone(), &config.storage.options)?;
         match builder.load().await {
-            Err(e) if table::raced(&e, &mut attempt).await => {}
+            Err(e) if crate::delta::errors::raced(&e, &mut attempt).await => {}
             other => return other,
         }
     }
@@ -233,7 +233,7 @@ async fn maintain_table(
             let mut attempt = 0;
             report.logs_removed = loop {
                 match deltalake::checkpoints::cleanup_metadata(&dt, None).await {
-                    Err(e) if table::raced(&e, &mut attempt).await => {}
+                    Err(e) if crate::delta::errors::raced(&e, &mut attempt).await => {}
                     other => break other?,
                 }
             };
@@ -255,7 +255,7 @@ async fn update(dt: &mut DeltaTable) -> Result<(), DeltaTableError> {
     let mut attempt = 0;
     loop {
         match dt.update_incremental(None).await {
-            Err(e) if table::raced(&e, &mut attempt).await => {}
+            Err(e) if crate::delta::errors::raced(&e, &mut attempt).await => {}
             other => return other,
         }
     }
