@@ -360,3 +360,114 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Lake;
+    use crate::layout::rows::{Offset, TableRow};
+    use crate::layout::value::Scalar;
+
+    fn event(table: &str, id: &str, offset: Option<i64>, discard: bool) -> Mapped {
+        let offset = offset.map(|seq| Offset { app_id: "hub/p0".into(), seq });
+        let row = Row {
+            id: id.into(),
+            cols: vec![("id".into(), Scalar::Str(id.into())), ("user_id".into(), Scalar::Str("u".into()))],
+            offset: None,
+        };
+        let discards = if discard {
+            vec![Discard {
+                row_id: id.into(),
+                table_name: table.into(),
+                column_name: "bad".into(),
+                column_value: "x".into(),
+                reason: "test".into(),
+                received_at: 0,
+                offset: None,
+            }]
+        } else {
+            Vec::new()
+        };
+        Mapped { rows: vec![TableRow { table: table.into(), kind: TableKind::Event, row }], discards }
+            .with_offset(offset)
+    }
+
+    fn batcher(dir: &std::path::Path, policy: FlushPolicy) -> Batcher {
+        let lake = Lakehouse::new(Lake::Local(dir.to_path_buf()), Default::default(), 100)
+            .with_retry_budget(Duration::from_millis(200));
+        Batcher::start(Arc::new(lake), policy, 1000)
+    }
+
+    fn rows(dir: &std::path::Path, table: &str) -> usize {
+        let data = dir.join("s").join(table);
+        std::fs::read_dir(&data).map_or(0, |d| {
+            d.filter_map(Result::ok).filter(|e| e.path().extension().is_some_and(|x| x == "parquet")).count()
+        })
+    }
+
+    fn policy() -> FlushPolicy {
+        FlushPolicy { interval: Duration::from_millis(20), ..FlushPolicy::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_requests_share_one_commit_and_repeats_are_acknowledged_without_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = batcher(dir.path(), FlushPolicy { interval: Duration::from_millis(200), ..policy() });
+        let sub = |id: &str| Submission { schema: "s".into(), events: vec![event("t", id, None, false)], bytes: 10 };
+        let (x, y) = tokio::join!(b.submit(sub("a")), b.submit(sub("b")));
+        x.unwrap();
+        y.unwrap();
+        assert_eq!(b.totals().commits, 1, "one micro-batch, one commit");
+        b.submit(sub("a")).await.unwrap();
+        assert_eq!(b.totals().commits, 1, "a repeat is acknowledged without a write");
+        assert_eq!(rows(dir.path(), "t"), 1);
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_buffer_bound_requests_are_refused_and_nothing_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let b =
+            batcher(dir.path(), FlushPolicy { interval: Duration::from_secs(60), max_buffered_bytes: 100, ..policy() });
+        let first = Submission { schema: "s".into(), events: vec![event("t", "a", None, false)], bytes: 80 };
+        let waiting = tokio::spawn({
+            let b = b.clone();
+            async move { b.submit(first).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let second = Submission { schema: "s".into(), events: vec![event("t", "b", None, false)], bytes: 80 };
+        assert!(matches!(b.submit(second).await, Err(SubmitError::Overloaded { buffered: 80, limit: 100 })));
+        b.shutdown().await;
+        waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_s_discards_wait_for_its_failed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        // The table `broken` has a protocol this writer refuses.
+        let log = dir.path().join("s/broken/_delta_log");
+        std::fs::create_dir_all(&log).unwrap();
+        let schema = serde_json::json!({"type": "struct", "fields": [{"name": "id", "type": "string", "nullable": true, "metadata": {}}]});
+        let commit = [
+            serde_json::json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 7, "writerFeatures": ["futureFeature"]}}),
+            serde_json::json!({"metaData": {"id": "x", "format": {"provider": "parquet", "options": {}},
+                "schemaString": schema.to_string(), "partitionColumns": [], "configuration": {}, "createdTime": 0}}),
+        ];
+        std::fs::write(log.join("00000000000000000000.json"), commit.map(|a| a.to_string()).join("\n") + "\n").unwrap();
+        let b = batcher(dir.path(), policy());
+        // Event 1 goes to a good table, event 2 to the refused one; both carry a discard.
+        let sub = Submission {
+            schema: "s".into(),
+            events: vec![event("good", "e1", Some(1), true), event("broken", "e2", Some(2), true)],
+            bytes: 10,
+        };
+        assert!(b.submit(sub).await.is_err());
+        b.shutdown().await;
+        let discards =
+            crate::delta::table::log_store(dir.path().join("s/discards").to_str().unwrap(), &Default::default())
+                .unwrap();
+        let state = crate::delta::table::TableState::load(&discards, None).await.unwrap().unwrap();
+        let seen = crate::delta::log::txn_version(&discards, state.version, "hub/p0").await.unwrap();
+        assert_eq!(seen, Some(1), "the discards table's offset stops before the event whose table failed");
+    }
+}

@@ -370,3 +370,180 @@ async fn landed(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delta::table;
+    use deltalake::kernel::{Add, DataType, PrimitiveType};
+    use serde_json::json;
+
+    fn add(path: &str) -> Action {
+        Action::Add(Add {
+            path: path.into(),
+            size: 1,
+            data_change: true,
+            stats: Some(json!({"numRecords": 1}).to_string()),
+            ..Default::default()
+        })
+    }
+
+    fn string(name: &str) -> StructField {
+        StructField::new(name, DataType::Primitive(PrimitiveType::String), true)
+    }
+
+    /// A new table (version 0) with one column, as this writer creates it.
+    async fn created(dir: &std::path::Path) -> (LogStoreRef, Option<TableState>) {
+        let log_store = table::log_store(dir.to_str().unwrap(), &Default::default()).unwrap();
+        let schema = StructType::try_new([string("id")]).unwrap();
+        let metadata: Metadata =
+            serde_json::from_value(json!({"id": "t", "format": {"provider": "parquet", "options": {}},
+            "schemaString": serde_json::to_string(&schema).unwrap(), "partitionColumns": [], "configuration": {},
+            "createdTime": 0}))
+            .unwrap();
+        let protocol: Protocol = serde_json::from_value(json!({"minReaderVersion": 1, "minWriterVersion": 2})).unwrap();
+        let mut c = Commit::new(Operation::Append, "CREATE TABLE");
+        c.create = Some((protocol, metadata));
+        let mut state = None;
+        let v = commit(&log_store, &mut state, &c, &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0).await.unwrap();
+        assert_eq!(v, 0);
+        (log_store, state)
+    }
+
+    /// Another writer's commit, written straight into the log.
+    async fn rival(log_store: &LogStoreRef, version: u64, actions: &[serde_json::Value]) {
+        let mut lines = vec![json!({"commitInfo": {"operation": "WRITE", "timestamp": 1}}).to_string()];
+        lines.extend(actions.iter().map(|a| a.to_string()));
+        let bytes = Bytes::from(lines.join("\n") + "\n");
+        log::write_commit(log_store, version, bytes).await.unwrap();
+    }
+
+    fn append(path: &str) -> Commit {
+        let mut c = Commit::new(Operation::Append, "WRITE");
+        c.actions = vec![add(path)];
+        c
+    }
+
+    async fn versions(log_store: &LogStoreRef) -> u64 {
+        log::latest_version(log_store, 0).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_append_that_lost_to_appends_is_committed_on_top_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        rival(&log_store, 1, &[json!({"add": {"path": "b", "size": 1, "partitionValues": {}, "modificationTime": 0, "dataChange": true}})]).await;
+        let mut retries = 0;
+        let v =
+            commit(&log_store, &mut state, &append("a"), &|_| Verdict::Rebase, Duration::from_secs(5), &mut retries)
+                .await
+                .unwrap();
+        assert_eq!((v, retries), (2, 1));
+        assert_eq!(state.unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_commit_whose_answer_was_lost_is_recognised_not_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        let c = append("a");
+        // The commit landed, but its writer never heard so: its state still says version 0.
+        let before = state.clone();
+        commit(&log_store, &mut state, &c, &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0).await.unwrap();
+        let mut stale = before;
+        let v = commit(&log_store, &mut stale, &c, &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0).await.unwrap();
+        assert_eq!(v, 1, "the commit already in the log");
+        assert_eq!(versions(&log_store).await, 1, "nothing written twice");
+    }
+
+    #[tokio::test]
+    async fn metadata_that_still_fits_is_rebased_on_and_other_changes_replan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        let widened = |fields: serde_json::Value, config: serde_json::Value| {
+            json!({"metaData": {"id": "t", "format": {"provider": "parquet", "options": {}},
+                "schemaString": json!({"type": "struct", "fields": fields}).to_string(), "partitionColumns": [],
+                "configuration": config, "createdTime": 0}})
+        };
+        let id = json!({"name": "id", "type": "string", "nullable": true, "metadata": {}});
+        let other = json!({"name": "other", "type": "long", "nullable": true, "metadata": {}});
+        // Another writer added a column: this append's files still fit the table.
+        rival(&log_store, 1, &[widened(json!([id, other]), json!({}))]).await;
+        let mut c = append("a");
+        c.new_columns = vec![string("mine")];
+        let v = commit(&log_store, &mut state, &c, &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0).await.unwrap();
+        assert_eq!(v, 2);
+        let names: Vec<String> = state.as_ref().unwrap().schema().fields().map(|f| f.name().clone()).collect();
+        assert_eq!(names, ["id", "other", "mine"], "the rival's column kept, this commit's added after it");
+        // Another writer changed a setting: plan again.
+        rival(
+            &log_store,
+            3,
+            &[widened(
+                json!([id, other, {"name": "mine", "type": "string", "nullable": true, "metadata": {}}]),
+                json!({"delta.appendOnly": "true"}),
+            )],
+        )
+        .await;
+        let err = commit(&log_store, &mut state, &append("b"), &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, CommitError::Replan(_)), "{err}");
+        assert_eq!(state.as_ref().unwrap().version, 3, "the state was read again");
+    }
+
+    #[tokio::test]
+    async fn protocol_changes_and_the_judge_replan() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        rival(&log_store, 1, &[json!({"txn": {"appId": "stream", "version": 4}})]).await;
+        let judge =
+            |w: &Winners| if w.app_ids.contains("stream") { Verdict::Replan("same stream") } else { Verdict::Rebase };
+        let err =
+            commit(&log_store, &mut state, &append("a"), &judge, Duration::from_secs(5), &mut 0).await.unwrap_err();
+        assert!(matches!(&err, CommitError::Replan(w) if w == "same stream"), "{err}");
+        rival(&log_store, 2, &[json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 3}})]).await;
+        let err = commit(&log_store, &mut state, &append("a"), &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0)
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, CommitError::Replan(w) if w.contains("protocol")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn in_commit_timestamps_grow_and_row_ids_follow_the_high_water_mark() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        let far_future = 4_102_444_800_000i64; // 2100-01-01
+        rival(&log_store, 1, &[
+            json!({"protocol": {"minReaderVersion": 1, "minWriterVersion": 7, "writerFeatures": ["inCommitTimestamp", "rowTracking", "domainMetadata"]}}),
+            json!({"metaData": {"id": "t", "format": {"provider": "parquet", "options": {}},
+                "schemaString": json!({"type": "struct", "fields": [{"name": "id", "type": "string", "nullable": true, "metadata": {}}]}).to_string(),
+                "partitionColumns": [], "configuration": {"delta.enableInCommitTimestamps": "true"}, "createdTime": 0}}),
+            json!({"domainMetadata": {"domain": "delta.rowTracking", "configuration": "{\"rowIdHighWaterMark\":41}", "removed": false}}),
+        ]).await;
+        // The rival's commit carries a timestamp in the future; commits after it must still grow.
+        let bytes = log_store.read_commit_entry(1).await.unwrap().unwrap();
+        let patched = String::from_utf8(bytes.to_vec()).unwrap().replacen(
+            "\"timestamp\":1",
+            &format!("\"timestamp\":1,\"inCommitTimestamp\":{far_future}"),
+            1,
+        );
+        std::fs::write(dir.path().join("_delta_log/00000000000000000001.json"), patched).unwrap();
+        let mut stale = state.take();
+        stale.as_mut().unwrap().update(&log_store, None).await.unwrap();
+        let v = commit(&log_store, &mut stale, &append("a"), &|_| Verdict::Rebase, Duration::from_secs(5), &mut 0)
+            .await
+            .unwrap();
+        let actions = log::commit_actions(&log_store, v).await.unwrap().unwrap();
+        assert_eq!(
+            actions[0]["commitInfo"]["inCommitTimestamp"],
+            json!(far_future + 1),
+            "commitInfo first, one ms later"
+        );
+        let add = actions.iter().find_map(|a| a.get("add")).unwrap();
+        assert_eq!((add["baseRowId"].clone(), add["defaultRowCommitVersion"].clone()), (json!(42), json!(v)));
+        let mark = actions.iter().find_map(|a| a.get("domainMetadata")).unwrap();
+        assert_eq!(log::row_id_high_water_mark(mark["configuration"].as_str().unwrap()), Some(42));
+        assert_eq!(stale.unwrap().row_id_high_water_mark, Some(42));
+    }
+}

@@ -122,7 +122,8 @@ pub async fn write(
     Ok(adds)
 }
 
-type PartitionValues = BTreeMap<String, Option<String>>;
+/// Partition values by physical column name, in the table's order of partition columns.
+type PartitionValues = Vec<(String, Option<String>)>;
 
 /// The rows of one partition (`None`: all of them).
 type Partition = (PartitionValues, Option<Vec<u32>>);
@@ -130,7 +131,7 @@ type Partition = (PartitionValues, Option<Vec<u32>>);
 /// The rows of each partition (all rows, `None`, for an unpartitioned table), keyed by the serialised values.
 fn partitions(layout: &FileLayout, batch: &RecordBatch) -> Result<Vec<Partition>, DeltaTableError> {
     if layout.partition_columns.is_empty() {
-        return Ok(vec![(BTreeMap::new(), None)]);
+        return Ok(vec![(Vec::new(), None)]);
     }
     let mut groups: BTreeMap<Vec<Option<String>>, Vec<u32>> = BTreeMap::new();
     let columns: Vec<Option<&ArrayRef>> =
@@ -216,16 +217,6 @@ fn partition_dir(values: &PartitionValues) -> String {
     dir
 }
 
-/// Percent-encodes a relative path for an `add` action (its path is a URI).
-fn uri_path(path: &str) -> String {
-    path.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'/' | b'=' => (b as char).to_string(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
-}
-
 async fn write_one(
     store: &dyn ObjectStore,
     layout: &FileLayout,
@@ -264,9 +255,12 @@ async fn write_one(
     let size = buffer.len() as i64;
     let name = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
     let relative = format!("{}{name}", partition_dir(&partition_values));
-    store.put(&Path::from(relative.as_str()), PutPayload::from(buffer)).await?;
+    // The key is the path as written (its `%XX` escapes are part of the directory name), not a re-encoding of it.
+    let key = Path::parse(relative.as_str()).map_err(|e| DeltaTableError::Generic(format!("{relative}: {e}")))?;
+    store.put(&key, PutPayload::from(buffer)).await?;
     Ok(Add {
-        path: uri_path(&relative),
+        // The path as stored; the action's serialisation makes it the URI the protocol asks for.
+        path: relative,
         partition_values: partition_values.into_iter().collect(),
         size,
         modification_time: chrono::Utc::now().timestamp_millis(),
@@ -397,11 +391,12 @@ mod tests {
         assert_eq!(java_double(1e20), "1.0E20");
         assert_eq!(java_double(1.5e-7), "1.5E-7");
         assert_eq!(iso_micros(1_793_534_400_123_456), "2026-11-01T12:00:00.123456Z");
-        let mut v = PartitionValues::new();
-        v.insert("col-1".into(), Some("a b/c".into()));
-        v.insert("day".into(), None);
+        let v: PartitionValues = vec![("col-1".into(), Some("a b/c".into())), ("day".into(), None)];
         assert_eq!(partition_dir(&v), "col-1=a%20b%2Fc/day=__HIVE_DEFAULT_PARTITION__/");
-        assert_eq!(uri_path("col-1=a%20b/part.parquet"), "col-1=a%2520b/part.parquet");
+        // An add action's path is the stored path, which its serialisation encodes as a URI.
+        let add = Add { path: "col-1=a%20b/part.parquet".into(), ..Default::default() };
+        let json = serde_json::to_value(&add).unwrap();
+        assert_eq!(json["path"], "col-1=a%2520b/part.parquet");
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl Winners {
             self.protocol |= action.get("protocol").is_some();
             self.metadata |= action.get("metaData").is_some();
             if let Some(path) = action.pointer("/remove/path").and_then(Value::as_str) {
-                self.removed.insert(path.to_string());
+                // As `remove` actions hold it once read: the URI decoded.
+                let decoded = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+                self.removed.insert(decoded.into_owned());
             }
             if let Some(app) = action.pointer("/txn/appId").and_then(Value::as_str) {
                 self.app_ids.insert(app.to_string());
@@ -145,11 +147,32 @@ pub async fn latest_version(log_store: &LogStoreRef, from: u64) -> Result<u64, D
     }
 }
 
+/// The newest `protocol` action of the table as JSON, from the newest commits (the last thousand at most).
+pub async fn newest_protocol(log_store: &LogStoreRef) -> Result<Option<Value>, DeltaTableError> {
+    let latest = latest_version(log_store, 0).await?;
+    for version in (latest.saturating_sub(1000)..=latest).rev() {
+        let actions = commit_actions(log_store, version).await?.unwrap_or_default();
+        if let Some(p) = actions.iter().find_map(|a| a.get("protocol")) {
+            return Ok(Some(p.clone()));
+        }
+    }
+    Ok(None)
+}
+
 /// The version a stream's `txn` action records in the table as of `version`.
 pub async fn txn_version(log_store: &LogStoreRef, version: u64, app_id: &str) -> Result<Option<i64>, DeltaTableError> {
     let app_id = app_id.to_string();
     with_kernel_snapshot(log_store, version, move |snapshot, engine| Ok(snapshot.get_app_id_version(&app_id, engine)?))
         .await
+}
+
+/// The row id high-water mark of the table at `version` (-1 when no row id was given out yet).
+pub async fn row_id_high_water_mark_at(log_store: &LogStoreRef, version: u64) -> Result<i64, DeltaTableError> {
+    use delta_kernel::row_tracking::RowTrackingDomainMetadata;
+    with_kernel_snapshot(log_store, version, |snapshot, engine| {
+        Ok(RowTrackingDomainMetadata::get_high_water_mark(snapshot, engine)?.unwrap_or(-1))
+    })
+    .await
 }
 
 /// Writes a checkpoint of `version`, read from the log alone.

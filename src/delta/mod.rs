@@ -141,9 +141,13 @@ impl Lakehouse {
     }
 
     /// Opens a table's log: its protocol and metadata, or nothing when no table exists there yet.
-    async fn open(&self, uri: &str) -> Result<Cached, DeltaTableError> {
-        let log_store = table::log_store(uri, &self.storage_options)?;
-        let state = TableState::load(&log_store, None).await?;
+    async fn open(&self, uri: &str) -> Result<Cached, WriteError> {
+        let table = paths_table_name(uri);
+        let log_store = table::log_store(uri, &self.storage_options).map_err(|e| WriteError::new(table, e))?;
+        let state = match TableState::load(&log_store, None).await {
+            Ok(state) => state,
+            Err(e) => return Err(WriteError::new(table, table::explain(&log_store, e, Operation::Append).await)),
+        };
         Ok(Cached { log_store, state, streams: HashMap::new() })
     }
 
@@ -157,7 +161,7 @@ impl Lakehouse {
         let mut guard = slot.lock().await;
         let mut cached = match guard.take() {
             Some(c) => c,
-            None => self.open(&uri).await.map_err(|e| WriteError::new(w.table, e))?,
+            None => self.open(&uri).await?,
         };
         let token: Arc<str> = uuid::Uuid::new_v4().to_string().into();
         // Where this write's commits can appear: after the version its first attempt read.
@@ -221,7 +225,7 @@ impl Lakehouse {
                 Err(e) => return Err(WriteError::new(table, e)),
             }
         }
-        *cached = self.open(uri).await.map_err(|e| WriteError::new(table, e))?;
+        *cached = self.open(uri).await?;
         Ok(())
     }
 

@@ -7,9 +7,9 @@ use std::collections::{HashMap, HashSet};
 use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, StructType};
 
 use super::protocol::ColumnMapping;
-use crate::layout::TableKind;
 use crate::layout::rows::Row;
 use crate::layout::value::ColumnType;
+use crate::layout::{TableKind, UUID_TS};
 
 /// The Delta type of a warehouse type.
 pub fn kernel_type(t: ColumnType) -> DataType {
@@ -74,7 +74,15 @@ impl Plan {
             }
             None => plan.columns.extend(kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t))),
         }
-        let known = plan.columns.len() + plan.unwritable.len();
+        // Every row gets the time it was written, whether or not the table had the column.
+        if existing.is_some()
+            && !plan.columns.iter().any(|(n, _)| n == UUID_TS)
+            && !plan.unwritable.contains_key(UUID_TS)
+        {
+            plan.new_columns.push(UUID_TS.to_string());
+            plan.columns.push((UUID_TS.to_string(), ColumnType::Timestamp));
+        }
+        let known = plan.columns.len() + plan.unwritable.len() - plan.new_columns.len();
         let mut seen: HashSet<String> =
             plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
         let lower: HashMap<String, String> = seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
@@ -164,16 +172,19 @@ mod tests {
             ("username", Scalar::Str("x".into())),
             ("seats", Scalar::Int(2)),
         ]);
-        let plan = Plan::new("t", Some(&schema), TableKind::Event, &[&r], 4);
-        assert_eq!(plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["id", "UserName", "plan"]);
-        assert_eq!(plan.new_columns, ["plan"]);
+        let plan = Plan::new("t", Some(&schema), TableKind::Event, &[&r], 5);
+        assert_eq!(
+            plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            ["id", "UserName", "uuid_ts", "plan"]
+        );
+        assert_eq!(plan.new_columns, ["uuid_ts", "plan"]);
         assert_eq!(plan.required, ["id"]);
         assert!(plan.unwritable["amount"].contains("does not write"));
         assert!(plan.unwritable["username"].contains("only in case"));
-        assert!(plan.over_cap, "seats is past the cap of 4 columns");
+        assert!(plan.over_cap, "seats is past the cap of 5 columns");
         let fields = plan.new_fields(ColumnMapping::Name, 7);
-        let id = serde_json::to_value(fields[0].metadata().get("delta.columnMapping.id").unwrap()).unwrap();
-        assert_eq!(id, 8);
+        let id = serde_json::to_value(fields[1].metadata().get("delta.columnMapping.id").unwrap()).unwrap();
+        assert_eq!(id, 9);
         assert!(plan.new_fields(ColumnMapping::None, 7)[0].metadata().is_empty());
     }
 }

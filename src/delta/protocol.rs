@@ -167,9 +167,11 @@ pub fn features(protocol: &Protocol) -> BTreeSet<String> {
     } else if protocol.min_reader_version() == 2 {
         out.insert("columnMapping".into());
     }
-    // The kernel's name for a legacy alias.
-    if out.remove("timestampWithoutTimezone") {
-        out.insert("timestampNtz".into());
+    // Older names of features this writer knows.
+    for (alias, name) in [("timestampWithoutTimezone", "timestampNtz"), ("liquid", "clustering")] {
+        if out.remove(alias) {
+            out.insert(name.into());
+        }
     }
     out
 }
@@ -186,6 +188,49 @@ fn field_metadata_keys(schema: &StructType, out: &mut BTreeSet<String>) {
             field_metadata_keys(inner, out);
         }
     }
+}
+
+/// Features no operation of this writer implements: a table that lists one is refused before it is even read.
+const NEVER: &[&str] = &[
+    "catalogManaged",
+    "catalogOwned-preview",
+    "icebergCompatV1",
+    "icebergCompatV2",
+    "icebergCompatV3",
+    "collations",
+    "collations-preview",
+    "materializePartitionColumns",
+];
+
+/// A refusal read from a `protocol` action as JSON, for a table whose log the Delta kernel itself refuses to read
+/// (a reader version it does not know, a catalog-managed table): the refusal then names the reason.
+pub fn refusal_of_protocol_json(protocol: &serde_json::Value, operation: Operation) -> Option<Refusal> {
+    let refuse = |feature: String, reason: &str| Some(Refusal { operation, feature, reason: reason.into() });
+    let version = |k: &str| protocol.get(k).and_then(serde_json::Value::as_i64).unwrap_or(0);
+    let (reader, writer) = (version("minReaderVersion"), version("minWriterVersion"));
+    if reader > 3 {
+        return refuse(format!("reader version {reader}"), "newer than reader version 3, the newest this writer reads");
+    }
+    if writer > 7 {
+        return refuse(
+            format!("writer version {writer}"),
+            "newer than writer version 7, the newest this writer writes",
+        );
+    }
+    let names = ["readerFeatures", "writerFeatures"]
+        .iter()
+        .filter_map(|k| protocol.get(*k)?.as_array())
+        .flatten()
+        .filter_map(serde_json::Value::as_str);
+    for name in names {
+        if NEVER.contains(&name) {
+            return refuse(name.into(), "a feature whose commits, files or layout this writer does not implement");
+        }
+        if !KNOWN.contains(&name) && name != "liquid" && name != "timestampWithoutTimezone" {
+            return refuse(name.into(), "a feature this writer does not know");
+        }
+    }
+    None
 }
 
 /// How the table maps column names to data file columns.

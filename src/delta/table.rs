@@ -33,6 +33,18 @@ pub fn log_store(uri: &str, storage_options: &HashMap<String, String>) -> Result
     super::storage::log_store(url, storage_options)
 }
 
+/// What a failure to read a table's log means for `operation`: the refusal of a protocol this writer does not
+/// implement (which the kernel may refuse to read at all, without saying so in those words), else the error.
+pub async fn explain(log_store: &LogStoreRef, e: DeltaTableError, operation: Operation) -> super::errors::Failure {
+    if classify(&e) == ErrorClass::Fatal
+        && let Ok(Some(p)) = log::newest_protocol(log_store).await
+        && let Some(refusal) = protocol::refusal_of_protocol_json(&p, operation)
+    {
+        return refusal.into();
+    }
+    e.into()
+}
+
 /// A version of a table as read from its log.
 #[derive(Clone)]
 pub struct TableState {
@@ -82,8 +94,7 @@ impl TableState {
             None
         };
         let row_id_high_water_mark = if features.contains("rowTracking") {
-            let domain = snapshot.domain_metadata(log_store.as_ref(), log::ROW_TRACKING_DOMAIN).await?;
-            Some(domain.as_deref().and_then(log::row_id_high_water_mark).unwrap_or(-1))
+            Some(log::row_id_high_water_mark_at(log_store, version).await?)
         } else {
             None
         };

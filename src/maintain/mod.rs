@@ -195,7 +195,17 @@ async fn maintain_table(
     uri: &str,
     report: &mut Report,
 ) -> Result<(), MaintainError> {
-    let mut dt = load(config, uri).await?;
+    let mut dt = match load(config, uri).await {
+        Ok(dt) => dt,
+        Err(e) => {
+            let log_store = table::log_store(uri, &config.storage.options)?;
+            return Err(match table::explain(&log_store, e, Operation::Compact).await {
+                crate::delta::errors::Failure::Refused(r) => MaintainError::Refused(r),
+                crate::delta::errors::Failure::Delta(e) => MaintainError::Delta(e),
+                other => MaintainError::Invalid(other.to_string()),
+            });
+        }
+    };
     let (files, bytes) = file_stats(&dt).await?;
     (report.files_before, report.bytes_before) = (files, bytes);
     match (catalog, settings.databricks_optimize_bytes) {
