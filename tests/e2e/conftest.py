@@ -532,6 +532,69 @@ def describe(rows: list[dict], limit: int = 20) -> str:
     return json.dumps(shown, indent=1, default=str) + (f"\n... and {len(rows) - limit} more" if len(rows) > limit else "")
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# A second reader (DuckDB with its delta extension), Python deltalake's DataFusion scan (for the tables its pyarrow
+# path does not read: deletion vectors, column mapping), and the raw log of a local table.
+
+
+def duckdb_extension() -> Path:
+    """The delta extension shipped by the PyPI package `duckdb-extension-delta` for the installed DuckDB (DuckDB's
+    own `INSTALL delta` downloads it, which a machine without that network access cannot do)."""
+    import duckdb
+    import duckdb_extension_delta
+
+    package = Path(duckdb_extension_delta.__file__).parent
+    path = package / "extensions" / f"v{duckdb.__version__}" / "delta.duckdb_extension"
+    assert path.is_file(), f"no delta extension for DuckDB {duckdb.__version__} at {path}"
+    return path
+
+
+def duckdb_rows(table_path: "Path | str") -> list[dict]:
+    """Every row of the Delta table at `table_path` (a local directory) as DuckDB's `delta_scan` reads it, as
+    dicts; timestamps with time zone come back in UTC."""
+    import duckdb
+
+    con = duckdb.connect(config={"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"})
+    try:
+        con.execute(f"LOAD '{duckdb_extension()}'")
+        con.execute("SET TimeZone = 'UTC'")
+        location = str(table_path).replace("'", "''")
+        cursor = con.execute(f"SELECT * FROM delta_scan('{location}')")
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, values)) for values in cursor.fetchall()]
+    finally:
+        con.close()
+
+
+def deltalake_scan(table_path: "Path | str") -> pa.Table:
+    """The table as Python deltalake's DataFusion scan reads it (column mapping and deletion vectors included)."""
+    return pa.RecordBatchReader.from_stream(DeltaTable(str(table_path)).scan()).read_all()
+
+
+def deltalake_rows(table_path: "Path | str") -> list[dict]:
+    """Every row as Python deltalake reads it: `to_pyarrow_table()`, or its DataFusion scan for the tables whose
+    reader features the pyarrow path does not support (deletion vectors, column mapping on 3/7, ...) and for
+    column-mapped tables (on a 2/5 protocol the pyarrow path of deltalake 1.6 returns every column null)."""
+    dt = DeltaTable(str(table_path))
+    if dt.metadata().configuration.get("delta.columnMapping.mode", "none").lower() != "none":
+        return deltalake_scan(table_path).to_pylist()
+    try:
+        return dt.to_pyarrow_table().to_pylist()
+    except Exception as e:  # deltalake.exceptions.DeltaProtocolError
+        if "not yet supported by the deltalake reader" not in str(e):
+            raise
+    return deltalake_scan(table_path).to_pylist()
+
+
+def local_delta_log(table_path: "Path | str") -> dict[int, list[dict]]:
+    """A local table's JSON commits: version → its actions, in file order."""
+    commits = {}
+    for path in sorted((Path(table_path) / "_delta_log").glob("*.json")):
+        if re.fullmatch(r"\d{20}\.json", path.name):
+            commits[int(path.stem)] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return commits
+
+
 @contextlib.contextmanager
 def running_server(workdir: Path, lake: "AzuriteLake | None" = None, **env: str):
     """Starts a server, yields it, then SIGTERMs it and asserts a clean exit."""

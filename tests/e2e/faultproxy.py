@@ -4,6 +4,8 @@ Every request is read whole from the client (Content-Length or chunked framing),
 fault, answered with a 500, dropped with a TCP reset, delayed, or forwarded to the upstream on a fresh connection
 (`Connection: close`, so the upstream's answer ends where its connection does). With `reset-after`, the request
 reaches the upstream and its answer is thrown away with a reset: the client cannot tell whether it took effect.
+With `500-after`, the request reaches the upstream and the client gets a 500 instead of the upstream's answer: a
+client that retries a conditional PUT then finds the object it created itself.
 
     proxy = FaultProxy(upstream_port).start()
     proxy.set("500", every=3)      # every third request gets a 500
@@ -20,7 +22,7 @@ import threading
 import time
 from collections import Counter
 
-MODES = ("pass", "down", "500", "reset", "reset-after", "delay")
+MODES = ("pass", "down", "500", "reset", "reset-after", "delay", "500-after")
 
 
 class FaultProxy:
@@ -101,8 +103,7 @@ class FaultProxy:
                     break
                 mode, delay_s = self._decide(request)
                 if mode == "500":
-                    client.sendall(b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n"
-                                   b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    client.sendall(_ERROR_500)
                     break
                 if mode == "reset":
                     _reset(client)
@@ -110,6 +111,9 @@ class FaultProxy:
                 if mode == "delay":
                     time.sleep(delay_s)
                 answer = self._forward(request)
+                if answer is not None and mode == "500-after":
+                    client.sendall(_ERROR_500)
+                    break
                 if answer is None or mode == "reset-after":
                     _reset(client)
                     return
@@ -135,6 +139,10 @@ class FaultProxy:
             return None
         answer = b"".join(chunks)
         return answer or None
+
+
+_ERROR_500 = (b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/xml\r\n"
+              b"Content-Length: 0\r\nConnection: close\r\n\r\n")
 
 
 def _reset(sock: socket.socket) -> None:
