@@ -52,21 +52,47 @@ enum Command {
     },
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(
-            "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=off,delta_kernel=off",
-        )
-    });
+/// Log levels of the libraries this binary uses, unless `RUST_LOG` names them itself: the Delta kernel logs a line
+/// per file and table at info level, and deltalake warns of things this writer handles.
+const DEPENDENCY_LEVELS: &[(&str, &str)] =
+    &[("deltalake", "warn"), ("deltalake_core", "warn"), ("buoyant_kernel", "off"), ("delta_kernel", "off")];
+
+/// The log filter: `RUST_LOG` (else `info`), with the dependencies' levels above for the targets it does not name.
+fn log_filter(rust_log: Option<&str>) -> String {
+    let user = rust_log.map(str::trim).filter(|s| !s.is_empty()).unwrap_or("info");
+    let named: Vec<&str> = user.split(',').filter_map(|d| d.split_once('=').map(|(t, _)| t.trim())).collect();
+    let mut directives: Vec<String> = DEPENDENCY_LEVELS
+        .iter()
+        .filter(|(target, _)| !named.iter().any(|n| n == target || n.starts_with(&format!("{target}::"))))
+        .map(|(target, level)| format!("{target}={level}"))
+        .collect();
+    directives.insert(0, user.to_string());
+    directives.join(",")
+}
+
+/// Logs go to stderr; under the Functions host, information goes to stdout and only warnings and errors to stderr,
+/// because the host logs every stderr line of a custom handler as an error (and a line with "warn" in it as a
+/// warning) and every stdout line as information.
+fn init_logging(json: bool, under_host: bool) {
     use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    if json {
-        builder.json().flatten_event(true).init();
-    } else {
-        builder.init();
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref())).unwrap_or_else(|e| {
+        eprintln!("RUST_LOG: {e}; using info");
+        tracing_subscriber::EnvFilter::new(log_filter(None))
+    });
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(std::io::stderr().is_terminal());
+    match (json, under_host) {
+        (true, true) => {
+            let writer = std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout);
+            builder.json().flatten_event(true).with_writer(writer).init()
+        }
+        (false, true) => {
+            let writer = std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout);
+            builder.with_writer(writer).init()
+        }
+        (true, false) => builder.json().flatten_event(true).with_writer(std::io::stderr).init(),
+        (false, false) => builder.with_writer(std::io::stderr).init(),
     }
 }
 
@@ -170,7 +196,7 @@ async fn maintain(config: Config, tables: Vec<String>) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
-    init_logging(config.log_json);
+    init_logging(config.log_json, std::env::var_os("FUNCTIONS_CUSTOMHANDLER_PORT").is_some());
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
@@ -180,4 +206,19 @@ fn main() -> anyhow::Result<()> {
             Command::Maintain { tables } => maintain(config, tables).await,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rust_log_keeps_the_dependency_levels_it_does_not_name() {
+        assert_eq!(log_filter(None), "info,deltalake=warn,deltalake_core=warn,buoyant_kernel=off,delta_kernel=off");
+        assert_eq!(
+            log_filter(Some("debug,buoyant_kernel=info")),
+            "debug,buoyant_kernel=info,deltalake=warn,deltalake_core=warn,delta_kernel=off"
+        );
+        assert!(tracing_subscriber::EnvFilter::try_new(log_filter(Some("segment_delta=debug"))).is_ok());
+    }
 }

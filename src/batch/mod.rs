@@ -114,8 +114,10 @@ impl Batcher {
     }
 
     /// Adds a request's rows to the micro-batch and waits until they are committed.
-    pub async fn submit(&self, sub: Submission) -> Result<(), SubmitError> {
+    pub async fn submit(&self, mut sub: Submission) -> Result<(), SubmitError> {
         let inner = &self.inner;
+        // A request is charged what it built, when that is more than its body.
+        sub.bytes = sub.bytes.max(sub.events.iter().map(Mapped::size_estimate).sum());
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -427,16 +429,22 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn past_the_buffer_bound_requests_are_refused_and_nothing_waits() {
         let dir = tempfile::tempdir().unwrap();
-        let b =
-            batcher(dir.path(), FlushPolicy { interval: Duration::from_secs(60), max_buffered_bytes: 100, ..policy() });
-        let first = Submission { schema: "s".into(), events: vec![event("t", "a", None, false)], bytes: 80 };
+        let policy = FlushPolicy { interval: Duration::from_secs(60), max_buffered_bytes: 1000, ..policy() };
+        let b = batcher(dir.path(), policy);
+        let first = Submission { schema: "s".into(), events: vec![event("t", "a", None, false)], bytes: 800 };
         let waiting = tokio::spawn({
             let b = b.clone();
             async move { b.submit(first).await }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let second = Submission { schema: "s".into(), events: vec![event("t", "b", None, false)], bytes: 80 };
-        assert!(matches!(b.submit(second).await, Err(SubmitError::Overloaded { buffered: 80, limit: 100 })));
+        let second = Submission { schema: "s".into(), events: vec![event("t", "b", None, false)], bytes: 800 };
+        let refused = b.submit(second).await;
+        assert!(matches!(refused, Err(SubmitError::Overloaded { buffered: 800, limit: 1000 })), "{refused:?}");
+        // A 1-byte body that built a row and a discard is charged what it built, which does not fit either.
+        let built = Submission { schema: "s".into(), events: vec![event("t", "c", None, true)], bytes: 1 };
+        assert!(built.events[0].size_estimate() > 200);
+        let refused = b.submit(built).await;
+        assert!(matches!(refused, Err(SubmitError::Overloaded { buffered: 800, .. })), "{refused:?}");
         b.shutdown().await;
         waiting.await.unwrap().unwrap();
     }

@@ -112,6 +112,15 @@ impl Builder {
     }
 }
 
+/// Why a row's value has no column in the batch.
+pub enum Unplaced {
+    /// The column cannot be written (its type, its name), with the reason.
+    Column(String),
+    /// The table has no room for another column: the row's values of such columns are kept together, in one
+    /// discard, with this reason.
+    PastCap(String),
+}
+
 /// Builds the batch for `columns` (which must cover every column the rows use, or the value is reported as
 /// outside the table). Values that cannot be cast become nulls and discards.
 pub fn build<'r>(
@@ -119,7 +128,7 @@ pub fn build<'r>(
     columns: &[(String, ColumnType)],
     rows: impl ExactSizeIterator<Item = &'r Row>,
     uuid_ts: Micros,
-    unplaced: impl Fn(&str) -> Option<String>,
+    unplaced: impl Fn(&str) -> Option<Unplaced>,
 ) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
     let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
     let n = rows.len();
@@ -134,17 +143,18 @@ pub fn build<'r>(
             .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
             .and_then(|(_, v)| v.as_timestamp().ok())
             .unwrap_or(uuid_ts);
-        let mut discard = |column: &str, value: &Scalar, reason: String| {
+        let mut discard = |column: &str, value: String, reason: String| {
             discards.push(Discard {
                 row_id: row.id.to_string(),
                 table_name: table.to_string(),
                 column_name: column.to_string(),
-                column_value: value.to_text(),
+                column_value: value,
                 reason,
                 received_at,
                 offset: row.offset.clone(),
             })
         };
+        let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
         for (name, value) in &row.cols {
             // Rows share their names' allocations, so most lookups are by address.
             let found = match by_addr.get(&addr(name)) {
@@ -158,8 +168,14 @@ pub fn build<'r>(
                 }
             };
             let Some(c) = found else {
-                let reason = unplaced(name).unwrap_or_else(|| format!("column {name} is not in table {table}"));
-                discard(name, value, reason);
+                match unplaced(name) {
+                    Some(Unplaced::PastCap(reason)) => {
+                        let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
+                        values.insert(name.to_string(), serde_json::Value::String(value.to_text()));
+                    }
+                    Some(Unplaced::Column(reason)) => discard(name, value.to_text(), reason),
+                    None => discard(name, value.to_text(), format!("column {name} is not in table {table}")),
+                }
                 continue;
             };
             if Some(c) == uuid_col {
@@ -167,13 +183,18 @@ pub fn build<'r>(
             }
             let b = &mut builders[c];
             if b.len() > i {
-                discard(name, value, format!("column {name} appears twice in one row"));
+                discard(name, value.to_text(), format!("column {name} appears twice in one row"));
                 continue;
             }
             b.nulls(i - b.len());
             if let Err(e) = b.push(value) {
-                discard(name, value, format!("{e}; stored as NULL in column {name}"));
+                discard(name, value.to_text(), format!("{e}; stored as NULL in column {name}"));
             }
+        }
+        if let Some((values, reason)) = past_cap {
+            let reason =
+                format!("{reason}; the values of {} columns it has no room for are kept here, as JSON", values.len());
+            discard("", serde_json::Value::Object(values).to_string(), reason);
         }
     }
     if let Some(c) = uuid_col

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, StructType};
 
+use super::arrow::Unplaced;
 use super::protocol::ColumnMapping;
 use crate::layout::rows::Row;
 use crate::layout::value::ColumnType;
@@ -109,10 +110,14 @@ impl Plan {
     }
 
     /// Why a row's column has no place in the batch.
-    pub fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<String> {
-        self.unwritable.get(name).cloned().or_else(|| {
-            self.over_cap
-                .then(|| format!("table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"))
+    pub fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<Unplaced> {
+        if let Some(reason) = self.unwritable.get(name) {
+            return Some(Unplaced::Column(reason.clone()));
+        }
+        self.over_cap.then(|| {
+            Unplaced::PastCap(format!(
+                "table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"
+            ))
         })
     }
 

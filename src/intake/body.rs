@@ -17,6 +17,14 @@ pub enum BodyError {
     TooLarge { limit: usize },
     #[error("event {index} is {size} bytes, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)")]
     EventTooLarge { index: usize, size: usize, limit: usize },
+    #[error(
+        "event {index} is {size} bytes once the batch context is merged into it, over the limit of {limit} bytes per event (SEGMENT_DELTA_MAX_EVENT_BYTES)"
+    )]
+    MergedTooLarge { index: usize, size: usize, limit: usize },
+    #[error(
+        "the batch context ({context} bytes) merged into each of its {events} events makes {total} bytes, over {limit} bytes (4 × SEGMENT_DELTA_MAX_REQUEST_BYTES)"
+    )]
+    ContextTooLarge { context: usize, events: usize, total: usize, limit: usize },
     #[error("batch has {count} events, over the limit of {limit} per request (SEGMENT_DELTA_MAX_BATCH_EVENTS)")]
     TooManyEvents { count: usize, limit: usize },
     #[error("body is not valid gzip: {0}")]
@@ -92,9 +100,8 @@ impl RawEvent<'_> {
         }
     }
 
-    pub fn parse(&self) -> Result<Value, String> {
-        serde_json::from_slice(self.bytes).map_err(|e| {
-            let what = e.to_string();
+    pub fn parse(&self) -> Result<crate::segment::json::Parsed, String> {
+        crate::segment::json::parse(self.bytes).map_err(|what| {
             if what.starts_with("recursion limit exceeded") {
                 "the event is nested more than 128 levels deep".to_string()
             } else if std::str::from_utf8(self.bytes).is_err() {
@@ -146,8 +153,28 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
         return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
     }
-    let context = match top.get("context") {
-        Some(r) => field::<Option<Map<String, Value>>>(body, r, "context must be an object")?,
+    // The batch context is merged into every event: the merged events are held to the event limit, and all of them
+    // together to a multiple of the request limit, so that a small body cannot make a large request.
+    let context_range = top.get("context");
+    let context_len = context_range.as_ref().map_or(0, |r| r.len());
+    if context_len > 0 {
+        let merged = |r: &std::ops::Range<usize>| r.len().saturating_add(context_len);
+        if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| merged(r) > limits.max_event_bytes) {
+            return Err(BodyError::MergedTooLarge { index, size: merged(r), limit: limits.max_event_bytes });
+        }
+        let total = items.iter().map(merged).fold(0usize, usize::saturating_add);
+        let limit = limits.max_request_bytes.saturating_mul(4);
+        if total > limit {
+            return Err(BodyError::ContextTooLarge { context: context_len, events: items.len(), total, limit });
+        }
+    }
+    let context = match context_range {
+        Some(r) => match crate::segment::json::parse(&body[r]).map(|p| p.value) {
+            Ok(Value::Object(map)) => Some(map),
+            Ok(Value::Null) => None,
+            Ok(_) => return Err(BodyError::Shape("context must be an object".into())),
+            Err(e) => return Err(BodyError::Shape(format!("context must be an object: {e}"))),
+        },
         None => None,
     };
     let sent_at = match top.get("sentAt") {

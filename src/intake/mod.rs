@@ -8,14 +8,15 @@ use serde_json::{Value, json};
 
 use crate::layout::rows::{Discard, Mapped};
 use crate::schema::rows::map_event;
-use crate::segment::event::{Arrival, Event, Invalid};
+use crate::segment::event::{Arrival, Event, FieldProblem, Invalid};
+use crate::segment::json::Parsed;
 use body::RawEvent;
 
 /// Maps one raw event; anything that cannot be read lands whole in `discards`.
 pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Mapped {
     let reject = |reason: String| rejected(Invalid { reason, message_id: None, table: None }, raw, arrival);
-    let mut value = match raw.parse() {
-        Ok(v) => v,
+    let Parsed { mut value, duplicates } = match raw.parse() {
+        Ok(p) => p,
         Err(reason) => return reject(reason),
     };
     // The single-event endpoints say the type; Segment takes it from the path.
@@ -23,7 +24,15 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
         o.insert("type".into(), Value::String(t.to_string()));
     }
     match Event::from_json(value, arrival) {
-        Ok(e) => map_event(e),
+        Ok(mut e) => {
+            // A key sent twice: the later value is the event's, the earlier one is kept in `discards`.
+            e.problems.extend(duplicates.into_iter().map(|d| FieldProblem {
+                reason: format!("{:?} appears twice in the event; the later value is kept", d.path),
+                field: d.path,
+                value: d.earlier,
+            }));
+            map_event(e)
+        }
         Err(invalid) => rejected(invalid, raw, arrival),
     }
 }

@@ -71,6 +71,35 @@ pub struct Mapped {
 }
 
 impl Mapped {
+    /// About how many bytes the rows and discards of this event hold in memory: what a request costs the buffer,
+    /// which its body size alone can understate (a batch context merged into every event, many small values).
+    pub fn size_estimate(&self) -> usize {
+        const PER_VALUE: usize = 48;
+        const PER_ROW: usize = 96;
+        let value = |v: &Scalar| {
+            PER_VALUE
+                + match v {
+                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, s) => s.len(),
+                    Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) => 0,
+                }
+        };
+        let rows: usize =
+            self.rows.iter().map(|r| PER_ROW + r.row.cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>()).sum();
+        let discards: usize = self
+            .discards
+            .iter()
+            .map(|d| {
+                PER_ROW
+                    + d.row_id.len()
+                    + d.table_name.len()
+                    + d.column_name.len()
+                    + d.column_value.len()
+                    + d.reason.len()
+            })
+            .sum();
+        rows + discards
+    }
+
     /// Marks every row and discard with the stream offset of the event they came from.
     pub fn with_offset(mut self, offset: Option<Offset>) -> Mapped {
         if offset.is_some() {

@@ -26,14 +26,21 @@ pub fn parse_timestamp(s: &str) -> Option<Micros> {
     {
         return None;
     }
-    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
-        return Some(t.with_timezone(&Utc).timestamp_micros());
-    }
-    let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
-        .ok()?;
-    Some(Utc.from_utc_datetime(&naive).timestamp_micros())
+    let t = match DateTime::parse_from_rfc3339(s) {
+        Ok(t) => t.with_timezone(&Utc).timestamp_micros(),
+        Err(_) => {
+            let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
+                .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f"))
+                .ok()?;
+            Utc.from_utc_datetime(&naive).timestamp_micros()
+        }
+    };
+    // Outside years 1 to 9999 a date-time is kept as the text it is (Databricks and most readers refuse it).
+    TIMESTAMP_RANGE.contains(&t).then_some(t)
 }
+
+/// The instants a TIMESTAMP column holds: years 1 to 9999, UTC.
+pub const TIMESTAMP_RANGE: std::ops::RangeInclusive<Micros> = -62_135_596_800_000_000..=253_402_300_799_999_999;
 
 /// Formats microseconds as RFC 3339 UTC with millisecond or finer precision.
 pub fn format_micros(t: Micros) -> String {
@@ -232,6 +239,8 @@ mod tests {
             "",
             "2026-11-01T12:00:00Zjunk",
             "２０２６-11-01T12:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "0000-12-31T23:59:59.999Z",
         ] {
             assert_eq!(parse_timestamp(s), None, "{s}");
         }

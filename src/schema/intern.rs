@@ -11,8 +11,10 @@ use std::sync::Arc;
 
 use crate::schema::names::snake_case;
 
-/// Past this many remembered paths (hostile senders can invent keys without end) a thread starts afresh.
+/// Past this many remembered paths, or this many bytes of them (hostile senders can invent keys without end), a
+/// thread starts afresh.
 const MAX_PATHS: usize = 50_000;
+const MAX_BYTES: usize = 8 << 20;
 
 /// Key paths and the column names they give.
 #[derive(Default)]
@@ -20,6 +22,8 @@ pub struct Names {
     /// Path → (the path, shared; its column name).
     paths: HashMap<Arc<str>, Arc<str>>,
     columns: HashSet<Arc<str>>,
+    /// Bytes of the paths and names held.
+    bytes: usize,
 }
 
 impl Names {
@@ -31,6 +35,7 @@ impl Names {
         }
         let column = self.column(&snake_case(path));
         let path: Arc<str> = path.into();
+        self.bytes += path.len();
         self.paths.insert(path.clone(), column.clone());
         (path, column)
     }
@@ -41,6 +46,7 @@ impl Names {
             return c.clone();
         }
         let c: Arc<str> = name.into();
+        self.bytes += c.len();
         self.columns.insert(c.clone());
         c
     }
@@ -48,9 +54,8 @@ impl Names {
     /// Forgets everything once it has grown past its bound. Called between events only, so that the names of one
     /// event are always shared.
     fn bound(&mut self) {
-        if self.paths.len() > MAX_PATHS || self.columns.len() > MAX_PATHS {
-            self.paths = HashMap::new();
-            self.columns = HashSet::new();
+        if self.paths.len() > MAX_PATHS || self.columns.len() > MAX_PATHS || self.bytes > MAX_BYTES {
+            *self = Names::default();
         }
     }
 }

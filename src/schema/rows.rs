@@ -86,8 +86,8 @@ impl RowBuilder<'_> {
             return self.discard(path, value.to_text(), reason);
         }
         if column.len() > MAX_NAME_LEN {
-            let reason = format!("{path:?} gives a column name longer than {MAX_NAME_LEN} characters");
-            return self.discard(column, value.to_text(), reason);
+            let reason = format!("the key path gives a column name longer than {MAX_NAME_LEN} characters");
+            return self.discard(&shortened(column), value.to_text(), reason);
         }
         let key = addr(column);
         let Some(slot) = self.slots.get(&key) else {
@@ -116,24 +116,54 @@ impl RowBuilder<'_> {
     }
 }
 
-/// Flattens an object with `_` into leaves, in order; arrays are kept as JSON text. `path` holds the prefix.
-fn flatten(names: &mut Names, path: &mut String, obj: &Map<String, Value>, out: &mut Vec<Leaf>) {
+/// A part of an event no column can be named after: a key path longer than a column name may be.
+struct OverLong {
+    /// The start of the path, for the discard's column name.
+    path: String,
+    length: usize,
+    /// The value (a whole object when the path was too long before its leaves), as JSON.
+    value: String,
+}
+
+/// Flattens an object with `_` into leaves, in order; arrays are kept as JSON text. `path` holds the prefix. A path
+/// that grows longer than a column name can be is not followed: what is under it is set aside once, whole, so that
+/// a long key over many leaves costs one discard and no name.
+fn flatten(
+    names: &mut Names,
+    path: &mut String,
+    obj: &Map<String, Value>,
+    out: &mut Vec<Leaf>,
+    long: &mut Vec<OverLong>,
+) {
     let prefix_len = path.len();
     for (k, v) in obj {
         if prefix_len > 0 {
             path.push('.');
         }
         path.push_str(k);
-        match v {
-            Value::Object(inner) => flatten(names, path, inner, out),
-            other => {
-                if let Some(s) = Scalar::from_json(other) {
-                    let (p, c) = names.get(path);
-                    out.push((p, c, s));
+        if path.len() > MAX_NAME_LEN && !v.is_null() {
+            long.push(OverLong { path: shortened(path), length: path.chars().count(), value: v.to_string() });
+        } else {
+            match v {
+                Value::Object(inner) => flatten(names, path, inner, out, long),
+                other => {
+                    if let Some(s) = Scalar::from_json(other) {
+                        let (p, c) = names.get(path);
+                        out.push((p, c, s));
+                    }
                 }
             }
         }
         path.truncate(prefix_len);
+    }
+}
+
+/// The first characters of a long name, for a discard's column name.
+fn shortened(name: &str) -> String {
+    const KEEP: usize = 64;
+    match name.char_indices().nth(KEEP) {
+        Some((at, _)) => format!("{}…", &name[..at]),
+        None => name.to_string(),
     }
 }
 
@@ -215,13 +245,28 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
     ];
     let fixed: Vec<(Arc<str>, Option<Scalar>)> = fixed.into_iter().map(|(n, v)| (names.column(n), v)).collect();
     let mut context = Vec::with_capacity(32);
+    let mut long = Vec::new();
     scratch.path.clear();
     scratch.path.push_str("context");
-    flatten(names, &mut scratch.path, &event.context, &mut context);
+    flatten(names, &mut scratch.path, &event.context, &mut context, &mut long);
     let mut payload = Vec::new();
     if tables.iter().any(|(_, _, with_payload)| *with_payload) {
         scratch.path.clear();
-        flatten(names, &mut scratch.path, &event.payload, &mut payload);
+        flatten(names, &mut scratch.path, &event.payload, &mut payload, &mut long);
+    }
+    for l in long {
+        out.discards.push(Discard {
+            row_id: event.message_id.clone(),
+            table_name: tables[0].0.clone(),
+            column_name: l.path,
+            column_value: l.value,
+            reason: format!(
+                "a key path of {} characters is longer than {MAX_NAME_LEN} characters, the longest a column name may be; what is under it is kept here",
+                l.length
+            ),
+            received_at: event.received_at,
+            offset: None,
+        });
     }
 
     for (table, table_kind, with_payload) in tables {

@@ -1,5 +1,6 @@
 //! Segment events: the request body, validation, timestamps.
 
 pub mod event;
+pub mod json;
 pub mod scan;
 pub mod time;

@@ -1,13 +1,17 @@
 //! Segment's clock-skew correction of event times.
 
-use crate::layout::value::Micros;
+use crate::layout::value::{Micros, TIMESTAMP_RANGE};
 
 /// The event time Segment stores as `timestamp`: the caller's time shifted by the device clock's error,
 /// `received_at - (sent_at - original_timestamp)`. Without `sentAt` the caller's time is taken as is; without
 /// any caller time it is the arrival time.
+/// A correction that would leave years 1 to 9999 (a device clock decades off) gives the caller's time instead.
 pub fn corrected_timestamp(received_at: Micros, sent_at: Option<Micros>, original: Option<Micros>) -> Micros {
     match (sent_at, original) {
-        (Some(sent), Some(orig)) => received_at.saturating_sub(sent.saturating_sub(orig)),
+        (Some(sent), Some(orig)) => {
+            let corrected = received_at.saturating_sub(sent.saturating_sub(orig));
+            if TIMESTAMP_RANGE.contains(&corrected) { corrected } else { orig }
+        }
         (None, Some(orig)) => orig,
         _ => received_at,
     }
@@ -32,5 +36,9 @@ mod tests {
         assert_eq!(corrected_timestamp(received, None, Some(original)), original);
         assert_eq!(corrected_timestamp(received, Some(sent), None), received);
         assert_eq!(corrected_timestamp(received, None, None), received);
+        // A send time thousands of years ahead of the event time would correct it to before year 1.
+        let far = ts("9999-01-01T00:00:00Z");
+        let early = ts("0005-01-01T00:00:00Z");
+        assert_eq!(corrected_timestamp(received, Some(far), Some(early)), early);
     }
 }

@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -392,8 +393,11 @@ class Server:
     """One `segment-delta serve` process on a free port with its own lake: `<workdir>/lake`, or `lake` when given
     (a lake on Azurite, possibly shared with other servers)."""
 
-    def __init__(self, workdir: Path, lake: "AzuriteLake | None" = None, **env: str):
+    def __init__(self, workdir: Path, lake: "AzuriteLake | None" = None, *, memory_cap: int | None = None,
+                 **env: str):
         self.workdir = workdir
+        # A limit on the process's data segment (setrlimit RLIMIT_DATA, as `prlimit --data` sets it).
+        self.memory_cap = memory_cap
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.lake: Path | AzuriteLake = workdir / "lake" if lake is None else lake
         lake_env = {"SEGMENT_DELTA_LAKE": str(self.lake)} if lake is None else lake.server_env()
@@ -413,13 +417,27 @@ class Server:
             env = clean_env({**self.env, "FUNCTIONS_CUSTOMHANDLER_PORT": str(self.port)})
             with open(self.stderr_path, "ab") as err:
                 self.proc = subprocess.Popen([str(binary()), "serve"], env=env, cwd=self.workdir,
-                                             stdin=subprocess.DEVNULL, stdout=err, stderr=err)
+                                             stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                             preexec_fn=self._limits if self.memory_cap else None)
             if self._wait_until_up():
                 LIVE.append(self)
                 return self
             if "cannot listen" not in tail(self.stderr_path):
                 break  # not a port race: don't retry
         raise AssertionError(f"segment-delta did not come up (exit {self.proc.poll()}):\n{tail(self.stderr_path)}")
+
+    def _limits(self) -> None:
+        resource.setrlimit(resource.RLIMIT_DATA, (self.memory_cap, self.memory_cap))
+
+    def memory(self) -> dict[str, int]:
+        """The process's resident memory now and at its peak, in bytes (VmRSS and VmHWM)."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        found = dict(re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", status, re.M))
+        return {k: int(v) * 1024 for k, v in found.items()}
+
+    def reset_peak(self) -> None:
+        """Starts measuring the peak resident memory afresh (writing 5 to clear_refs resets VmHWM)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
 
     def _wait_until_up(self) -> bool:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -596,9 +614,10 @@ def local_delta_log(table_path: "Path | str") -> dict[int, list[dict]]:
 
 
 @contextlib.contextmanager
-def running_server(workdir: Path, lake: "AzuriteLake | None" = None, **env: str):
+def running_server(workdir: Path, lake: "AzuriteLake | None" = None, *, memory_cap: int | None = None,
+                   **env: str):
     """Starts a server, yields it, then SIGTERMs it and asserts a clean exit."""
-    server = Server(workdir, lake, **env).start()
+    server = Server(workdir, lake, memory_cap=memory_cap, **env).start()
     try:
         yield server
     finally:
@@ -613,10 +632,10 @@ def start_server(tmp_path):
     stack = contextlib.ExitStack()
     count = 0
 
-    def start(lake: "AzuriteLake | None" = None, **env: str) -> Server:
+    def start(lake: "AzuriteLake | None" = None, *, memory_cap: int | None = None, **env: str) -> Server:
         nonlocal count
         count += 1
-        return stack.enter_context(running_server(tmp_path / f"server{count}", lake, **env))
+        return stack.enter_context(running_server(tmp_path / f"server{count}", lake, memory_cap=memory_cap, **env))
 
     with stack:
         yield start
