@@ -16,6 +16,10 @@ pub struct AppState {
     pub batcher: Batcher,
     /// Unity Catalog, when the settings keep it in step.
     pub catalog: Option<Arc<dyn Catalog>>,
+    /// Kibibytes of request bodies that may be being read at once.
+    pub reading: Arc<tokio::sync::Semaphore>,
+    /// Set once the server is stopping: bodies still arriving are not waited for.
+    pub stopping: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -24,14 +28,25 @@ impl AppState {
         let catalog = catalog(&config)?;
         let lake = Arc::new(lakehouse(&config, catalog.clone()));
         let batcher = Batcher::start(lake, config.flush, config.dedup_capacity);
-        Ok(AppState { config: Arc::new(config), batcher, catalog })
+        let reading = Arc::new(tokio::sync::Semaphore::new(config.connections.max_reading_bytes.div_ceil(1024)));
+        let stopping = Arc::new(tokio::sync::watch::Sender::new(false));
+        Ok(AppState { config: Arc::new(config), batcher, catalog, reading, stopping })
+    }
+}
+
+impl AppState {
+    /// Starts stopping: requests still sending their bodies get 503, and what was accepted is written at once.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+        self.batcher.drain();
     }
 }
 
 /// The Delta writer for these settings, keeping `catalog` in step when there is one.
 pub fn lakehouse(config: &Config, catalog: Option<Arc<dyn Catalog>>) -> Lakehouse {
     let lake = Lakehouse::new(config.lake.clone(), config.storage.options.clone(), config.max_columns)
-        .with_retry_budget(config.write_retry);
+        .with_retry_budget(config.write_retry)
+        .with_table_limits(config.tables);
     match catalog {
         Some(catalog) => lake.with_catalog(catalog),
         None => lake,

@@ -5,7 +5,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use segment_delta::app::AppState;
-use segment_delta::batch::Batcher;
 use segment_delta::config::{Config, check_schema_name};
 use segment_delta::databricks::Databricks;
 use segment_delta::sources::http;
@@ -96,7 +95,7 @@ fn init_logging(json: bool, under_host: bool) {
     }
 }
 
-async fn shutdown_signal(batcher: Batcher) {
+async fn shutdown_signal(state: AppState) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -113,7 +112,7 @@ async fn shutdown_signal(batcher: Batcher) {
     ctrl_c.await.unwrap_or(());
     tracing::info!("shutting down: finishing accepted requests");
     // Write what is waiting now rather than at the end of the flush interval.
-    batcher.drain();
+    state.stop();
 }
 
 async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
@@ -145,7 +144,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
     tracing::info!(%addr, lake = ?config.lake, credential = %config.storage.credential, schemas = ?config.sources.schemas(), "serving the Segment Tracking API");
-    warp::serve(http::routes(state)).incoming(listener).graceful(shutdown_signal(batcher.clone())).run().await;
+    http::server::run(listener, state.clone(), shutdown_signal(state)).await;
     batcher.shutdown().await;
     tracing::info!("stopped; everything accepted was written");
     Ok(())

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::FlushPolicy;
 use crate::delta::errors::Failure;
+use crate::delta::registry::Admission;
 use crate::delta::{Lakehouse, TableWrite, WriteError};
 use crate::layout::rows::{Discard, Mapped, Row};
 use crate::layout::value::now_micros;
@@ -55,7 +56,11 @@ pub struct Totals {
 type TableId = (String, String);
 
 struct Waiter {
+    /// The tables whose commit the request still waits for.
     tables: BTreeSet<TableId>,
+    /// What it is charged against the buffer bound until it is answered.
+    bytes: usize,
+    error: Option<Arc<WriteError>>,
     tx: oneshot::Sender<Result<(), SubmitError>>,
 }
 
@@ -68,6 +73,8 @@ struct Pending {
     events: usize,
     bytes: usize,
     first_at: Option<Instant>,
+    /// Holds what an earlier flush could not write: due at once.
+    urgent: bool,
 }
 
 struct Inner {
@@ -162,7 +169,7 @@ impl Batcher {
             } else {
                 p.bytes += sub.bytes;
                 p.first_at.get_or_insert_with(Instant::now);
-                p.waiters.push(Waiter { tables, tx });
+                p.waiters.push(Waiter { tables, bytes: sub.bytes, error: None, tx });
                 true
             }
         };
@@ -198,9 +205,9 @@ impl Batcher {
 }
 
 /// The earliest stream offset among `rows`, per stream.
-fn earliest_offsets(rows: &[Row]) -> HashMap<Arc<str>, i64> {
+fn earliest_offsets<'r>(rows: impl IntoIterator<Item = &'r Row>) -> HashMap<Arc<str>, i64> {
     let mut earliest: HashMap<Arc<str>, i64> = HashMap::new();
-    for o in rows.iter().filter_map(|r| r.offset.as_ref()) {
+    for o in rows.into_iter().filter_map(|r| r.offset.as_ref()) {
         let e = earliest.entry(o.app_id.clone()).or_insert(o.seq);
         *e = (*e).min(o.seq);
     }
@@ -214,7 +221,7 @@ async fn flusher(inner: Arc<Inner>) {
             let p = lock(&inner.pending);
             let closing = inner.closing.load(Ordering::SeqCst);
             let draining = closing || inner.draining.load(Ordering::SeqCst);
-            let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes;
+            let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes || p.urgent;
             let due = p.first_at.map(|t| if full || draining { Instant::now() } else { t + inner.policy.interval });
             (due, closing)
         };
@@ -237,9 +244,111 @@ async fn flusher(inner: Arc<Inner>) {
     }
 }
 
+/// A table's rows, with the keys that recognise them.
+type Rows = (TableKind, Vec<(RowKey, Row)>);
+
+/// The requests of a flush and the tables each still waits for. A request is answered as soon as the last of its
+/// tables is committed (or has failed), not when the whole flush is done.
+struct Waiting<'a> {
+    inner: &'a Inner,
+    list: Vec<Option<Waiter>>,
+    by_table: HashMap<TableId, Vec<usize>>,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(inner: &'a Inner, waiters: Vec<Waiter>) -> Self {
+        let mut by_table: HashMap<TableId, Vec<usize>> = HashMap::new();
+        for (i, w) in waiters.iter().enumerate() {
+            for t in &w.tables {
+                by_table.entry(t.clone()).or_default().push(i);
+            }
+        }
+        Waiting { inner, list: waiters.into_iter().map(Some).collect(), by_table }
+    }
+
+    /// A table is done: committed, or failed with `error`. Its requests now wait for `then` as well (the
+    /// `discards` table, when the write set values aside), or are answered when nothing else is left.
+    fn settle(&mut self, id: &TableId, error: Option<&Arc<WriteError>>, then: Option<&TableId>) {
+        let Some(indices) = self.by_table.remove(id) else { return };
+        for i in indices {
+            let Some(w) = self.list[i].as_mut() else { continue };
+            w.tables.remove(id);
+            if let Some(e) = error {
+                w.error.get_or_insert_with(|| e.clone());
+            }
+            if let Some(t) = then
+                && w.tables.insert(t.clone())
+            {
+                self.by_table.entry(t.clone()).or_default().push(i);
+            }
+            if w.tables.is_empty()
+                && let Some(w) = self.list[i].take()
+            {
+                answer(self.inner, w);
+            }
+        }
+    }
+
+    /// After the flush: requests whose remaining tables were not carried over have nothing left to wait for and are
+    /// answered; the others are returned, to wait in the next flush.
+    fn finish(self, carried: &HashSet<TableId>) -> Vec<Waiter> {
+        let mut rest = Vec::new();
+        for mut w in self.list.into_iter().flatten() {
+            w.tables.retain(|t| carried.contains(t));
+            if w.tables.is_empty() {
+                answer(self.inner, w);
+            } else {
+                rest.push(w);
+            }
+        }
+        rest
+    }
+}
+
+fn answer(inner: &Inner, w: Waiter) {
+    inner.buffered.fetch_sub(w.bytes, Ordering::SeqCst);
+    let _ = w.tx.send(match w.error {
+        None => Ok(()),
+        Some(e) => Err(SubmitError::Write(e)),
+    });
+}
+
+/// How one table of a flush ended.
+enum Outcome {
+    Written(Result<crate::delta::Written, WriteError>),
+    /// Not started within the flush's time budget.
+    Later(Vec<(RowKey, Row)>),
+}
+
+/// Per schema and stream, the earliest offset among `rows`.
+fn note_earliest(into: &mut HashMap<String, HashMap<Arc<str>, i64>>, schema: &str, earliest: HashMap<Arc<str>, i64>) {
+    let streams = into.entry(schema.to_string()).or_default();
+    for (app, seq) in earliest {
+        let h = streams.entry(app).or_insert(seq);
+        *h = (*h).min(seq);
+    }
+}
+
+/// Whether a discard comes from a stream position at or after `from`'s for its stream.
+fn at_or_after(d: &Discard, from: Option<&HashMap<Arc<str>, i64>>) -> bool {
+    match (d.offset.as_ref(), from) {
+        (Some(o), Some(streams)) => streams.get(&o.app_id).is_some_and(|h| o.seq >= *h),
+        _ => false,
+    }
+}
+
+/// The row of a table the schema has no room for, kept whole in `discards`.
+fn table_past_limit(schema: &str, table: &str, count: usize, row: &Row) -> Discard {
+    let reason = format!(
+        "schema {schema} already has {count} event tables, its limit (SEGMENT_DELTA_MAX_TABLES); the event is in \
+         tracks, and its row for table {table} is kept here, as JSON"
+    );
+    Discard::whole_row(row, table, "", reason)
+}
+
 async fn write_batch(inner: &Inner, mut batch: Pending) {
+    let started = Instant::now();
     let uuid_ts = now_micros();
-    let bytes = batch.bytes;
     // Rows a flush that finished after they were accepted has already committed.
     {
         let committed = lock(&inner.committed);
@@ -251,42 +360,87 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
         }
         batch.discards.retain(|_, d| !d.is_empty());
     }
-    let mut failed: BTreeMap<TableId, Arc<WriteError>> = BTreeMap::new();
-    let mut totals = Totals::default();
+    let mut waiting = Waiting::new(inner, std::mem::take(&mut batch.waiters));
+    let discards_of = |schema: &str| (schema.to_string(), DISCARDS.to_string());
+
+    // Tables that exist are written first, then at most `new_tables` new ones; the rows of further new tables wait
+    // for the next flush, and those of tables past the schema's limit go to `discards`.
+    let (mut known, mut fresh) = (Vec::new(), Vec::new());
+    let mut carried: BTreeMap<TableId, Rows> = BTreeMap::new();
+    for (id, (kind, rows)) in std::mem::take(&mut batch.tables) {
+        if rows.is_empty() {
+            continue;
+        }
+        let room = fresh.len() < inner.policy.new_tables;
+        match inner.lake.admit(&id.0, &id.1, kind, room).await {
+            Admission::Known => known.push((id, kind, rows)),
+            Admission::New if room => fresh.push((id, kind, rows)),
+            Admission::New => {
+                carried.insert(id, (kind, rows));
+            }
+            Admission::Full(count) => {
+                tracing::warn!(schema = %id.0, table = %id.1, rows = rows.len(), limit = count,
+                    "schema has reached SEGMENT_DELTA_MAX_TABLES; the rows go to discards");
+                let to = batch.discards.entry(id.0.clone()).or_default();
+                to.extend(rows.into_iter().map(|(k, r)| (k, table_past_limit(&id.0, &id.1, count, &r))));
+                waiting.settle(&id, None, Some(&discards_of(&id.0)));
+            }
+        }
+    }
+    if !carried.is_empty() {
+        tracing::info!(tables = carried.len(), "new tables past the flush's limit wait for the next flush");
+    }
+
     // Each table is written on its own task, so that building, encoding and dropping the rows of different
     // tables use every core.
-    let writes = batch.tables.into_iter().map(|((schema, table), (kind, rows))| {
+    let budget = inner.policy.budget;
+    let writes = known.into_iter().chain(fresh).map(|((schema, table), kind, rows)| {
         let lake = inner.lake.clone();
         async move {
+            if started.elapsed() > budget {
+                return ((schema, table), kind, Vec::new(), HashMap::new(), Outcome::Later(rows));
+            }
             let (keys, rows): (Vec<RowKey>, Vec<Row>) = rows.into_iter().unzip();
             let earliest = earliest_offsets(&rows);
             let (s, t) = (schema.clone(), table.clone());
-            let task = tokio::spawn(async move {
-                if rows.is_empty() {
-                    Ok(Default::default())
-                } else {
-                    lake.append(TableWrite { schema: &s, table: &t, kind, rows }, uuid_ts).await
-                }
-            });
+            let task =
+                tokio::spawn(
+                    async move { lake.append(TableWrite { schema: &s, table: &t, kind, rows }, uuid_ts).await },
+                );
             let result = task.await.unwrap_or_else(|e| {
                 Err(WriteError::new(&table, Failure::Unavailable(format!("the write stopped: {e}"))))
             });
-            ((schema, table), keys, earliest, result)
+            ((schema, table), kind, keys, earliest, Outcome::Written(result))
         }
     });
-    let results: Vec<_> = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY).collect().await;
-    let mut committed_keys = Vec::new();
-    // Per schema and stream, the earliest offset of a row whose table write failed.
-    let mut held: HashMap<String, HashMap<Arc<str>, i64>> = HashMap::new();
-    for (id, keys, earliest, result) in results {
-        match result {
-            Ok(w) => {
-                totals.skipped += w.skipped as u64;
-                if w.rows > 0 {
-                    totals.commits += 1;
-                    *totals.rows.entry(format!("{}.{}", id.0, id.1)).or_default() += w.rows as u64;
+    let mut results = futures::stream::iter(writes).buffer_unordered(TABLE_CONCURRENCY);
+    // Per schema and stream, the earliest offset of a row whose table write failed, or that waits.
+    let mut failed_from: HashMap<String, HashMap<Arc<str>, i64>> = HashMap::new();
+    let mut later_from: HashMap<String, HashMap<Arc<str>, i64>> = HashMap::new();
+    while let Some((id, kind, keys, earliest, outcome)) = results.next().await {
+        match outcome {
+            Outcome::Later(rows) => {
+                note_earliest(&mut later_from, &id.0, earliest_offsets(rows.iter().map(|(_, r)| r)));
+                carried.insert(id, (kind, rows));
+            }
+            Outcome::Written(Ok(w)) => {
+                {
+                    // Counted before anyone is answered, so that a caller reading the totals after its answer sees
+                    // its rows.
+                    let mut totals = lock(&inner.totals);
+                    totals.skipped += w.skipped as u64;
+                    if w.rows > 0 {
+                        totals.commits += 1;
+                        *totals.rows.entry(format!("{}.{}", id.0, id.1)).or_default() += w.rows as u64;
+                    }
                 }
-                committed_keys.extend(keys);
+                {
+                    let mut committed = lock(&inner.committed);
+                    for k in keys {
+                        committed.insert(k);
+                    }
+                }
+                let then = (!w.discards.is_empty()).then(|| discards_of(&id.0));
                 for d in w.discards {
                     let key = inner.fingerprints.key((
                         id.0.as_str(),
@@ -296,30 +450,33 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                     ));
                     batch.discards.entry(id.0.clone()).or_default().push((key, d));
                 }
+                waiting.settle(&id, None, then.as_ref());
             }
-            Err(e) => {
+            Outcome::Written(Err(e)) => {
                 tracing::error!(schema = %id.0, table = %id.1, error = %e, "write failed");
-                let streams = held.entry(id.0.clone()).or_default();
-                for (app, seq) in earliest {
-                    let h = streams.entry(app).or_insert(seq);
-                    *h = (*h).min(seq);
-                }
-                failed.insert(id, Arc::new(e));
+                note_earliest(&mut failed_from, &id.0, earliest);
+                waiting.settle(&id, Some(&Arc::new(e)), None);
             }
         }
     }
-    for (schema, mut discards) in batch.discards {
+    drop(results);
+
+    let mut carried_discards: BTreeMap<String, Vec<(RowKey, Discard)>> = BTreeMap::new();
+    for (schema, discards) in std::mem::take(&mut batch.discards) {
         // The discards table records how far each stream was written: discards of a stream from where one of its
-        // table writes failed are held back, or its offset would move past rows that are to be delivered again
-        // (and whose discards would then be skipped as already written).
-        if let Some(streams) = held.get(&schema) {
-            discards
-                .retain(|(_, d)| d.offset.as_ref().is_none_or(|o| streams.get(&o.app_id).is_none_or(|h| o.seq < *h)));
-            if discards.is_empty() {
-                continue;
-            }
+        // table writes failed are dropped (the events will be delivered again), and from where a table waits for
+        // the next flush they wait too, or its offset would move past rows whose discards are still to come.
+        let (discards, held): (Vec<_>, Vec<_>) = discards
+            .into_iter()
+            .filter(|(_, d)| !at_or_after(d, failed_from.get(&schema)))
+            .partition(|(_, d)| !at_or_after(d, later_from.get(&schema)));
+        if !held.is_empty() {
+            carried_discards.insert(schema.clone(), held);
         }
-        let id = (schema.clone(), DISCARDS.to_string());
+        if discards.is_empty() {
+            continue;
+        }
+        let id = discards_of(&schema);
         let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
         match inner
@@ -328,39 +485,47 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
             .await
         {
             Ok(_) => {
-                committed_keys.extend(keys);
-                totals.commits += 1;
-                totals.discards += n as u64;
+                {
+                    let mut committed = lock(&inner.committed);
+                    for k in keys {
+                        committed.insert(k);
+                    }
+                }
+                {
+                    let mut totals = lock(&inner.totals);
+                    totals.commits += 1;
+                    totals.discards += n as u64;
+                }
+                if !carried_discards.contains_key(&schema) {
+                    waiting.settle(&id, None, None);
+                }
             }
             Err(e) => {
                 tracing::error!(schema = %schema, table = DISCARDS, error = %e, "write failed");
-                failed.insert(id, Arc::new(e));
+                waiting.settle(&id, Some(&Arc::new(e)), None);
             }
         }
     }
-    {
-        let mut committed = lock(&inner.committed);
-        for k in committed_keys {
-            committed.insert(k);
-        }
+    // What waits goes back to the front of the next micro-batch, which is due at once.
+    let mut waits: HashSet<TableId> = carried.keys().cloned().collect();
+    waits.extend(carried_discards.keys().map(|s| discards_of(s)));
+    let rest = waiting.finish(&waits);
+    if waits.is_empty() {
+        return;
     }
-    {
-        let mut t = lock(&inner.totals);
-        for (table, n) in totals.rows {
-            *t.rows.entry(table).or_default() += n;
-        }
-        t.commits += totals.commits;
-        t.discards += totals.discards;
-        t.skipped += totals.skipped;
+    let mut p = lock(&inner.pending);
+    for (id, (kind, rows)) in carried {
+        let fresh: Vec<_> = rows.into_iter().filter(|(k, _)| p.keys.insert(*k)).collect();
+        let entry = p.tables.entry(id).or_insert_with(|| (kind, Vec::new()));
+        entry.1.splice(0..0, fresh);
     }
-    inner.buffered.fetch_sub(bytes, Ordering::SeqCst);
-    for w in batch.waiters {
-        let err = w.tables.iter().find_map(|t| failed.get(t)).cloned();
-        let _ = w.tx.send(match err {
-            None => Ok(()),
-            Some(e) => Err(SubmitError::Write(e)),
-        });
+    for (schema, discards) in carried_discards {
+        let fresh: Vec<_> = discards.into_iter().filter(|(k, _)| p.keys.insert(*k)).collect();
+        p.discards.entry(schema).or_default().splice(0..0, fresh);
     }
+    p.waiters.splice(0..0, rest);
+    p.first_at.get_or_insert_with(Instant::now);
+    p.urgent = true;
 }
 
 #[cfg(test)]
@@ -447,6 +612,34 @@ mod tests {
         assert!(matches!(refused, Err(SubmitError::Overloaded { buffered: 800, .. })), "{refused:?}");
         b.shutdown().await;
         waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_tables_past_a_flush_s_limit_wait_for_the_next_and_the_request_for_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = batcher(dir.path(), FlushPolicy { new_tables: 2, ..policy() });
+        let events: Vec<Mapped> = (0..5).map(|i| event(&format!("t{i}"), &format!("e{i}"), None, false)).collect();
+        b.submit(Submission { schema: "s".into(), events, bytes: 10 }).await.unwrap();
+        for i in 0..5 {
+            assert_eq!(rows(dir.path(), &format!("t{i}")), 1, "t{i} is written before the answer");
+        }
+        assert_eq!(b.totals().commits, 5);
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rows_of_event_tables_past_the_schema_s_limit_go_whole_to_discards() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = crate::config::TableLimits { max_tables: 2, ..Default::default() };
+        let lake = Lakehouse::new(Lake::Local(dir.path().to_path_buf()), Default::default(), 100)
+            .with_retry_budget(Duration::from_millis(200))
+            .with_table_limits(limits);
+        let b = Batcher::start(Arc::new(lake), policy(), 1000);
+        let events: Vec<Mapped> = (0..3).map(|i| event(&format!("t{i}"), &format!("e{i}"), None, false)).collect();
+        b.submit(Submission { schema: "s".into(), events, bytes: 10 }).await.unwrap();
+        assert_eq!((rows(dir.path(), "t0"), rows(dir.path(), "t1"), rows(dir.path(), "t2")), (1, 1, 0));
+        assert_eq!(b.totals().discards, 1);
+        b.shutdown().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,6 +11,10 @@ pub struct MaintenanceSettings {
     pub vacuum_retention: Duration,
     /// With Unity Catalog kept, tables of at least this many bytes are compacted by `OPTIMIZE` on the warehouse.
     pub databricks_optimize_bytes: Option<u64>,
+    /// Tables maintained at once.
+    pub concurrency: usize,
+    /// How long one run keeps starting tables; the next run resumes where it stopped.
+    pub budget: Duration,
 }
 
 impl Default for MaintenanceSettings {
@@ -19,6 +23,8 @@ impl Default for MaintenanceSettings {
             target_file_size: 128 * 1024 * 1024,
             vacuum_retention: Duration::from_secs(7 * 24 * 3600),
             databricks_optimize_bytes: None,
+            concurrency: 4,
+            budget: Duration::from_secs(600),
         }
     }
 }

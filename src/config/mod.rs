@@ -102,6 +102,11 @@ pub struct FlushPolicy {
     pub max_bytes: usize,
     /// Past this many bytes waiting or being written, new requests get 503.
     pub max_buffered_bytes: usize,
+    /// Tables one flush creates at most; the rows of further new tables wait for the next flush, so that a
+    /// request naming thousands of new events does not hold up the requests behind it.
+    pub new_tables: usize,
+    /// How long a flush keeps starting table writes; the tables it has not started by then wait for the next.
+    pub budget: Duration,
 }
 
 impl Default for FlushPolicy {
@@ -111,7 +116,56 @@ impl Default for FlushPolicy {
             max_events: 100_000,
             max_bytes: 64 * 1024 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
+            new_tables: 50,
+            budget: Duration::from_secs(5),
         }
+    }
+}
+
+/// What a connection may take of the server: time to send its headers and its body, a share of the bytes being
+/// read at once, and how long shutdown waits for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Connections {
+    /// A request's headers must arrive within this long of the connection waiting for them (idle keep-alive
+    /// connections are closed after it too).
+    pub header_timeout: Duration,
+    /// A request's body must arrive within this long of its headers.
+    pub body_timeout: Duration,
+    /// Connections open at once; further ones are closed at once.
+    pub max_connections: usize,
+    /// Bytes of request bodies being read at once, over all connections; readers past it wait their turn.
+    pub max_reading_bytes: usize,
+    /// On shutdown, how long connections still open are waited for before they are closed.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            max_reading_bytes: 64 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// How many tables a schema may have, and how many table handles are kept between writes.
+#[derive(Debug, Clone, Copy)]
+pub struct TableLimits {
+    /// Tables of track events per schema (Segment's default limit of distinct events); past it, an event still
+    /// lands in `tracks`, and its row for the event's own table goes to `discards`.
+    pub max_tables: usize,
+    /// Table handles kept between writes, at most this many…
+    pub cache_tables: usize,
+    /// …and about this many bytes; the least recently written are dropped first.
+    pub cache_bytes: usize,
+}
+
+impl Default for TableLimits {
+    fn default() -> Self {
+        TableLimits { max_tables: 4_000, cache_tables: 1_000, cache_bytes: 128 * 1024 * 1024 }
     }
 }
 
@@ -153,6 +207,8 @@ pub struct Config {
     pub flush: FlushPolicy,
     /// Columns a table may reach; values for columns past it go to `discards`.
     pub max_columns: usize,
+    pub tables: TableLimits,
+    pub connections: Connections,
     /// How many committed `messageId`s are remembered to acknowledge repeats without writing them again.
     pub dedup_capacity: usize,
     /// JSON log lines (the default under the Functions host).
@@ -175,6 +231,8 @@ impl Default for Config {
             limits: Limits::default(),
             flush: FlushPolicy::default(),
             max_columns: 1_000,
+            tables: TableLimits::default(),
+            connections: Connections::default(),
             dedup_capacity: 1_000_000,
             log_json: false,
             maintenance: Default::default(),
@@ -297,7 +355,33 @@ impl Config {
                 "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES",
             ));
         }
+        f.new_tables =
+            positive("SEGMENT_DELTA_FLUSH_NEW_TABLES", num(&get, "SEGMENT_DELTA_FLUSH_NEW_TABLES", f.new_tables)?)?;
+        f.budget = Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_BUDGET_MS", f.budget.as_millis() as u64)?);
         c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
+        let t = &mut c.tables;
+        t.max_tables = positive("SEGMENT_DELTA_MAX_TABLES", num(&get, "SEGMENT_DELTA_MAX_TABLES", t.max_tables)?)?;
+        t.cache_tables =
+            positive("SEGMENT_DELTA_TABLE_CACHE", num(&get, "SEGMENT_DELTA_TABLE_CACHE", t.cache_tables)?)?;
+        t.cache_bytes =
+            positive("SEGMENT_DELTA_TABLE_CACHE_BYTES", num(&get, "SEGMENT_DELTA_TABLE_CACHE_BYTES", t.cache_bytes)?)?;
+        let ms = |name: &'static str, d: Duration| -> Result<Duration, ConfigError> {
+            let v = positive(name, num(&get, name, d.as_millis() as usize)?)?;
+            Ok(Duration::from_millis(v as u64))
+        };
+        let n = &mut c.connections;
+        n.header_timeout = ms("SEGMENT_DELTA_HEADER_TIMEOUT_MS", n.header_timeout)?;
+        n.body_timeout = ms("SEGMENT_DELTA_BODY_TIMEOUT_MS", n.body_timeout)?;
+        n.shutdown_timeout = ms("SEGMENT_DELTA_SHUTDOWN_TIMEOUT_MS", n.shutdown_timeout)?;
+        n.max_connections =
+            positive("SEGMENT_DELTA_MAX_CONNECTIONS", num(&get, "SEGMENT_DELTA_MAX_CONNECTIONS", n.max_connections)?)?;
+        n.max_reading_bytes = positive(
+            "SEGMENT_DELTA_MAX_READING_BYTES",
+            num(&get, "SEGMENT_DELTA_MAX_READING_BYTES", n.max_reading_bytes)?,
+        )?;
+        if n.max_reading_bytes < c.limits.max_request_bytes {
+            return Err(invalid("SEGMENT_DELTA_MAX_READING_BYTES", "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES"));
+        }
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
         c.write_retry = Duration::from_secs(num(&get, "SEGMENT_DELTA_WRITE_RETRY_SECS", c.write_retry.as_secs())?);
         let m = &mut c.maintenance;
@@ -318,6 +402,11 @@ impl Config {
                 None => None,
                 Some(_) => Some(num(&get, "SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES", 0u64)?),
             };
+        m.concurrency = positive(
+            "SEGMENT_DELTA_MAINTENANCE_CONCURRENCY",
+            num(&get, "SEGMENT_DELTA_MAINTENANCE_CONCURRENCY", m.concurrency)?,
+        )?;
+        m.budget = Duration::from_secs(num(&get, "SEGMENT_DELTA_MAINTENANCE_BUDGET_SECS", m.budget.as_secs())?);
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,

@@ -6,12 +6,14 @@
 //! them out), `commit` (the one commit-with-rebase path), `log` (reading the log directly), `errors`.
 
 pub mod arrow;
+pub mod cache;
 pub mod commit;
 pub mod errors;
 pub mod files;
 pub mod log;
 pub mod plan;
 pub mod protocol;
+pub mod registry;
 pub mod storage;
 pub mod table;
 
@@ -25,16 +27,18 @@ use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::{Action, Metadata, Protocol, StructField, StructType, Transaction};
 use deltalake::logstore::LogStoreRef;
 use deltalake::{DeltaTableError, ObjectStore};
-use serde_json::{Value, json};
+use serde_json::json;
 
+use self::cache::Handles;
 use self::commit::{Commit, CommitError, Verdict};
 use self::errors::{ErrorClass, Failure, classify};
 use self::files::FileLayout;
 use self::plan::Plan;
 use self::protocol::{ColumnMapping, Operation};
+use self::registry::{Admission, Registry};
 use self::table::TableState;
 use crate::catalog::{Catalog, CatalogError};
-use crate::config::Lake;
+use crate::config::{Lake, TableLimits};
 use crate::layout::rows::{Discard, Row};
 use crate::layout::value::Micros;
 use crate::layout::{TableKind, paths};
@@ -78,11 +82,19 @@ struct Cached {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
+/// About how many bytes a cached handle holds: its snapshot grows with the table's columns.
+fn handle_bytes(cached: &Cached) -> usize {
+    const BASE: usize = 16 << 10;
+    const PER_COLUMN: usize = 2 << 10;
+    BASE + PER_COLUMN * cached.state.as_ref().map_or(0, |s| s.snapshot.schema().fields().len())
+}
+
 pub struct Lakehouse {
     lake: Lake,
     storage_options: HashMap<String, String>,
     max_columns: usize,
-    tables: Mutex<HashMap<String, Slot>>,
+    tables: Mutex<Handles<tokio::sync::Mutex<Option<Cached>>>>,
+    registry: Registry,
     backoff: Backoff,
     catalog: Option<Arc<dyn Catalog>>,
     /// Checkpoints being written in the background, and the tables they are for (one at a time per table).
@@ -105,7 +117,8 @@ impl Lakehouse {
             lake,
             storage_options,
             max_columns,
-            tables: Mutex::new(HashMap::new()),
+            tables: Mutex::new(Handles::new(TableLimits::default().cache_tables, TableLimits::default().cache_bytes)),
+            registry: Registry::new(TableLimits::default().max_tables),
             backoff: Backoff { total: Duration::from_secs(30), ..Backoff::default() },
             catalog: None,
             background: Mutex::new(tokio::task::JoinSet::new()),
@@ -117,6 +130,19 @@ impl Lakehouse {
     pub fn with_retry_budget(mut self, total: Duration) -> Lakehouse {
         self.backoff.total = total;
         self
+    }
+
+    /// Bounds the tables per schema and the handles kept between writes.
+    pub fn with_table_limits(mut self, limits: TableLimits) -> Lakehouse {
+        self.tables = Mutex::new(Handles::new(limits.cache_tables, limits.cache_bytes));
+        self.registry = Registry::new(limits.max_tables);
+        self
+    }
+
+    /// Whether a table exists, may be created, or would be past its schema's limit of event tables; with
+    /// `reserve`, a new table within the limit counts as the schema's from now on.
+    pub async fn admit(&self, schema: &str, table: &str, kind: TableKind, reserve: bool) -> Admission {
+        self.registry.admit(&self.lake, &self.storage_options, schema, table, kind, reserve).await
     }
 
     /// Keeps Unity Catalog in step: tables are registered after their first commit and widened through SQL.
@@ -136,8 +162,7 @@ impl Lakehouse {
     }
 
     fn slot(&self, uri: &str) -> Slot {
-        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        tables.entry(uri.to_string()).or_default().clone()
+        self.tables.lock().unwrap_or_else(|p| p.into_inner()).get(uri)
     }
 
     /// Opens a table's log: its protocol and metadata, or nothing when no table exists there yet.
@@ -206,7 +231,11 @@ impl Lakehouse {
             }
         };
         if let Ok(written) = &result {
+            let bytes = handle_bytes(&cached);
             *guard = Some(cached);
+            drop(guard);
+            drop(slot);
+            self.tables.lock().unwrap_or_else(|p| p.into_inner()).sized(&uri, bytes);
             tracing::info!(table = %name, rows = written.rows, version = written.version, new_columns = written.new_columns.len(),
                 conflicts = retries, skipped = written.skipped, discards = written.discards.len(), "committed");
         }
@@ -516,25 +545,10 @@ fn required_values<'r>(
             }
             Some(column) => {
                 keep.push(false);
-                let whole: serde_json::Map<String, Value> =
-                    row.cols.iter().map(|(n, v)| (n.to_string(), Value::String(v.to_text()))).collect();
-                let received_at = row
-                    .cols
-                    .iter()
-                    .find(|(n, _)| n.as_ref() == "received_at")
-                    .and_then(|(_, v)| v.as_timestamp().ok())
-                    .unwrap_or_default();
-                discards.push(Discard {
-                    row_id: row.id.to_string(),
-                    table_name: table.to_string(),
-                    column_name: column.clone(),
-                    column_value: Value::Object(whole).to_string(),
-                    reason: format!(
-                        "column {column} of {table} is NOT NULL and the row has no value for it; the row is not written"
-                    ),
-                    received_at,
-                    offset: row.offset.clone(),
-                });
+                let reason = format!(
+                    "column {column} of {table} is NOT NULL and the row has no value for it; the row is not written"
+                );
+                discards.push(Discard::whole_row(row, table, column, reason));
             }
         }
     }

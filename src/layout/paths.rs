@@ -6,6 +6,9 @@ use deltalake::{DeltaTableBuilder, DeltaTableError, Path};
 
 use crate::config::Lake;
 
+/// Where the loader keeps its own state in the lake (the maintenance cursor): a directory no table is in.
+pub const STATE_DIR: &str = "_segment_delta";
+
 /// The URI of a table, as delta-rs opens it.
 pub fn table_uri(lake: &Lake, schema: &str, table: &str) -> String {
     match lake {
@@ -38,11 +41,7 @@ pub async fn discover(
             }
         }
         Lake::Remote(root) => {
-            let url = url::Url::parse(root).map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
-            let store = DeltaTableBuilder::from_url(url)?
-                .with_storage_options(storage_options.clone())
-                .build_storage()?
-                .object_store(None);
+            let store = root_store(root, storage_options)?;
             for schema in store.list_with_delimiter(None).await?.common_prefixes {
                 for table in store.list_with_delimiter(Some(&schema)).await?.common_prefixes {
                     let log = table.clone().join("_delta_log");
@@ -58,6 +57,43 @@ pub async fn discover(
         only.is_empty() || only.iter().any(|o| *o == format!("{s}.{t}") || *o == format!("{s}.*") || *o == *t)
     });
     Ok(found)
+}
+
+/// The names of the directories under `<lake>/<schema>`: the tables a schema has, as one listing finds them
+/// (without opening each). A schema with no directory yet has none.
+pub async fn table_names(
+    lake: &Lake,
+    storage_options: &HashMap<String, String>,
+    schema: &str,
+) -> Result<Vec<String>, DeltaTableError> {
+    match lake {
+        Lake::Local(root) => match std::fs::read_dir(root.join(schema)) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(DeltaTableError::Generic(format!("listing {}: {e}", root.join(schema).display()))),
+        },
+        Lake::Remote(root) => {
+            let store = root_store(root, storage_options)?;
+            let listed = store.list_with_delimiter(Some(&Path::from(schema))).await?;
+            Ok(listed.common_prefixes.iter().filter_map(|p| p.filename().map(str::to_string)).collect())
+        }
+    }
+}
+
+/// The object store at the lake's root (a remote lake).
+pub fn root_store(
+    root: &str,
+    storage_options: &HashMap<String, String>,
+) -> Result<deltalake::logstore::ObjectStoreRef, DeltaTableError> {
+    let url = url::Url::parse(root).map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
+    Ok(DeltaTableBuilder::from_url(url)?
+        .with_storage_options(storage_options.clone())
+        .build_storage()?
+        .object_store(None))
 }
 
 #[cfg(test)]

@@ -38,6 +38,27 @@ pub struct Discard {
 }
 
 impl Discard {
+    /// A whole row set aside: its values as one JSON object of text, under `column` (or none), with the reason.
+    pub fn whole_row(row: &Row, table: &str, column: &str, reason: String) -> Discard {
+        let whole: serde_json::Map<String, serde_json::Value> =
+            row.cols.iter().map(|(n, v)| (n.to_string(), serde_json::Value::String(v.to_text()))).collect();
+        let received_at = row
+            .cols
+            .iter()
+            .find(|(n, _)| n.as_ref() == "received_at")
+            .and_then(|(_, v)| v.as_timestamp().ok())
+            .unwrap_or_default();
+        Discard {
+            row_id: row.id.to_string(),
+            table_name: table.to_string(),
+            column_name: column.to_string(),
+            column_value: serde_json::Value::Object(whole).to_string(),
+            reason,
+            received_at,
+            offset: row.offset.clone(),
+        }
+    }
+
     pub fn into_row(self) -> Row {
         let text = |s: String| Scalar::Str(s.into());
         Row {

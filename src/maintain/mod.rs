@@ -3,6 +3,7 @@
 //! `segment-delta maintain`.
 
 pub mod compact;
+pub mod cursor;
 pub mod upsert;
 
 use std::collections::HashMap;
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::operations::vacuum::VacuumMode;
 use deltalake::{DeltaTable, DeltaTableError, Path};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt;
 
 use crate::catalog::{Catalog, CatalogError};
@@ -140,39 +141,90 @@ pub async fn run(
             }
         }
     }
-    for (schema, table) in tables {
-        let started = Instant::now();
-        let mut report = Report { schema: schema.clone(), table: table.clone(), ..Default::default() };
-        if let Some((rows, commits)) = upserted.get(&(schema.clone(), table.clone())) {
-            report.upserted = Some(*rows);
-            report.commits += commits;
-        }
-        let uri = paths::table_uri(&config.lake, &schema, &table);
-        for attempt in 1..=3 {
-            let mut r = report.clone();
-            match maintain_table(config, &config.maintenance, catalog, &uri, &mut r).await {
-                // A listing of the log taken while a writer committed can miss a commit; list again.
-                Err(MaintainError::Delta(e)) if attempt < 3 && classify(&e) == ErrorClass::Conflict => continue,
-                Err(e) => {
-                    report.error = Some(e.to_string());
-                    break;
-                }
-                Ok(()) => {
-                    report = r;
-                    break;
-                }
+    // Then every table, a few at a time, until the run's time budget is spent; the next run resumes from the first
+    // table this one did not start (the timer fires again long before a lake of thousands of tables is done).
+    let settings = &config.maintenance;
+    let cursor = if only.is_empty() {
+        cursor::load(config).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the maintenance cursor; starting from the first table");
+            None
+        })
+    } else {
+        None
+    };
+    let order = cursor::rotate(tables, cursor.as_deref());
+    let total = order.len();
+    let run_started = Instant::now();
+    let upserted = &upserted;
+    let maintained = futures::stream::iter(order.iter().cloned().enumerate())
+        .map(|(i, (schema, table))| async move {
+            // The first few always start, so that every run makes progress.
+            if i >= settings.concurrency && run_started.elapsed() > settings.budget {
+                return None;
             }
+            let up = upserted.get(&(schema.clone(), table.clone())).copied();
+            Some(maintain_one(config, catalog, schema, table, up, i, total).await)
+        })
+        .buffered(settings.concurrency);
+    let results: Vec<Option<Report>> = maintained.collect().await;
+    let first_left = results.iter().position(Option::is_none);
+    reports.extend(results.into_iter().flatten());
+    if only.is_empty() {
+        let next = first_left.map(|i| format!("{}.{}", order[i].0, order[i].1));
+        if let Some(n) = &next {
+            tracing::warn!(left = total - first_left.unwrap_or(total), resume_at = %n, budget_secs = settings.budget.as_secs(),
+                "maintenance time budget spent (SEGMENT_DELTA_MAINTENANCE_BUDGET_SECS); the next run resumes here");
         }
-        report.seconds = started.elapsed().as_secs_f64();
-        match &report.error {
-            None => tracing::info!(table = %format!("{schema}.{table}"), files_before = report.files_before,
-                files_after = report.files_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after,
-                commits = report.commits, vacuumed = report.vacuumed, seconds = report.seconds, "maintained"),
-            Some(e) => tracing::warn!(table = %format!("{schema}.{table}"), error = %e, "maintenance failed"),
+        if (next.is_some() || cursor.is_some())
+            && let Err(e) = cursor::save(config, next.as_deref()).await
+        {
+            tracing::warn!(error = %e, "cannot record where maintenance stopped");
         }
-        reports.push(report);
     }
     Ok(reports)
+}
+
+/// Maintains one table, with up to three attempts when listing its log raced a commit, and logs the outcome.
+async fn maintain_one(
+    config: &Config,
+    catalog: Option<&dyn Catalog>,
+    schema: String,
+    table: String,
+    upserted: Option<(usize, u32)>,
+    index: usize,
+    total: usize,
+) -> Report {
+    let started = Instant::now();
+    let mut report = Report { schema: schema.clone(), table: table.clone(), ..Default::default() };
+    if let Some((rows, commits)) = upserted {
+        report.upserted = Some(rows);
+        report.commits += commits;
+    }
+    let uri = paths::table_uri(&config.lake, &schema, &table);
+    for attempt in 1..=3 {
+        let mut r = report.clone();
+        match maintain_table(config, &config.maintenance, catalog, &uri, &mut r).await {
+            // A listing of the log taken while a writer committed can miss a commit; list again.
+            Err(MaintainError::Delta(e)) if attempt < 3 && classify(&e) == ErrorClass::Conflict => continue,
+            Err(e) => {
+                report.error = Some(e.to_string());
+                break;
+            }
+            Ok(()) => {
+                report = r;
+                break;
+            }
+        }
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    let progress = format!("{}/{total}", index + 1);
+    match &report.error {
+        None => tracing::info!(table = %format!("{schema}.{table}"), progress, files_before = report.files_before,
+            files_after = report.files_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after,
+            commits = report.commits, vacuumed = report.vacuumed, seconds = report.seconds, "maintained"),
+        Some(e) => tracing::warn!(table = %format!("{schema}.{table}"), progress, error = %e, "maintenance failed"),
+    }
+    report
 }
 
 /// The table at `uri` with its list of files, read again when the listing of its log raced a commit.

@@ -100,3 +100,69 @@ def test_long_key_paths_cost_one_discard_per_subtree(capped):
     # What the discards hold is the events' own size, not a multiple of it.
     kept = sum(len(d["column_value"]) + len(d["reason"]) + len(d["column_name"]) for d in discards)
     assert kept < len(body)
+
+
+# Tables ------------------------------------------------------------------------------------------------------------
+
+def named(n: int, prefix: str = "Event") -> dict:
+    return {"type": "track", "userId": "u", "event": f"{prefix} {n:05d}", "messageId": f"{prefix.lower()}-{n}",
+            "properties": {"n": n}}
+
+
+def test_5000_event_names_stop_at_the_table_limit_and_memory_stays_bounded(start_server):
+    server = start_server(memory_cap=CAP)
+    before = server.memory()["VmRSS"]
+    for first in range(0, 5000, 2500):
+        r = server.post("/v1/batch", {"batch": [named(n) for n in range(first, first + 2500)]}, gzip=True)
+        assert r.status_code == 200, r.text
+    peak = server.memory()["VmHWM"]
+    print(f"5,000 event names: RSS {before / MiB:.0f} MiB before, peak {peak / MiB:.0f} MiB")
+    assert peak < 512 * MiB
+    tables = server.tables()
+    events = tables - {"tracks", "discards"}
+    assert len(events) == 4000, len(events)
+    # Every event is in tracks; the 1,000 past the limit have their rows in discards, whole.
+    assert server.read("tracks").num_rows == 5000
+    past = [d for d in read_discards(server.lake) if "SEGMENT_DELTA_MAX_TABLES" in d["reason"]]
+    assert len(past) == 1000
+    assert {d["table_name"] for d in past}.isdisjoint(events)
+    sample = past[0]
+    assert json.loads(sample["column_value"])["n"] == sample["row_id"].split("-")[1]
+    assert server.alive()
+
+
+def test_a_normal_request_is_answered_while_thousands_of_new_tables_are_written(start_server):
+    import threading
+    import time
+
+    def normal(n: int) -> dict:
+        return {"type": "track", "userId": "u", "event": "Normal", "messageId": f"normal-{n}"}
+
+    server = start_server(SEGMENT_DELTA_FLUSH_INTERVAL_MS="50")
+    assert server.post("/v1/track", normal(0)).status_code == 200
+    big = {}
+
+    def send_big():
+        big["r"] = server.post("/v1/batch", {"batch": [named(n, "Flood") for n in range(2500)]}, gzip=True)
+        big["done"] = time.monotonic()
+
+    flood = threading.Thread(target=send_big)
+    flood.start()
+    time.sleep(0.5)
+    latencies = []
+    for n in range(1, 6):
+        started = time.monotonic()
+        r = server.post("/v1/track", normal(n))
+        latencies.append(time.monotonic() - started)
+        assert r.status_code == 200, r.text
+    last_normal = time.monotonic()
+    flood.join()
+    print(f"normal requests during a 2,500-table request: {[round(x, 2) for x in latencies]} s; "
+          f"the big one was answered {big['done'] - last_normal:.1f} s after the last of them")
+    assert big["r"].status_code == 200, big["r"].text
+    # The big request was still being written when the normal ones were answered.
+    assert big["done"] > last_normal
+    assert max(latencies) < 3, latencies
+    assert len(server.tables()) == 2500 + 2  # the flood's tables, normal, tracks
+    assert server.read("normal").num_rows == 6
+    assert server.read("tracks").num_rows == 2506

@@ -278,3 +278,33 @@ def test_large_tables_are_optimized_by_databricks(tmp_path):
     assert "files 30 -> 1" in report_line(out, "pages")
     assert sorted_rows(lake, "pages") == before
     assert DeltaTable(str(table_path(lake, "pages"))).history()[0]["operation"] == "OPTIMIZE"
+
+
+def test_a_run_past_its_time_budget_resumes_where_it_stopped(tmp_path):
+    # Six tables, two maintained at once, no time budget: each run maintains the first two it starts, and the
+    # next run starts from the first table the previous one left.
+    with running_server(tmp_path / "srv") as server:
+        for n in range(5):
+            r = server.post("/v1/track", {"type": "track", "userId": "u", "event": f"Step {n}", "messageId": f"s{n}"})
+            assert r.status_code == 200, r.text
+    lake = tmp_path / "srv" / "lake"
+    every = sorted(f"{SCHEMA}.{t}" for t in os.listdir(lake / SCHEMA))
+    assert len(every) == 6  # tracks and five event tables
+    env = {"SEGMENT_DELTA_MAINTENANCE_CONCURRENCY": "2", "SEGMENT_DELTA_MAINTENANCE_BUDGET_SECS": "0"}
+    seen = []
+    for _ in range(3):
+        out = maintain(lake, **env)
+        done = [line.split(":")[0] for line in out.splitlines() if line.startswith(f"{SCHEMA}.")]
+        assert len(done) == 2, out
+        seen.extend(done)
+    assert seen == every, "three runs took every table once, in order"
+    # The turns go round: after the last table, the first.
+    cursor = lake / "_segment_delta" / "maintenance-cursor"
+    assert cursor.read_text() == every[0]
+    out = maintain(lake, **env)
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith(f"{SCHEMA}.")] == every[:2]
+    assert cursor.read_text() == every[2]
+    # Within its budget, a run takes every table, from where the last one stopped, and clears the cursor.
+    out = maintain(lake, SEGMENT_DELTA_MAINTENANCE_CONCURRENCY="3")
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith(f"{SCHEMA}.")] == every[2:] + every[:2]
+    assert cursor.read_text() == ""

@@ -39,33 +39,44 @@ impl ApiResponse {
 
 const EVENT_PATHS: &[&str] = &["track", "identify", "page", "screen", "group", "alias"];
 
-pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
-    let path = req.path.trim_end_matches('/');
+/// What a request's line and headers decide, before its body is read.
+pub enum Route {
+    /// Answered without the body: the ping, an unknown path or method, a wrong key in the Authorization header.
+    Answer(ApiResponse),
+    /// Events for the Tracking API: a batch or one event of the type the path names, with the write key of the
+    /// Authorization header when there is one (already known to be valid).
+    Events { batch: bool, endpoint: String, header_key: Option<String> },
+}
+
+pub fn route(state: &AppState, method: &str, path: &str, header: &(dyn Fn(&str) -> Option<String> + Sync)) -> Route {
+    let path = path.trim_end_matches('/');
     if path.is_empty() {
-        return match req.method {
+        return Route::Answer(match method {
             "GET" | "HEAD" => {
                 ApiResponse { status: 200, body: json!({"name": "segment-delta", "status": "ok"}), headers: vec![] }
             }
             _ => ApiResponse::error(405, "only GET is served on /"),
-        };
+        });
     }
     let Some(endpoint) = path.strip_prefix("/v1/") else {
-        return ApiResponse::error(404, format!("no such endpoint: {path}"));
+        return Route::Answer(ApiResponse::error(404, format!("no such endpoint: {path}")));
     };
     let batch = matches!(endpoint, "batch" | "import");
     if !batch && !EVENT_PATHS.contains(&endpoint) {
-        return ApiResponse::error(404, format!("no such endpoint: {path}"));
+        return Route::Answer(ApiResponse::error(404, format!("no such endpoint: {path}")));
     }
-    if req.method != "POST" {
-        return ApiResponse::error(405, format!("{path} accepts POST only"));
+    if method != "POST" {
+        return Route::Answer(ApiResponse::error(405, format!("{path} accepts POST only")));
     }
-    let limits = &state.config.limits;
-    // The Basic header is checked before the body is read; a key in the body is checked after.
-    let header_key = match (req.header)("authorization") {
+    // A key in the Authorization header is checked here; a key in the body once the body is read.
+    let header_key = match header("authorization") {
         Some(h) => match body::basic_user(&h) {
             Some(k) => Some(k),
             None => {
-                return ApiResponse::error(401, "Authorization must be Basic with the write key as user name");
+                return Route::Answer(ApiResponse::error(
+                    401,
+                    "Authorization must be Basic with the write key as user name",
+                ));
             }
         },
         None => None,
@@ -73,8 +84,17 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     if let Some(k) = &header_key
         && state.config.sources.schema_for(Some(k)).is_none()
     {
-        return ApiResponse::error(401, "unknown write key");
+        return Route::Answer(ApiResponse::error(401, "unknown write key"));
     }
+    Route::Events { batch, endpoint: endpoint.to_string(), header_key }
+}
+
+pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
+    let (batch, endpoint, header_key) = match route(state, req.method, req.path, req.header) {
+        Route::Answer(res) => return res,
+        Route::Events { batch, endpoint, header_key } => (batch, endpoint, header_key),
+    };
+    let limits = &state.config.limits;
     let raw_len = req.body.len();
     if raw_len > limits.max_request_bytes {
         return body_error(BodyError::TooLarge { limit: limits.max_request_bytes });
@@ -100,7 +120,7 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
     let received_at = now_micros();
     let arrival =
         Arrival { received_at, context: parsed.context.as_ref(), keep_received_at: false, sent_at: parsed.sent_at };
-    let implied_type = (!batch).then_some(endpoint);
+    let implied_type = (!batch).then_some(endpoint.as_str());
     let events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
     let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
     match state.batcher.submit(submission).await {

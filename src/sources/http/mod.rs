@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod functions;
+pub mod server;
 
 use bytes::Buf;
 use futures::StreamExt;
@@ -26,23 +27,66 @@ fn to_reply(res: ApiResponse) -> Response<String> {
     reply(res.status, res.body.to_string(), &res.headers)
 }
 
-/// Reads the body up to `limit` bytes; past it the rest is not read.
+/// An answer given before the request's body was read: the connection cannot carry another request.
+fn closing(mut res: ApiResponse) -> ApiResponse {
+    res.headers.push(("connection", "close".into()));
+    res
+}
+
+/// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read;
+/// past the limit or the deadline the rest is not read.
 async fn read_body(
+    state: &AppState,
     mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: usize,
     setting: &str,
 ) -> Result<Vec<u8>, ApiResponse> {
+    let timeout = state.config.connections.body_timeout;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let late = || {
+        closing(ApiResponse::error(
+            408,
+            format!(
+                "the request body did not arrive within {} ms (SEGMENT_DELTA_BODY_TIMEOUT_MS)",
+                timeout.as_millis()
+            ),
+        ))
+    };
+    // The whole budget, for a body larger than it (an invocation from the host): it is read alone.
+    let most = state.config.connections.max_reading_bytes.div_ceil(1024) as u32;
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut body = Vec::new();
-    while let Some(chunk) = stream.next().await {
+    let mut stopping = state.stopping.subscribe();
+    let stopped = || closing(ApiResponse::error(503, "the server is shutting down; retry shortly"));
+    loop {
+        let next = tokio::select! {
+            next = tokio::time::timeout_at(deadline, stream.next()) => match next {
+                Ok(next) => next,
+                Err(_) => return Err(late()),
+            },
+            _ = stopping.wait_for(|s| *s) => return Err(stopped()),
+        };
+        let Some(chunk) = next else { break };
         let mut chunk = chunk.map_err(|e| ApiResponse::error(400, format!("could not read the request body: {e}")))?;
+        // Kibibytes this body needs held, counted as it grows.
+        let want = ((body.len() + chunk.remaining()).div_ceil(1024) as u32).min(most);
+        let have = held.as_ref().map_or(0, |p| p.num_permits() as u32);
+        if want > have {
+            let more = state.reading.clone().acquire_many_owned(want - have);
+            match tokio::time::timeout_at(deadline, more).await {
+                Ok(Ok(p)) => match &mut held {
+                    Some(h) => h.merge(p),
+                    None => held = Some(p),
+                },
+                Ok(Err(_)) => return Err(stopped()),
+                Err(_) => return Err(late()),
+            }
+        }
         while chunk.has_remaining() {
             let part = chunk.chunk();
             if body.len() + part.len() > limit {
                 let message = format!("request body is larger than {limit} bytes ({setting})");
-                let mut res = ApiResponse::error(413, message);
-                // The rest of the body is never read, so the connection cannot carry another request.
-                res.headers.push(("connection", "close".into()));
-                return Err(res);
+                return Err(closing(ApiResponse::error(413, message)));
             }
             body.extend_from_slice(part);
             let n = part.len();
@@ -90,7 +134,14 @@ async fn serve_one(
     } else {
         (state.config.limits.max_request_bytes, "SEGMENT_DELTA_MAX_REQUEST_BYTES")
     };
-    let body = match read_body(stream, limit, setting).await {
+    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    // The path, the method and a write key in the Authorization header are checked before the body is read.
+    if !invocation && let api::Route::Answer(res) = api::route(state, method.as_str(), path, &lookup) {
+        let has_body =
+            headers.contains_key("transfer-encoding") || lookup("content-length").is_some_and(|n| n.trim() != "0");
+        return to_reply(if has_body { closing(res) } else { res });
+    }
+    let body = match read_body(state, stream, limit, setting).await {
         Ok(b) => b,
         Err(res) => return to_reply(res),
     };
@@ -104,7 +155,6 @@ async fn serve_one(
         };
         return reply(status, answer.to_string(), &[]);
     }
-    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let res = api::handle(state, ApiRequest { method: method.as_str(), path, header: &lookup, body }).await;
     if res.status >= 500 {
         tracing::warn!(path, status = res.status, error = %res.body["error"], "request failed");

@@ -1,0 +1,167 @@
+"""Connections from clients that hold a valid (public) key but not the rules: slow headers, slow or endless bodies,
+wrong keys with big bodies, more connections than the server takes. Each is bounded in time and memory, and a
+SIGTERM still ends the server promptly with such clients attached."""
+
+import base64
+import socket
+import time
+
+import pytest
+
+MiB = 1 << 20
+KEY = "conn-key"
+
+
+def connect(server) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def head(path: str = "/v1/track", *, length: int, key: str | None = KEY) -> bytes:
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
+             f"Content-Length: {length}"]
+    if key is not None:
+        lines.append("Authorization: Basic " + base64.b64encode(f"{key}:".encode()).decode())
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def closed(s: socket.socket, within: float) -> bool:
+    """Whether the server closes the connection within `within` seconds (whatever it answered first)."""
+    s.settimeout(within)
+    try:
+        while True:
+            data = s.recv(65536)
+            if not data:
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def answer(s: socket.socket, within: float = 5) -> tuple[int, bytes]:
+    s.settimeout(within)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    status = int(data.split(b" ", 2)[1]) if data.startswith(b"HTTP/1.1 ") else 0
+    return status, data
+
+
+@pytest.fixture
+def keyed(start_server):
+    def start(**env):
+        return start_server(SEGMENT_DELTA_SOURCES=f"{KEY}=segment", **env)
+    return start
+
+
+def test_slow_header_senders_are_closed_at_the_header_deadline(keyed):
+    server = keyed(SEGMENT_DELTA_HEADER_TIMEOUT_MS="1500")
+    sockets = [connect(server) for _ in range(100)]
+    started = time.monotonic()
+    request = head(length=2)
+    # One byte each, every 0.2 s: the headers would take 20 s.
+    for i in range(5):
+        for s in sockets:
+            try:
+                s.send(request[i:i + 1])
+            except OSError:
+                pass
+        time.sleep(0.2)
+    assert all(closed(s, within=5) for s in sockets)
+    print(f"100 slow header senders closed after {time.monotonic() - started:.1f} s")
+    # The server still serves.
+    assert server.post("/v1/track", {"type": "track", "userId": "u", "event": "After"}, key=KEY).status_code == 200
+
+
+def test_idle_connections_are_closed_too(keyed):
+    server = keyed(SEGMENT_DELTA_HEADER_TIMEOUT_MS="1000")
+    s = connect(server)
+    assert closed(s, within=4)
+
+
+def test_a_wrong_key_is_refused_before_a_big_body_is_read(keyed):
+    server = keyed()
+    s = connect(server)
+    # Ten megabytes announced, none sent: the answer comes from the headers alone.
+    s.sendall(head(length=10_000_000, key="wrong"))
+    status, data = answer(s)
+    assert status == 401, data
+    assert b"unknown write key" in data
+    assert b"connection: close" in data.lower()
+    assert closed(s, within=5)
+    # An unknown path is refused the same way.
+    s = connect(server)
+    s.sendall(head("/v1/nothing", length=10_000_000))
+    assert answer(s)[0] == 404
+
+
+def test_a_body_that_does_not_arrive_in_time_gets_408(keyed):
+    server = keyed(SEGMENT_DELTA_BODY_TIMEOUT_MS="1000")
+    s = connect(server)
+    s.sendall(head(length=1000) + b'{"type":"track"')
+    status, data = answer(s, within=5)
+    assert status == 408, data
+    assert b"SEGMENT_DELTA_BODY_TIMEOUT_MS" in data
+
+
+def test_connections_past_the_limit_are_closed_and_the_server_recovers(keyed):
+    server = keyed(SEGMENT_DELTA_MAX_CONNECTIONS="20", SEGMENT_DELTA_HEADER_TIMEOUT_MS="30000")
+    held = [connect(server) for _ in range(20)]
+    time.sleep(0.3)
+    extra = connect(server)
+    assert closed(extra, within=3), "a connection past the limit is closed at once"
+    for s in held:
+        s.close()
+    time.sleep(0.3)
+    r = server.post("/v1/track", {"type": "track", "userId": "u", "event": "Recovered"}, key=KEY)
+    assert r.status_code == 200, r.text
+
+
+def test_bodies_being_read_share_a_byte_budget(keyed):
+    # 200 keyless connections each send 499 KB of a 500 KB body and stop: without a budget that is 100 MB held.
+    server = keyed(SEGMENT_DELTA_MAX_READING_BYTES=str(16 * MiB), SEGMENT_DELTA_BODY_TIMEOUT_MS="60000")
+    before = server.memory()["VmRSS"]
+    server.reset_peak()
+    part = b"x" * 499_000
+    sockets = []
+    for _ in range(200):
+        s = connect(server)
+        s.setblocking(False)
+        try:
+            s.send(head(length=500_000, key=None))
+            s.send(part)
+        except BlockingIOError:
+            pass  # the server is not reading: the rest stays in the kernel's buffers
+        sockets.append(s)
+    time.sleep(2)
+    growth = server.memory()["VmHWM"] - before
+    print(f"200 half-sent 500 KB bodies: peak RSS growth {growth / MiB:.1f} MiB")
+    assert growth < 64 * MiB
+    for s in sockets:
+        s.close()
+    time.sleep(0.5)
+    r = server.post("/v1/track", {"type": "track", "userId": "u", "event": "Afterwards"}, key=KEY)
+    assert r.status_code == 200, r.text
+
+
+def test_sigterm_ends_the_server_promptly_with_slow_clients_attached(keyed):
+    server = keyed()
+    slow = [connect(server) for _ in range(100)]
+    for s in slow[:50]:
+        s.send(head(length=2)[:20])  # half a request line
+    for s in slow[50:]:
+        s.send(head(length=100_000) + b"{")  # a body that never ends
+    r = server.post("/v1/track", {"type": "track", "userId": "u", "event": "Before Stop"}, key=KEY)
+    assert r.status_code == 200
+    started = time.monotonic()
+    rc = server.stop()
+    took = time.monotonic() - started
+    print(f"SIGTERM with 100 slow clients: exited {rc} after {took:.1f} s")
+    assert rc == 0, server.stderr()
+    assert took < 30
+    assert server.read("before_stop").num_rows == 1
