@@ -98,8 +98,12 @@ param instanceMemoryMB int = 2048
 @description('SEGMENT_DELTA_MAINTENANCE_SCHEDULE: six-field NCRONTAB of the maintenance timer.')
 param maintenanceSchedule string = '0 */15 * * * *'
 
-@description('Browser origins allowed to call the Tracking API (analytics.js), e.g. https://www.example.com; empty for none.')
-param allowedOrigins array = []
+@description('SEGMENT_DELTA_CORS_ORIGINS: browser origins (scheme://host[:port]) allowed to call the Tracking API, e.g. [\'https://www.example.com\'], or [\'*\'] (the default) for any. The same list goes to the function app\'s platform CORS, which answers browser preflights on Flex Consumption (docs/sources.md).')
+@minLength(1)
+param corsOrigins array = ['*']
+
+@description('SEGMENT_DELTA_PUBLIC_URL: the URL browsers and apps reach the Tracking API at, e.g. a custom domain; empty (the default) for https://<function app>.azurewebsites.net.')
+param publicUrl string = ''
 
 @description('SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: with Unity Catalog kept, tables of at least this many bytes are compacted by OPTIMIZE on the SQL warehouse; 0 (the default) leaves the setting out.')
 @minValue(0)
@@ -266,7 +270,8 @@ module functionApp 'modules/functionapp.bicep' = {
     databricksCatalog: databricksCatalog
     databricksWarehouseId: databricksWarehouseId
     maintenanceSchedule: maintenanceSchedule
-    allowedOrigins: allowedOrigins
+    corsOrigins: corsOrigins
+    publicUrl: publicUrl
     databricksOptimizeBytes: databricksOptimizeBytes
     extraAppSettings: extraAppSettings
   }

@@ -23,8 +23,11 @@ param eventHubSchema = 'segment'
 param maximumInstanceCount = 100
 param instanceMemoryMB = 2048
 param maintenanceSchedule = '0 */15 * * * *'
-// Browser origins that may send events with analytics.js, e.g. ['https://www.example.com'].
-param allowedOrigins = []
+// Browser origins that may call the Tracking API (analytics.js), e.g. ['https://www.example.com'], or ['*'] for
+// any; the same list answers browser preflights on the platform (docs/sources.md).
+param corsOrigins = ['*']
+// The URL browsers and apps reach the Tracking API at, when not https://<app>.azurewebsites.net (a custom domain).
+param publicUrl = ''
 // SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: tables of at least this many bytes are compacted by OPTIMIZE on
 // the SQL warehouse, e.g. 10737418240 (10 GiB); 0 leaves it to the function.
 param databricksOptimizeBytes = 0

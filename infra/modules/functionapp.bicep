@@ -79,8 +79,12 @@ param databricksWarehouseId string
 @description('SEGMENT_DELTA_MAINTENANCE_SCHEDULE: six-field NCRONTAB of the maintenance timer.')
 param maintenanceSchedule string
 
-@description('Browser origins allowed to call the Tracking API (analytics.js), e.g. https://www.example.com; empty for none.')
-param allowedOrigins array
+@description('SEGMENT_DELTA_CORS_ORIGINS and the platform CORS list: browser origins (scheme://host[:port]) allowed to call the Tracking API, or [\'*\'] for any.')
+@minLength(1)
+param corsOrigins array
+
+@description('SEGMENT_DELTA_PUBLIC_URL: the URL browsers and apps reach the app at, named in the source settings it serves; empty for https://<name>.azurewebsites.net.')
+param publicUrl string
 
 @description('SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES: tables at least this large are compacted by OPTIMIZE on the SQL warehouse; 0 leaves the setting out.')
 @minValue(0)
@@ -88,6 +92,24 @@ param databricksOptimizeBytes int
 
 @description('Further settings of the handler as {name, value} pairs, e.g. [{name: \'SEGMENT_DELTA_FLUSH_INTERVAL_MS\', value: \'500\'}]. Not for a setting this module sets itself, nor for a secret.')
 param extraAppSettings array
+
+// Browser CORS. On Flex Consumption the Functions host runs ASP.NET Core's CORS middleware in front of every
+// function with the list in siteConfig.cors: it answers each preflight (OPTIONS with Origin and
+// Access-Control-Request-Method) itself with 204 and never passes it on, and on other responses it replaces
+// Access-Control-Allow-Origin for the origins it lists. An empty list does not switch it off; it only makes
+// every preflight fail. So the host's list and the handler's (SEGMENT_DELTA_CORS_ORIGINS) are the same
+// origins: the host answers preflights, the handler's headers reach browsers for the rest. '*' stands alone
+// in the host's list (next to other origins the host would take it literally). An entry that is neither '*' nor
+// scheme://host[:port] stops the deployment, as a refused extra setting does below: the host would never
+// match one with a path or a trailing slash, since an Origin header has neither.
+var refusedCorsOrigins = filter(corsOrigins, o => (o != '*') && (length(split(o, '/')) != 3))
+var corsOriginsWhenAccepted = {
+  ok: corsOrigins
+}
+var corsOriginsChecked = corsOriginsWhenAccepted[empty(refusedCorsOrigins) ? 'ok' : 'corsOrigins: ${refusedCorsOrigins[0]} is not an origin; write scheme://host[:port], without a path or a trailing slash']
+var corsAnyOrigin = contains(corsOrigins, '*')
+var platformCorsOrigins = corsAnyOrigin ? ['*'] : corsOriginsChecked
+var publicUrlValue = empty(publicUrl) ? 'https://${name}.azurewebsites.net' : publicUrl
 
 var baseAppSettings = [
   // Functions host storage, identity-based.
@@ -162,6 +184,14 @@ var baseAppSettings = [
     name: 'DATABRICKS_CATALOG'
     value: databricksCatalog
   }
+  {
+    name: 'SEGMENT_DELTA_CORS_ORIGINS'
+    value: corsAnyOrigin ? '*' : join(corsOriginsChecked, ',')
+  }
+  {
+    name: 'SEGMENT_DELTA_PUBLIC_URL'
+    value: publicUrlValue
+  }
 ]
 
 var warehouseAppSettings = empty(databricksWarehouseId) ? [] : [
@@ -190,7 +220,8 @@ var optimizeAppSettings = (databricksOptimizeBytes == 0) ? [] : [
 ]
 
 // Names extraAppSettings may not use (upper case): the settings this module sets through parameters of
-// their own, secrets (they belong in Key Vault), and what Flex Consumption takes from functionAppConfig.
+// their own, the Functions host's CORS variables (the host's CORS comes from siteConfig.cors), secrets (they
+// belong in Key Vault), and what Flex Consumption takes from functionAppConfig.
 var reservedAppSettingKeys = [
   'AZUREWEBJOBSSTORAGE__ACCOUNTNAME'
   'AZUREWEBJOBSSTORAGE__CREDENTIAL'
@@ -213,6 +244,10 @@ var reservedAppSettingKeys = [
   'DATABRICKS_CLIENT_ID'
   'DATABRICKS_CLIENT_SECRET'
   'SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES'
+  'SEGMENT_DELTA_CORS_ORIGINS'
+  'SEGMENT_DELTA_PUBLIC_URL'
+  'CORS_ALLOWED_ORIGINS'
+  'CORS_SUPPORT_CREDENTIALS'
   'DATABRICKS_TOKEN'
   'AZURE_CLIENT_SECRET'
   'AZURE_STORAGE_ACCOUNT_KEY'
@@ -293,7 +328,7 @@ resource site 'Microsoft.Web/sites@2024-04-01' = {
       http20Enabled: true
       remoteDebuggingEnabled: false
       cors: {
-        allowedOrigins: allowedOrigins
+        allowedOrigins: platformCorsOrigins
         supportCredentials: false
       }
       appSettings: concat(baseAppSettings, warehouseAppSettings, databricksOAuthAppSettings, optimizeAppSettings, extraAppSettingsChecked)

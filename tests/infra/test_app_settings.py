@@ -31,6 +31,8 @@ HANDLER_SETTINGS = {
     "SEGMENT_DELTA_MAINTENANCE_SCHEDULE",
     "DATABRICKS_HOST",
     "DATABRICKS_CATALOG",
+    "SEGMENT_DELTA_CORS_ORIGINS",
+    "SEGMENT_DELTA_PUBLIC_URL",
 }
 
 # Set only when a value is given.
@@ -211,6 +213,8 @@ def test_extra_app_settings_cannot_replace_template_settings_or_hold_secrets():
         set(app_settings())
         | (set(NOT_SETTABLE) - {"FUNCTIONS_CUSTOMHANDLER_PORT"})
         | {"AzureWebJobsStorage", "FUNCTIONS_WORKER_RUNTIME", "FUNCTIONS_EXTENSION_VERSION", "WEBSITE_RUN_FROM_PACKAGE"}
+        # The Functions host reads its CORS policy from these; the template sets it through siteConfig.cors.
+        | {"CORS_ALLOWED_ORIGINS", "CORS_SUPPORT_CREDENTIALS"}
     )
     assert {name.upper() for name in must_refuse} <= set(reserved)
 

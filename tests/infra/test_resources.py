@@ -265,7 +265,7 @@ def test_function_app_is_https_only_custom_handler_on_its_identity():
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
     assert props["siteConfig"]["scmMinTlsVersion"] == "1.2"
     assert props["siteConfig"]["remoteDebuggingEnabled"] is False
-    assert props["siteConfig"]["cors"] == {"allowedOrigins": "allowedOrigins", "supportCredentials": False}
+    assert props["siteConfig"]["cors"] == {"allowedOrigins": "platformCorsOrigins", "supportCredentials": False}
 
     config = props["functionAppConfig"]
     assert config["runtime"] == {"name": "custom", "version": "1.0"}
