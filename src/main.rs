@@ -42,6 +42,19 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Remove every row of the given users from every table of a schema (privacy deletes), then their discards.
+    /// Prints the rows removed per table; safe to run again (a second run removes nothing more).
+    Forget {
+        /// The schema whose tables are cleaned.
+        #[arg(long)]
+        schema: String,
+        /// A user id to forget. Repeatable.
+        #[arg(long = "user-id")]
+        user_ids: Vec<String>,
+        /// A file of user ids, one per line.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Maintain the tables (what the timer function does): upsert `users` and `accounts`, compact small files,
     /// checkpoint, clean up the log and vacuum. Prints a line per table; exits non-zero when one failed.
     Maintain {
@@ -161,8 +174,9 @@ async fn ingest(config: Config, schema: Option<String>, force: bool, files: Vec<
             _ => anyhow::bail!("several sources are configured: choose one with --schema"),
         },
     };
-    let batcher = AppState::build(config)?.batcher;
-    let result = segment_delta::sources::ingest::run(&batcher, &schema, &files, force).await;
+    let state = AppState::build(config)?;
+    let batcher = state.batcher.clone();
+    let result = segment_delta::sources::ingest::run(&state.config, &batcher, &schema, &files, force).await;
     batcher.shutdown().await;
     let summary = result?;
     println!("events   {}", summary.events);
@@ -172,6 +186,9 @@ async fn ingest(config: Config, schema: Option<String>, force: bool, files: Vec<
     println!("discards {}", summary.totals.discards);
     println!("duplicates skipped {}", summary.totals.skipped);
     println!("commits  {}", summary.totals.commits);
+    for (table, n) in summary.forgotten.removed.iter().filter(|(_, n)| **n > 0) {
+        println!("deleted  {table}: {n} rows of forgotten users");
+    }
     println!("seconds  {:.2} ({:.0} events/s)", summary.seconds, summary.events as f64 / summary.seconds.max(1e-9));
     Ok(())
 }
@@ -192,6 +209,31 @@ async fn maintain(config: Config, tables: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn forget(config: Config, schema: String, mut users: Vec<String>, file: Option<PathBuf>) -> anyhow::Result<()> {
+    check_schema_name("--schema", &schema)?;
+    if let Some(f) = file {
+        let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
+        users.extend(text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string));
+    }
+    users.sort();
+    users.dedup();
+    if users.is_empty() {
+        anyhow::bail!("no user to forget: give --user-id or --file");
+    }
+    let done = segment_delta::maintain::forget::forget(&config, &schema, &users).await?;
+    for (table, n) in &done.removed {
+        println!("{schema}.{table}: {n} rows removed");
+    }
+    for (table, e) in &done.failed {
+        println!("{schema}.{table}: FAILED: {e}");
+    }
+    println!("{} users, {} rows removed", users.len(), done.total());
+    if !done.failed.is_empty() {
+        anyhow::bail!("{} tables still hold rows of these users", done.failed.len());
+    }
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::from_env()?;
@@ -203,6 +245,7 @@ fn main() -> anyhow::Result<()> {
             Command::Setup { apply } => setup(config, apply).await,
             Command::Ingest { schema, force, files } => ingest(config, schema, force, files).await,
             Command::Maintain { tables } => maintain(config, tables).await,
+            Command::Forget { schema, user_ids, file } => forget(config, schema, user_ids, file).await,
         }
     })
 }

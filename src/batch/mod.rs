@@ -555,7 +555,7 @@ mod tests {
         } else {
             Vec::new()
         };
-        Mapped { rows: vec![TableRow { table: table.into(), kind: TableKind::Event, row }], discards }
+        Mapped { rows: vec![TableRow { table: table.into(), kind: TableKind::Event, row }], discards, forget: None }
             .with_offset(offset)
     }
 

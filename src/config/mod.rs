@@ -80,6 +80,41 @@ impl Sources {
     }
 }
 
+/// Which browser origins may call the API (CORS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origins {
+    Any,
+    Only(Vec<String>),
+}
+
+impl Origins {
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            Origins::Any => true,
+            Origins::Only(list) => list.iter().any(|o| o.eq_ignore_ascii_case(origin)),
+        }
+    }
+
+    fn parse(s: &str) -> Result<Origins, ConfigError> {
+        let items: Vec<&str> = s.split(',').map(str::trim).filter(|o| !o.is_empty()).collect();
+        if items.contains(&"*") {
+            return Ok(Origins::Any);
+        }
+        for o in &items {
+            let ok = url::Url::parse(o).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" && !o.ends_with('/')
+            });
+            if !ok {
+                return Err(invalid(
+                    "SEGMENT_DELTA_CORS_ORIGINS",
+                    format!("{o:?} is not an origin (scheme://host[:port], no path), nor *"),
+                ));
+            }
+        }
+        Ok(Origins::Only(items.into_iter().map(|o| o.trim_end_matches('/').to_string()).collect()))
+    }
+}
+
 /// The Tracking API's size limits.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -209,6 +244,11 @@ pub struct Config {
     pub max_columns: usize,
     pub tables: TableLimits,
     pub connections: Connections,
+    /// Browser origins allowed to call the API.
+    pub cors_origins: Origins,
+    /// The handler's public address (`https://<app>.azurewebsites.net`), which the settings endpoint gives
+    /// analytics.js as its API host; unset, it is taken from each request's `Host` / `X-Forwarded-*` headers.
+    pub public_url: Option<url::Url>,
     /// How many committed `messageId`s are remembered to acknowledge repeats without writing them again.
     pub dedup_capacity: usize,
     /// JSON log lines (the default under the Functions host).
@@ -233,6 +273,8 @@ impl Default for Config {
             max_columns: 1_000,
             tables: TableLimits::default(),
             connections: Connections::default(),
+            cors_origins: Origins::Any,
+            public_url: None,
             dedup_capacity: 1_000_000,
             log_json: false,
             maintenance: Default::default(),
@@ -382,6 +424,16 @@ impl Config {
         if n.max_reading_bytes < c.limits.max_request_bytes {
             return Err(invalid("SEGMENT_DELTA_MAX_READING_BYTES", "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES"));
         }
+        if let Some(o) = get("SEGMENT_DELTA_CORS_ORIGINS").filter(|v| !v.trim().is_empty()) {
+            c.cors_origins = Origins::parse(&o)?;
+        }
+        if let Some(u) = get("SEGMENT_DELTA_PUBLIC_URL").filter(|v| !v.trim().is_empty()) {
+            let parsed = url::Url::parse(u.trim())
+                .ok()
+                .filter(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some())
+                .ok_or_else(|| invalid("SEGMENT_DELTA_PUBLIC_URL", format!("{u:?} is not an http(s) URL")))?;
+            c.public_url = Some(parsed);
+        }
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
         c.write_retry = Duration::from_secs(num(&get, "SEGMENT_DELTA_WRITE_RETRY_SECS", c.write_retry.as_secs())?);
         let m = &mut c.maintenance;
@@ -468,10 +520,24 @@ mod tests {
             (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
             (vec![("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", "12")], "under the least retention of 24 hours"),
             (vec![("SEGMENT_DELTA_TARGET_FILE_SIZE", "0")], "SEGMENT_DELTA_TARGET_FILE_SIZE: must be greater than 0"),
+            (
+                vec![("SEGMENT_DELTA_CORS_ORIGINS", "https://a.example/x")],
+                "SEGMENT_DELTA_CORS_ORIGINS: \"https://a.example/x\"",
+            ),
+            (vec![("SEGMENT_DELTA_PUBLIC_URL", "app.example")], "SEGMENT_DELTA_PUBLIC_URL"),
         ] {
             let e = cfg(&vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn cors_origins() {
+        assert_eq!(cfg(&[]).unwrap().cors_origins, Origins::Any);
+        let c = cfg(&[("SEGMENT_DELTA_CORS_ORIGINS", "https://shop.example, http://localhost:3000")]).unwrap();
+        assert!(c.cors_origins.allows("https://shop.example") && c.cors_origins.allows("http://localhost:3000"));
+        assert!(!c.cors_origins.allows("https://evil.example"));
+        assert_eq!(cfg(&[("SEGMENT_DELTA_CORS_ORIGINS", "https://a.example,*")]).unwrap().cors_origins, Origins::Any);
     }
 
     #[test]

@@ -94,7 +94,8 @@ impl FileLayout {
         FileLayout { columns, partition_columns: partition_columns.to_vec(), column_mapping }
     }
 
-    fn physical<'a>(&'a self, logical: &'a str) -> &'a str {
+    /// The name a column has in data files, statistics and partition values.
+    pub fn physical<'a>(&'a self, logical: &'a str) -> &'a str {
         self.columns.get(logical).map_or(logical, |c| c.physical.as_str())
     }
 }
@@ -378,6 +379,29 @@ pub async fn read(
         out.push(RecordBatch::try_new(schema.clone(), columns)?);
     }
     Ok(out)
+}
+
+/// Puts a file's partition values (from its `add` action, by physical name, as the log serialises them) into the
+/// partition columns of the rows read from it, which the file itself does not hold.
+pub fn fill_partitions(
+    layout: &FileLayout,
+    batch: RecordBatch,
+    values: &HashMap<String, Option<String>>,
+) -> Result<RecordBatch, DeltaTableError> {
+    if layout.partition_columns.is_empty() {
+        return Ok(batch);
+    }
+    let schema = batch.schema();
+    let rows = batch.num_rows();
+    let mut columns = batch.columns().to_vec();
+    for p in &layout.partition_columns {
+        let Some((i, field)) = schema.column_with_name(p) else { continue };
+        let value = values.get(layout.physical(p)).cloned().flatten().filter(|v| !v.is_empty());
+        let text: ArrayRef = Arc::new(StringArray::from(vec![value.as_deref(); rows]));
+        columns[i] = compute::cast(&text, field.data_type())
+            .map_err(|e| DeltaTableError::Generic(format!("partition value of {p}: {e}")))?;
+    }
+    Ok(RecordBatch::try_new(schema, columns)?)
 }
 
 #[cfg(test)]

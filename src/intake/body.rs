@@ -127,6 +127,25 @@ fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>,
     serde_json::from_slice(&body[r]).map_err(|e| BodyError::Shape(format!("{what}: {e}")))
 }
 
+/// Splits what Segment's Webhooks destinations send: one event, a JSON array of events (batching), or a batch
+/// body.
+pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, BodyError> {
+    let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
+    if body.get(start) == Some(&b'[') {
+        let items = scan::array_items(body, start..body.len())?;
+        if items.len() > limits.max_batch_events {
+            return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
+        }
+        if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
+            return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
+        }
+        let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
+        return Ok(Parsed { events, write_key: None, context: None, sent_at: None });
+    }
+    let batch = scan::top_level_object(body)?.get("batch").is_some();
+    split(body, batch, limits)
+}
+
 /// Splits a `/v1/batch` body (`{"batch": [...], "context": {...}, "writeKey": "..."}`) or a single-event body.
 pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<'a>, BodyError> {
     let top = scan::top_level_object(body)?;

@@ -23,6 +23,14 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
     if let (Some(t), Value::Object(o)) = (implied_type, &mut value) {
         o.insert("type".into(), Value::String(t.to_string()));
     }
+    // A privacy delete (as Segment sends it to destinations) names a user to forget; it is not a row.
+    if value.get("type").and_then(Value::as_str) == Some("delete") {
+        return match value.get("userId") {
+            Some(Value::String(u)) if !u.trim().is_empty() => Mapped { forget: Some(u.clone()), ..Default::default() },
+            Some(Value::Number(n)) => Mapped { forget: Some(n.to_string()), ..Default::default() },
+            _ => reject("a delete event needs the userId of the user to forget".into()),
+        };
+    }
     match Event::from_json(value, arrival) {
         Ok(mut e) => {
             // A key sent twice: the later value is the event's, the earlier one is kept in `discards`.
@@ -41,6 +49,7 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
 fn rejected(invalid: Invalid, raw: &RawEvent<'_>, arrival: &Arrival<'_>) -> Mapped {
     Mapped {
         rows: Vec::new(),
+        forget: None,
         discards: vec![Discard {
             row_id: invalid.message_id.unwrap_or_default(),
             table_name: invalid.table.unwrap_or_default().to_string(),

@@ -89,6 +89,8 @@ pub struct TableRow {
 pub struct Mapped {
     pub rows: Vec<TableRow>,
     pub discards: Vec<Discard>,
+    /// A `delete` event: the user whose rows are to be removed from every table of the schema.
+    pub forget: Option<String>,
 }
 
 impl Mapped {

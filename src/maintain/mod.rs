@@ -4,6 +4,7 @@
 
 pub mod compact;
 pub mod cursor;
+pub mod forget;
 pub mod upsert;
 
 use std::collections::HashMap;

@@ -107,6 +107,11 @@ impl RowBuilder<'_> {
         } else {
             (slot.path.to_string(), path.to_string(), value)
         };
+        // The same value under both keys (analytics.js copies a page's name and category into its properties):
+        // nothing is lost.
+        if self.cols.get(slot_index).is_some_and(|(c, v)| c.as_ref() == column && *v == loser_value) {
+            return;
+        }
         let reason = if slot_source == Source::Fixed && !new_wins {
             format!("{loser_path:?} would overwrite the reserved column {column}")
         } else {

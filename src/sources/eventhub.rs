@@ -170,6 +170,7 @@ pub fn map_delivery(
                         received_at,
                         offset: None,
                     }],
+                    forget: None,
                 }
             } else {
                 map_raw(raw, &arrival, None)
@@ -197,10 +198,20 @@ pub async fn invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
         Err(e) => return fail(e),
     };
     let n = delivery.events.len();
+    let deletes: Vec<(String, Vec<String>)> = by_schema
+        .values()
+        .map(|s| (s.schema.clone(), super::users_to_forget(&s.events)))
+        .filter(|(_, users)| !users.is_empty())
+        .collect();
     let submissions = by_schema.into_values().map(|submission| state.batcher.submit(submission));
     let results: Vec<Result<(), SubmitError>> = futures::future::join_all(submissions).await;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return fail(format!("not committed, the batch will be delivered again: {e}"));
+    }
+    for (schema, users) in deletes {
+        if let Err(e) = super::apply_deletes(config, &schema, &users).await {
+            return fail(format!("{e}; the batch will be delivered again"));
+        }
     }
     let seqs: Vec<i64> = delivery.events.iter().filter_map(|e| e.seq).collect();
     let range = match (seqs.iter().min(), seqs.iter().max()) {

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 
 use crate::batch::{Batcher, Submission, Totals};
+use crate::config::Config;
 use crate::intake::body::{self, RawEvent};
 use crate::intake::map_raw;
 use crate::layout::rows::{Mapped, Offset};
@@ -27,12 +28,16 @@ pub enum IngestError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("writing failed: {0}")]
     Submit(#[from] crate::batch::SubmitError),
+    #[error("{0}")]
+    Forget(String),
 }
 
 #[derive(Debug)]
 pub struct Summary {
     pub events: u64,
     pub totals: Totals,
+    /// Rows removed by the `delete` events of the files, per table.
+    pub forgotten: crate::maintain::forget::Forgotten,
     pub seconds: f64,
 }
 
@@ -85,7 +90,13 @@ fn stream_id(path: &Path) -> Result<Arc<str>, IngestError> {
 
 /// Loads every file into `schema`, printing progress to the terminal, and returns the counts. Unless `force` is
 /// set, the chunks of a file that a table already holds (the same content loaded before) are skipped.
-pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf], force: bool) -> Result<Summary, IngestError> {
+pub async fn run(
+    config: &Config,
+    batcher: &Batcher,
+    schema: &str,
+    files: &[PathBuf],
+    force: bool,
+) -> Result<Summary, IngestError> {
     let started = Instant::now();
     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let progress = indicatif::ProgressBar::new(total);
@@ -97,6 +108,8 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf], force: bool
     let mut events = 0u64;
     let mut chunk: Vec<Mapped> = Vec::new();
     let mut chunk_bytes = 0usize;
+    // Users that `delete` events ask to forget: once everything is loaded, their rows are removed.
+    let mut forget: Vec<String> = Vec::new();
     let submit = |chunk: Vec<Mapped>, bytes: usize| {
         let b = batcher.clone();
         let schema = schema.to_string();
@@ -138,6 +151,7 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf], force: bool
             map_document(&text, received_at, &mut chunk);
             events += (chunk.len() - before) as u64;
             chunk_bytes += text.len();
+            forget.extend(chunk[before..].iter().filter_map(|m| m.forget.clone()));
             if chunk.len() >= CHUNK_EVENTS {
                 while in_flight.len() >= IN_FLIGHT {
                     if let Some(r) = in_flight.next().await {
@@ -159,5 +173,8 @@ pub async fn run(batcher: &Batcher, schema: &str, files: &[PathBuf], force: bool
         r?;
     }
     progress.finish_and_clear();
-    Ok(Summary { events, totals: batcher.totals(), seconds: started.elapsed().as_secs_f64() })
+    forget.sort();
+    forget.dedup();
+    let forgotten = super::apply_deletes(config, schema, &forget).await.map_err(IngestError::Forget)?;
+    Ok(Summary { events, totals: batcher.totals(), forgotten, seconds: started.elapsed().as_secs_f64() })
 }

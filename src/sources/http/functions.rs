@@ -89,7 +89,7 @@ fn http_output(res: &ApiResponse) -> Value {
     for (k, v) in &res.headers {
         headers.insert((*k).into(), v.clone().into());
     }
-    json!({"statusCode": res.status, "body": res.body.to_string(), "headers": headers})
+    json!({"statusCode": res.status, "body": res.body_text(), "headers": headers})
 }
 
 /// The timer-triggered function's name (its folder under `function/`).

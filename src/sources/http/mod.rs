@@ -24,7 +24,7 @@ fn reply(status: u16, body: String, headers: &[(&'static str, String)]) -> Respo
 }
 
 fn to_reply(res: ApiResponse) -> Response<String> {
-    reply(res.status, res.body.to_string(), &res.headers)
+    reply(res.status, res.body_text(), &res.headers)
 }
 
 /// An answer given before the request's body was read: the connection cannot carry another request.
