@@ -2,9 +2,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use segment_delta::app::AppState;
+use segment_delta::config::settings;
 use segment_delta::config::{Config, check_schema_name};
 use segment_delta::databricks::Databricks;
 use segment_delta::sources::http;
@@ -39,6 +40,10 @@ enum Command {
         /// Append again what an earlier run of the same files already loaded.
         #[arg(long)]
         force: bool,
+        /// Read and map everything, write nothing: print the tables, the columns they would gain, and the discards
+        /// by reason.
+        #[arg(long)]
+        dry_run: bool,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -62,6 +67,67 @@ enum Command {
         #[arg(long = "table")]
         tables: Vec<String>,
     },
+    /// Check the settings and what they point at (like `vector validate`): the settings parse, the storage
+    /// credential in effect, a probe object written to and deleted from the lake, and the Unity Catalog checklist
+    /// when DATABRICKS_HOST is set. Exits non-zero when something fails.
+    Check,
+    /// Print what the `discards` table of a schema holds, grouped by table, column and reason, with a count and
+    /// one example row id each, most frequent first.
+    Discards {
+        /// The schema; defaults to the one schema of SEGMENT_DELTA_SOURCES, or `segment` locally.
+        #[arg(long)]
+        schema: Option<String>,
+        /// Only discards received within this long (`1h`, `30m`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only discards of this table.
+        #[arg(long)]
+        table: Option<String>,
+    },
+}
+
+/// Each command's `--help` ends with the settings it reads.
+fn cli() -> Cli {
+    let mut command = Cli::command();
+    for (name, bits) in [
+        ("serve", settings::SERVE),
+        ("setup", settings::SETUP),
+        ("ingest", settings::INGEST),
+        ("maintain", settings::MAINTAIN),
+        ("forget", settings::FORGET),
+        ("check", settings::CHECK),
+        ("discards", settings::DISCARDS),
+    ] {
+        command = command.mut_subcommand(name, |c| c.after_help(settings::help_for(bits)));
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Warns of `SEGMENT_DELTA_*` variables that are no setting (a misspelt name is otherwise silently ignored).
+fn warn_unknown_settings() {
+    let vars: Vec<String> = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()).collect();
+    for (name, closest) in settings::unknown(vars.iter().map(String::as_str)) {
+        match closest {
+            Some(c) => tracing::warn!(variable = %name, "{name} is not a setting and is ignored; did you mean {c}?"),
+            None => tracing::warn!(variable = %name, "{name} is not a setting and is ignored"),
+        }
+    }
+}
+
+/// The schema a command works on: the one given, else the one of SEGMENT_DELTA_SOURCES.
+fn one_schema(config: &Config, given: Option<String>) -> anyhow::Result<String> {
+    match given {
+        Some(s) => {
+            check_schema_name("--schema", &s)?;
+            Ok(s)
+        }
+        None => match config.sources.schemas().as_slice() {
+            [one] => Ok(one.to_string()),
+            [] => anyhow::bail!("no schema is configured: choose one with --schema"),
+            _ => anyhow::bail!("several sources are configured: choose one with --schema"),
+        },
+    }
 }
 
 /// Log levels of the libraries this binary uses, unless `RUST_LOG` names them itself: the Delta kernel logs a line
@@ -103,8 +169,40 @@ fn init_logging(json: bool, under_host: bool) {
             let writer = std::io::stderr.with_max_level(tracing::Level::WARN).or_else(std::io::stdout);
             builder.with_writer(writer).init()
         }
-        (true, false) => builder.json().flatten_event(true).with_writer(std::io::stderr).init(),
-        (false, false) => builder.with_writer(std::io::stderr).init(),
+        (true, false) => builder.json().flatten_event(true).with_writer(AboveProgress).init(),
+        (false, false) => builder.with_writer(AboveProgress).init(),
+    }
+}
+
+/// Writes each log line to stderr above the progress bar of a running `ingest`, so that neither tears the other.
+struct AboveProgress;
+
+struct Line(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for AboveProgress {
+    type Writer = Line;
+    fn make_writer(&'a self) -> Line {
+        Line(Vec::with_capacity(256))
+    }
+}
+
+impl std::io::Write for Line {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let line = std::mem::take(&mut self.0);
+        segment_delta::sources::ingest::above_progress(|| {
+            let _ = std::io::stderr().write_all(&line);
+        });
     }
 }
 
@@ -152,6 +250,8 @@ async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    config.check_serving()?;
+    segment_delta::metrics::install();
     let state = AppState::build(config)?;
     let (config, batcher) = (state.config.clone(), state.batcher.clone());
     let addr = SocketAddr::from(([127, 0, 0, 1], config.port));
@@ -163,22 +263,38 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ingest(config: Config, schema: Option<String>, force: bool, files: Vec<PathBuf>) -> anyhow::Result<()> {
-    let schema = match schema {
-        Some(s) => {
-            check_schema_name("--schema", &s)?;
-            s
-        }
-        None => match config.sources.schemas().as_slice() {
-            [one] => one.to_string(),
-            _ => anyhow::bail!("several sources are configured: choose one with --schema"),
-        },
-    };
+async fn ingest(
+    config: Config,
+    schema: Option<String>,
+    force: bool,
+    dry_run: bool,
+    files: Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    let schema = one_schema(&config, schema)?;
     let state = AppState::build(config)?;
     let batcher = state.batcher.clone();
-    let result = segment_delta::sources::ingest::run(&state.config, &batcher, &schema, &files, force).await;
+    let result = segment_delta::sources::ingest::run(&state.config, &batcher, &schema, &files, force, dry_run).await;
     batcher.shutdown().await;
     let summary = result?;
+    if let Some(p) = &summary.preview {
+        println!("dry run: nothing was written");
+        println!("events   {}", summary.events);
+        for (table, (rows, _)) in &p.tables {
+            let change = match p.new_columns.get(table) {
+                Some((true, cols)) => format!(", new table with {} columns", cols.len()),
+                Some((false, cols)) => format!(", {} new columns: {}", cols.len(), cols.join(", ")),
+                None => String::new(),
+            };
+            println!("rows     {schema}.{table}: {rows}{change}");
+        }
+        for ((table, kind), n) in &p.discards {
+            println!("discards {}: {n} ({kind})", if table.is_empty() { "(no table)" } else { table });
+        }
+        if p.forget > 0 {
+            println!("deletes  {} users would be forgotten", p.forget);
+        }
+        return Ok(());
+    }
     println!("events   {}", summary.events);
     for (table, rows) in &summary.totals.rows {
         println!("rows     {table}: {rows}");
@@ -234,18 +350,87 @@ async fn forget(config: Config, schema: String, mut users: Vec<String>, file: Op
     Ok(())
 }
 
+async fn check(config: Config) -> anyhow::Result<()> {
+    let mut failed = 0;
+    let mut line = |ok: bool, what: String| {
+        println!("[{}] {what}", if ok { "pass" } else { "FAIL" });
+        failed += usize::from(!ok);
+    };
+    line(true, "settings parse".into());
+    line(true, format!("lake: {:?}, storage credential in effect: {}", config.lake, config.storage.credential));
+    match config.check_serving() {
+        Ok(()) => line(true, format!("schemas: {}", config.sources.schemas().join(", "))),
+        Err(e) => line(false, e.to_string()),
+    }
+    match segment_delta::ops::probe_lake(&config).await {
+        Ok(detail) => line(true, format!("lake writable: {detail}")),
+        Err(e) => line(false, format!("lake not writable: {e}")),
+    }
+    if config.databricks.is_none() {
+        line(true, "Unity Catalog: not configured (DATABRICKS_HOST unset); the Delta log is the only catalog".into());
+    }
+    if let Some(db) = &config.databricks {
+        let catalog = Databricks::new(db)?;
+        let lake = match &config.lake {
+            segment_delta::config::Lake::Remote(uri) => uri.clone(),
+            segment_delta::config::Lake::Local(p) => p.display().to_string(),
+        };
+        for c in segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), false).await {
+            println!("{c}");
+            failed += usize::from(!c.ok);
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} checks failed");
+    }
+    println!("all checks passed");
+    Ok(())
+}
+
+async fn discards(
+    config: Config,
+    schema: Option<String>,
+    since: Option<String>,
+    table: Option<String>,
+) -> anyhow::Result<()> {
+    let schema = one_schema(&config, schema)?;
+    let since = match since {
+        None => None,
+        Some(s) => {
+            let d = segment_delta::config::units::duration(&s, std::time::Duration::from_secs(1))
+                .with_context(|| format!("--since {s:?} is not a duration (e.g. 30m, 1h, 7d)"))?;
+            Some(segment_delta::layout::value::now_micros() - d.as_micros() as i64)
+        }
+    };
+    let groups = segment_delta::ops::discards::report(&config, &schema, since, table.as_deref()).await?;
+    if groups.is_empty() {
+        println!("no discards in {schema}");
+        return Ok(());
+    }
+    println!("{:>8}  {:<40}  {:<30}  reason (example row id)", "count", "table", "column");
+    let total: u64 = groups.iter().map(|g| g.count).sum();
+    for g in &groups {
+        println!("{:>8}  {:<40}  {:<30}  {} ({})", g.count, g.table, g.column, g.reason, g.example);
+    }
+    println!("{total} discards in {} groups", groups.len());
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = cli();
     let config = Config::from_env()?;
     init_logging(config.log_json, std::env::var_os("FUNCTIONS_CUSTOMHANDLER_PORT").is_some());
+    warn_unknown_settings();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
             Command::Setup { apply } => setup(config, apply).await,
-            Command::Ingest { schema, force, files } => ingest(config, schema, force, files).await,
+            Command::Ingest { schema, force, dry_run, files } => ingest(config, schema, force, dry_run, files).await,
             Command::Maintain { tables } => maintain(config, tables).await,
             Command::Forget { schema, user_ids, file } => forget(config, schema, user_ids, file).await,
+            Command::Check => check(config).await,
+            Command::Discards { schema, since, table } => discards(config, schema, since, table).await,
         }
     })
 }

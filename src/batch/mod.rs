@@ -306,7 +306,8 @@ impl<'a> Waiting<'a> {
 }
 
 fn answer(inner: &Inner, w: Waiter) {
-    inner.buffered.fetch_sub(w.bytes, Ordering::SeqCst);
+    let left = inner.buffered.fetch_sub(w.bytes, Ordering::SeqCst).saturating_sub(w.bytes);
+    crate::metrics::buffered(left);
     let _ = w.tx.send(match w.error {
         None => Ok(()),
         Some(e) => Err(SubmitError::Write(e)),
@@ -477,6 +478,11 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
             continue;
         }
         let id = discards_of(&schema);
+        // What was set aside, in one line per micro-batch and schema: counts, never values.
+        let summary = crate::ops::discards::summary(discards.iter().map(|(_, d)| d), 20);
+        for (_, d) in &discards {
+            crate::metrics::discarded(&schema, &d.table_name, &d.reason);
+        }
         let (keys, rows): (Vec<RowKey>, Vec<Row>) = discards.into_iter().map(|(k, d)| (k, d.into_row())).unzip();
         let n = rows.len();
         match inner
@@ -496,6 +502,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                     totals.commits += 1;
                     totals.discards += n as u64;
                 }
+                tracing::warn!(schema = %schema, count = n, summary = %summary, "values set aside in discards");
                 if !carried_discards.contains_key(&schema) {
                     waiting.settle(&id, None, None);
                 }

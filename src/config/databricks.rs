@@ -31,18 +31,19 @@ impl DatabricksConfig {
                 .into(),
         })?;
         let secs = |name: &'static str, default: u64| match val(name) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .map_err(|_| ConfigError::Invalid { name, message: format!("{v:?} is not a number of seconds") }),
+            None => Ok(Duration::from_secs(default)),
+            Some(v) => super::units::duration(&v, Duration::from_secs(1)).ok_or_else(|| ConfigError::Invalid {
+                name,
+                message: format!("{v:?} is not a duration (a number of seconds, or one with ms, s, m, h)"),
+            }),
         };
         Ok(Some(DatabricksConfig {
             host: host.trim_end_matches('/').to_string(),
             auth: Auth::from_lookup(get)?,
             catalog,
             warehouse_id: val("DATABRICKS_WAREHOUSE_ID"),
-            statement_timeout: Duration::from_secs(secs("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS", 300)?),
-            retry_budget: Duration::from_secs(secs("SEGMENT_DELTA_DATABRICKS_RETRY_SECS", 60)?),
+            statement_timeout: secs("SEGMENT_DELTA_STATEMENT_TIMEOUT_SECS", 300)?,
+            retry_budget: secs("SEGMENT_DELTA_DATABRICKS_RETRY_SECS", 60)?,
         }))
     }
 }

@@ -3,7 +3,9 @@
 
 pub mod databricks;
 pub mod maintenance;
+pub mod settings;
 pub mod storage;
+pub mod units;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -338,18 +340,34 @@ impl Config {
         let positive = |name: &'static str, v: usize| {
             if v == 0 { Err(invalid(name, "must be greater than 0")) } else { Ok(v) }
         };
+        // Sizes and durations, with units or as plain numbers of the unit the name says.
+        let bytes = |name: &'static str, default: usize| -> Result<usize, ConfigError> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => units::size(&v).map(|n| n as usize).ok_or_else(|| {
+                    invalid(name, format!("{v:?} is not a size (bytes, or a number with B, KB, MB, GB, KiB, MiB, GiB)"))
+                }),
+            }
+        };
+        let time = |name: &'static str, default: Duration, unit: Duration| -> Result<Duration, ConfigError> {
+            match get(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => units::duration(&v, unit).ok_or_else(|| {
+                    invalid(name, format!("{v:?} is not a duration (a number, or one with ms, s, m, h, d)"))
+                }),
+            }
+        };
+        const MS: Duration = Duration::from_millis(1);
+        const SECS: Duration = Duration::from_secs(1);
         c.port = num(&get, "FUNCTIONS_CUSTOMHANDLER_PORT", c.port)?;
         if let Some(lake) = get("SEGMENT_DELTA_LAKE") {
             c.lake = Lake::parse(&lake)?;
         }
         c.sources = match get("SEGMENT_DELTA_SOURCES").filter(|s| !s.trim().is_empty()) {
             Some(s) => parse_sources(&s)?,
-            None if matches!(c.lake, Lake::Remote(_)) => {
-                return Err(invalid(
-                    "SEGMENT_DELTA_SOURCES",
-                    "must map write keys to schemas (KEY=schema,...) when the lake is not a local directory",
-                ));
-            }
+            // No key is accepted until some are configured (`serve` refuses to start so); the commands that do not
+            // take events run without them.
+            None if matches!(c.lake, Lake::Remote(_)) => Sources::Keys(Vec::new()),
             None => {
                 let schema = get("SEGMENT_DELTA_DEFAULT_SCHEMA").unwrap_or_else(|| "segment".into());
                 check_schema_name("SEGMENT_DELTA_DEFAULT_SCHEMA", &schema)?;
@@ -371,25 +389,23 @@ impl Config {
         };
         let l = &mut c.limits;
         l.max_event_bytes =
-            positive("SEGMENT_DELTA_MAX_EVENT_BYTES", num(&get, "SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?)?;
+            positive("SEGMENT_DELTA_MAX_EVENT_BYTES", bytes("SEGMENT_DELTA_MAX_EVENT_BYTES", l.max_event_bytes)?)?;
         l.max_request_bytes = positive(
             "SEGMENT_DELTA_MAX_REQUEST_BYTES",
-            num(&get, "SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?,
+            bytes("SEGMENT_DELTA_MAX_REQUEST_BYTES", l.max_request_bytes)?,
         )?;
         l.max_batch_events = positive(
             "SEGMENT_DELTA_MAX_BATCH_EVENTS",
             num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?,
         )?;
         let f = &mut c.flush;
-        f.interval =
-            Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval.as_millis() as u64)?);
+        f.interval = time("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval, MS)?;
         f.max_events =
             positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
-        f.max_bytes =
-            positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", num(&get, "SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
+        f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", bytes("SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
         f.max_buffered_bytes = positive(
             "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
-            num(&get, "SEGMENT_DELTA_MAX_BUFFERED_BYTES", f.max_buffered_bytes)?,
+            bytes("SEGMENT_DELTA_MAX_BUFFERED_BYTES", f.max_buffered_bytes)?,
         )?;
         if f.max_buffered_bytes < c.limits.max_request_bytes {
             return Err(invalid(
@@ -399,17 +415,17 @@ impl Config {
         }
         f.new_tables =
             positive("SEGMENT_DELTA_FLUSH_NEW_TABLES", num(&get, "SEGMENT_DELTA_FLUSH_NEW_TABLES", f.new_tables)?)?;
-        f.budget = Duration::from_millis(num(&get, "SEGMENT_DELTA_FLUSH_BUDGET_MS", f.budget.as_millis() as u64)?);
+        f.budget = time("SEGMENT_DELTA_FLUSH_BUDGET_MS", f.budget, MS)?;
         c.max_columns = positive("SEGMENT_DELTA_MAX_COLUMNS", num(&get, "SEGMENT_DELTA_MAX_COLUMNS", c.max_columns)?)?;
         let t = &mut c.tables;
         t.max_tables = positive("SEGMENT_DELTA_MAX_TABLES", num(&get, "SEGMENT_DELTA_MAX_TABLES", t.max_tables)?)?;
         t.cache_tables =
             positive("SEGMENT_DELTA_TABLE_CACHE", num(&get, "SEGMENT_DELTA_TABLE_CACHE", t.cache_tables)?)?;
         t.cache_bytes =
-            positive("SEGMENT_DELTA_TABLE_CACHE_BYTES", num(&get, "SEGMENT_DELTA_TABLE_CACHE_BYTES", t.cache_bytes)?)?;
+            positive("SEGMENT_DELTA_TABLE_CACHE_BYTES", bytes("SEGMENT_DELTA_TABLE_CACHE_BYTES", t.cache_bytes)?)?;
         let ms = |name: &'static str, d: Duration| -> Result<Duration, ConfigError> {
-            let v = positive(name, num(&get, name, d.as_millis() as usize)?)?;
-            Ok(Duration::from_millis(v as u64))
+            let v = time(name, d, MS)?;
+            if v.is_zero() { Err(invalid(name, "must be greater than 0")) } else { Ok(v) }
         };
         let n = &mut c.connections;
         n.header_timeout = ms("SEGMENT_DELTA_HEADER_TIMEOUT_MS", n.header_timeout)?;
@@ -419,7 +435,7 @@ impl Config {
             positive("SEGMENT_DELTA_MAX_CONNECTIONS", num(&get, "SEGMENT_DELTA_MAX_CONNECTIONS", n.max_connections)?)?;
         n.max_reading_bytes = positive(
             "SEGMENT_DELTA_MAX_READING_BYTES",
-            num(&get, "SEGMENT_DELTA_MAX_READING_BYTES", n.max_reading_bytes)?,
+            bytes("SEGMENT_DELTA_MAX_READING_BYTES", n.max_reading_bytes)?,
         )?;
         if n.max_reading_bytes < c.limits.max_request_bytes {
             return Err(invalid("SEGMENT_DELTA_MAX_READING_BYTES", "must be at least SEGMENT_DELTA_MAX_REQUEST_BYTES"));
@@ -435,30 +451,30 @@ impl Config {
             c.public_url = Some(parsed);
         }
         c.dedup_capacity = num(&get, "SEGMENT_DELTA_DEDUP_CAPACITY", c.dedup_capacity)?;
-        c.write_retry = Duration::from_secs(num(&get, "SEGMENT_DELTA_WRITE_RETRY_SECS", c.write_retry.as_secs())?);
+        c.write_retry = time("SEGMENT_DELTA_WRITE_RETRY_SECS", c.write_retry, SECS)?;
         let m = &mut c.maintenance;
         m.target_file_size = positive(
             "SEGMENT_DELTA_TARGET_FILE_SIZE",
-            num(&get, "SEGMENT_DELTA_TARGET_FILE_SIZE", m.target_file_size as usize)?,
+            bytes("SEGMENT_DELTA_TARGET_FILE_SIZE", m.target_file_size as usize)?,
         )? as u64;
-        let hours = num(&get, "SEGMENT_DELTA_VACUUM_RETENTION_HOURS", m.vacuum_retention.as_secs() / 3600)?;
-        if hours < maintenance::MIN_VACUUM_RETENTION.as_secs() / 3600 {
+        let retention = time("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", m.vacuum_retention, Duration::from_secs(3600))?;
+        if retention < maintenance::MIN_VACUUM_RETENTION {
             return Err(invalid(
                 "SEGMENT_DELTA_VACUUM_RETENTION_HOURS",
-                format!("{hours} is under the least retention of 24 hours"),
+                format!("{} hours is under the least retention of 24 hours", retention.as_secs_f64() / 3600.0),
             ));
         }
-        m.vacuum_retention = Duration::from_secs(hours * 3600);
+        m.vacuum_retention = retention;
         m.databricks_optimize_bytes =
             match get("SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES").filter(|v| !v.trim().is_empty()) {
                 None => None,
-                Some(_) => Some(num(&get, "SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES", 0u64)?),
+                Some(_) => Some(bytes("SEGMENT_DELTA_DATABRICKS_OPTIMIZE_BYTES", 0)? as u64),
             };
         m.concurrency = positive(
             "SEGMENT_DELTA_MAINTENANCE_CONCURRENCY",
             num(&get, "SEGMENT_DELTA_MAINTENANCE_CONCURRENCY", m.concurrency)?,
         )?;
-        m.budget = Duration::from_secs(num(&get, "SEGMENT_DELTA_MAINTENANCE_BUDGET_SECS", m.budget.as_secs())?);
+        m.budget = time("SEGMENT_DELTA_MAINTENANCE_BUDGET_SECS", m.budget, SECS)?;
         c.log_json = match get("SEGMENT_DELTA_LOG_FORMAT").as_deref().map(str::trim) {
             Some("json") => true,
             Some("text") => false,
@@ -468,6 +484,17 @@ impl Config {
             }
         };
         Ok(c)
+    }
+
+    /// What serving events needs beyond what every command does: write keys, with a remote lake.
+    pub fn check_serving(&self) -> Result<(), ConfigError> {
+        if matches!(&self.sources, Sources::Keys(keys) if keys.is_empty()) {
+            return Err(invalid(
+                "SEGMENT_DELTA_SOURCES",
+                "must map write keys to schemas (KEY=schema,...) when the lake is not a local directory",
+            ));
+        }
+        Ok(())
     }
 
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -508,7 +535,6 @@ mod tests {
     #[test]
     fn bad_settings_name_the_variable() {
         for (vars, needle) in [
-            (vec![("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")], "SEGMENT_DELTA_SOURCES: must map"),
             (
                 vec![("SEGMENT_DELTA_SOURCES", "K1=Web-Site")],
                 "SEGMENT_DELTA_SOURCES: \"Web-Site\" is not a valid schema",
@@ -529,6 +555,41 @@ mod tests {
             let e = cfg(&vars).unwrap_err().to_string();
             assert!(e.contains(needle), "{e} should contain {needle}");
         }
+    }
+
+    #[test]
+    fn a_remote_lake_needs_write_keys_to_serve_only() {
+        let c = cfg(&[("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x")]).unwrap();
+        let e = c.check_serving().unwrap_err().to_string();
+        assert!(e.contains("SEGMENT_DELTA_SOURCES: must map"), "{e}");
+        assert_eq!(c.sources.schema_for(Some("any")), None);
+        let c =
+            cfg(&[("SEGMENT_DELTA_LAKE", "abfss://c@a.dfs.core.windows.net/x"), ("SEGMENT_DELTA_SOURCES", "K=web")]);
+        assert!(c.unwrap().check_serving().is_ok());
+    }
+
+    #[test]
+    fn units_in_settings() {
+        let c = cfg(&[
+            ("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "250ms"),
+            ("SEGMENT_DELTA_WRITE_RETRY_SECS", "2m"),
+            ("SEGMENT_DELTA_MAX_REQUEST_BYTES", "1MiB"),
+            ("SEGMENT_DELTA_MAX_BUFFERED_BYTES", "64MB"),
+            ("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", "2d"),
+        ])
+        .unwrap();
+        assert_eq!(c.flush.interval, Duration::from_millis(250));
+        assert_eq!(c.write_retry, Duration::from_secs(120));
+        assert_eq!(c.limits.max_request_bytes, 1 << 20);
+        assert_eq!(c.flush.max_buffered_bytes, 64_000_000);
+        assert_eq!(c.maintenance.vacuum_retention, Duration::from_secs(48 * 3600));
+        // A plain number is in the unit the name says.
+        let c = cfg(&[("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "5000"), ("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", "30")]);
+        let c = c.unwrap();
+        assert_eq!(c.flush.interval, Duration::from_secs(5));
+        assert_eq!(c.maintenance.vacuum_retention, Duration::from_secs(30 * 3600));
+        let e = cfg(&[("SEGMENT_DELTA_MAX_EVENT_BYTES", "10XB")]).unwrap_err().to_string();
+        assert!(e.contains("SEGMENT_DELTA_MAX_EVENT_BYTES") && e.contains("is not a size"), "{e}");
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl Databricks {
     pub async fn run(&self, statement: &str) -> Result<serde_json::Value, CatalogError> {
         let warehouse = self.warehouse().await?;
         tracing::info!(statement, "running on the SQL warehouse");
-        Ok(statements::execute(&self.client, &warehouse, &self.catalog, statement, self.timeout).await?)
+        let result = statements::execute(&self.client, &warehouse, &self.catalog, statement, self.timeout).await;
+        crate::metrics::statement(statement, result.is_ok());
+        Ok(result?)
     }
 
     /// The columns Unity Catalog lists for a table (lower-case), or `None` when it does not know the table.
@@ -191,5 +193,15 @@ impl Catalog for Databricks {
 
     fn optimize<'a>(&'a self, schema: &'a str, table: &'a str, location: &'a str) -> BoxFuture<'a, CatalogResult<()>> {
         Box::pin(Databricks::optimize(self, schema, table, location))
+    }
+
+    fn ready(&self) -> BoxFuture<'_, CatalogResult<String>> {
+        Box::pin(async move {
+            // A token, and the warehouse as the workspace reports it (not started: a stopped warehouse starts on
+            // the first statement).
+            let (id, _) = warehouse::resolve(&self.client, self.warehouse_id.as_deref(), false).await?;
+            let w = self.client.call(reqwest::Method::GET, &format!("/api/2.0/sql/warehouses/{id}"), None).await?;
+            Ok(format!("warehouse {id} is {}", w["state"].as_str().unwrap_or("in an unknown state")))
+        })
     }
 }

@@ -236,10 +236,15 @@ impl Lakehouse {
             drop(guard);
             drop(slot);
             self.tables.lock().unwrap_or_else(|p| p.into_inner()).sized(&uri, bytes);
+            let took = started.elapsed();
             tracing::info!(table = %name, rows = written.rows, version = written.version, new_columns = written.new_columns.len(),
-                conflicts = retries, skipped = written.skipped, discards = written.discards.len(), "committed");
+                conflicts = retries, skipped = written.skipped, discards = written.discards.len(), ms = took.as_millis() as u64, "committed");
+            crate::metrics::committed(w.schema, w.table, written.rows, retries, took);
         }
         // On failure the handle is dropped: the next write reads the table from storage again.
+        if result.is_err() {
+            crate::metrics::write_failed(w.schema, w.table);
+        }
         result
     }
 

@@ -219,6 +219,7 @@ async fn maintain_one(
     }
     report.seconds = started.elapsed().as_secs_f64();
     let progress = format!("{}/{total}", index + 1);
+    crate::metrics::maintained(report.error.is_none());
     match &report.error {
         None => tracing::info!(table = %format!("{schema}.{table}"), progress, files_before = report.files_before,
             files_after = report.files_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after,

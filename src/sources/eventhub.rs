@@ -203,11 +203,14 @@ pub async fn invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
         .map(|s| (s.schema.clone(), super::users_to_forget(&s.events)))
         .filter(|(_, users)| !users.is_empty())
         .collect();
+    crate::metrics::received("eventhub", n);
+    let started = std::time::Instant::now();
     let submissions = by_schema.into_values().map(|submission| state.batcher.submit(submission));
     let results: Vec<Result<(), SubmitError>> = futures::future::join_all(submissions).await;
     if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
         return fail(format!("not committed, the batch will be delivered again: {e}"));
     }
+    crate::metrics::accepted("eventhub", n, started.elapsed());
     for (schema, users) in deletes {
         if let Err(e) = super::apply_deletes(config, &schema, &users).await {
             return fail(format!("{e}; the batch will be delivered again"));

@@ -1,5 +1,6 @@
 //! The backfill path: Segment events from JSONL / JSON files (gzip too) through the same pipeline as the API.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -38,7 +39,87 @@ pub struct Summary {
     pub totals: Totals,
     /// Rows removed by the `delete` events of the files, per table.
     pub forgotten: crate::maintain::forget::Forgotten,
+    /// With `--dry-run`: what would be written.
+    pub preview: Option<Preview>,
     pub seconds: f64,
+}
+
+/// What a dry run found: rows and columns per table (and which columns the tables lack), discards by table and
+/// kind of reason, users to forget. Type conflicts with existing columns are found only when writing.
+#[derive(Debug, Default)]
+pub struct Preview {
+    pub tables: BTreeMap<String, (u64, BTreeSet<String>)>,
+    /// Columns each table would gain (all of them for a new table), and whether the table is new.
+    pub new_columns: BTreeMap<String, (bool, Vec<String>)>,
+    pub discards: BTreeMap<(String, &'static str), u64>,
+    pub forget: usize,
+}
+
+impl Preview {
+    fn add(&mut self, events: impl Iterator<Item = Mapped>) {
+        for m in events {
+            for r in m.rows {
+                let entry = self.tables.entry(r.table).or_default();
+                entry.0 += 1;
+                for (name, _) in &r.row.cols {
+                    if !entry.1.contains(name.as_ref()) {
+                        entry.1.insert(name.to_string());
+                    }
+                }
+            }
+            for d in m.discards {
+                *self.discards.entry((d.table_name, crate::metrics::reason_kind(&d.reason))).or_default() += 1;
+            }
+        }
+    }
+
+    /// Compares the columns seen with the tables as they are in the lake.
+    async fn compare(&mut self, config: &Config, schema: &str) {
+        // Only the tables that exist are opened (opening a local table creates its directory).
+        let present: BTreeSet<String> =
+            crate::layout::paths::table_names(&config.lake, &config.storage.options, schema)
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+        for (table, (_, columns)) in &self.tables {
+            let uri = crate::layout::paths::table_uri(&config.lake, schema, table);
+            if !present.contains(table) {
+                self.new_columns.insert(table.clone(), (true, columns.iter().cloned().collect()));
+                continue;
+            }
+            let existing: Option<BTreeSet<String>> = match crate::delta::table::log_store(&uri, &config.storage.options)
+            {
+                Ok(store) => match crate::delta::table::TableState::load(&store, None).await {
+                    Ok(Some(state)) => Some(state.schema().fields().map(|f| f.name().to_string()).collect()),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            let new: Vec<String> =
+                columns.iter().filter(|c| existing.as_ref().is_none_or(|e| !e.contains(*c))).cloned().collect();
+            if existing.is_none() || !new.is_empty() {
+                self.new_columns.insert(table.clone(), (existing.is_none(), new));
+            }
+        }
+    }
+}
+
+/// The progress bar of a running load, which log lines are written above.
+static PROGRESS: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+fn lock_progress() -> std::sync::MutexGuard<'static, Option<indicatif::ProgressBar>> {
+    PROGRESS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f` (which writes a log line) with the progress bar, if one is shown, cleared around it, so that lines do
+/// not tear it.
+pub fn above_progress<R>(f: impl FnOnce() -> R) -> R {
+    let bar = lock_progress().clone();
+    match bar {
+        Some(bar) => bar.suspend(f),
+        None => f(),
+    }
 }
 
 fn open(path: &Path, progress: &indicatif::ProgressBar) -> Result<Box<dyn BufRead>, IngestError> {
@@ -96,14 +177,17 @@ pub async fn run(
     schema: &str,
     files: &[PathBuf],
     force: bool,
+    dry_run: bool,
 ) -> Result<Summary, IngestError> {
     let started = Instant::now();
     let total: u64 = files.iter().filter_map(|f| std::fs::metadata(f).ok()).map(|m| m.len()).sum();
     let progress = indicatif::ProgressBar::new(total);
     progress.set_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}")
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} ETA {eta} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    *lock_progress() = Some(progress.clone());
+    let mut preview = dry_run.then(Preview::default);
     let mut in_flight = FuturesUnordered::new();
     let mut events = 0u64;
     let mut chunk: Vec<Mapped> = Vec::new();
@@ -152,6 +236,11 @@ pub async fn run(
             events += (chunk.len() - before) as u64;
             chunk_bytes += text.len();
             forget.extend(chunk[before..].iter().filter_map(|m| m.forget.clone()));
+            if let Some(p) = &mut preview {
+                p.add(chunk.drain(..));
+                chunk_bytes = 0;
+                continue;
+            }
             if chunk.len() >= CHUNK_EVENTS {
                 while in_flight.len() >= IN_FLIGHT {
                     if let Some(r) = in_flight.next().await {
@@ -173,8 +262,20 @@ pub async fn run(
         r?;
     }
     progress.finish_and_clear();
+    *lock_progress() = None;
     forget.sort();
     forget.dedup();
+    if let Some(mut p) = preview {
+        p.forget = forget.len();
+        p.compare(config, schema).await;
+        return Ok(Summary {
+            events,
+            totals: Totals::default(),
+            forgotten: Default::default(),
+            preview: Some(p),
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     let forgotten = super::apply_deletes(config, schema, &forget).await.map_err(IngestError::Forget)?;
-    Ok(Summary { events, totals: batcher.totals(), forgotten, seconds: started.elapsed().as_secs_f64() })
+    Ok(Summary { events, totals: batcher.totals(), forgotten, preview: None, seconds: started.elapsed().as_secs_f64() })
 }

@@ -308,10 +308,15 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
     };
     let events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
     let forget = crate::sources::users_to_forget(&events);
+    let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
+    let n = events.len();
+    crate::metrics::received(source, n);
+    let started = std::time::Instant::now();
     let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
     if let Err(e) = state.batcher.submit(submission).await {
         return submit_error(&e);
     }
+    crate::metrics::accepted(source, n, started.elapsed());
     match crate::sources::apply_deletes(&state.config, schema, &forget).await {
         Ok(done) if !forget.is_empty() => {
             let mut res = ApiResponse::ok();

@@ -10,6 +10,8 @@ use futures::StreamExt;
 use warp::Filter;
 use warp::http::{HeaderMap, Method, Response, StatusCode};
 
+use serde_json::json;
+
 use crate::app::AppState;
 use api::{ApiRequest, ApiResponse};
 
@@ -122,6 +124,25 @@ async fn serve_one(
     headers: HeaderMap,
     stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
 ) -> Response<String> {
+    // The operator's endpoints: liveness, readiness (503 when a component is not ready), metrics.
+    if method == Method::GET || method == Method::HEAD {
+        match path {
+            "/health" => return reply(200, json!({"status": "ok"}).to_string(), &[]),
+            "/ready" => {
+                let (ok, answer) = crate::ops::readiness(&state.config, state.catalog.as_deref()).await;
+                return reply(if ok { 200 } else { 503 }, answer.to_string(), &[]);
+            }
+            "/metrics" => {
+                let mut r = reply(200, crate::metrics::render(), &[]);
+                r.headers_mut().insert(
+                    "content-type",
+                    warp::http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                );
+                return r;
+            }
+            _ => {}
+        }
+    }
     let function = path.trim_matches('/');
     let invocation = method == Method::POST
         && [functions::HTTP_FUNCTION, crate::sources::eventhub::EVENTHUB_FUNCTION, functions::MAINTAIN_FUNCTION]
@@ -139,11 +160,15 @@ async fn serve_one(
     if !invocation && let api::Route::Answer(res) = api::route(state, method.as_str(), path, &lookup) {
         let has_body =
             headers.contains_key("transfer-encoding") || lookup("content-length").is_some_and(|n| n.trim() != "0");
+        answered(path, &res);
         return to_reply(if has_body { closing(res) } else { res });
     }
     let body = match read_body(state, stream, limit, setting).await {
         Ok(b) => b,
-        Err(res) => return to_reply(res),
+        Err(res) => {
+            answered(path, &res);
+            return to_reply(res);
+        }
     };
     if invocation {
         let (status, answer) = if function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
@@ -159,5 +184,34 @@ async fn serve_one(
     if res.status >= 500 {
         tracing::warn!(path, status = res.status, error = %res.body["error"], "request failed");
     }
+    answered(path, &res);
     to_reply(res)
+}
+
+/// Counts an answer of the Tracking API by endpoint and status, and a refusal by its reason.
+fn answered(path: &str, res: &ApiResponse) {
+    use crate::metrics;
+    let endpoint = match path.trim_end_matches('/').strip_prefix("/v1/") {
+        Some("batch" | "import" | "b") => "batch",
+        Some("track" | "identify" | "page" | "screen" | "group" | "alias" | "t" | "i" | "p" | "s" | "g" | "a") => {
+            "event"
+        }
+        Some("webhook") => "webhook",
+        Some(p) if p.starts_with("projects/") => "settings",
+        _ => "other",
+    };
+    metrics::request(endpoint, res.status);
+    let reason = match res.status {
+        0..400 => return,
+        400 => "invalid",
+        401 => "write_key",
+        403 => "origin",
+        404 | 405 => "not_found",
+        408 => "timeout",
+        413 => "too_large",
+        503 => "unavailable",
+        500.. => "write_failed",
+        _ => "other",
+    };
+    metrics::refused(reason);
 }
