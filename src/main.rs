@@ -31,6 +31,11 @@ enum Command {
         /// Create the warehouse and the schemas when they are missing.
         #[arg(long)]
         apply: bool,
+        /// The principal whose grants are checked: the application id of the service principal (or the user
+        /// name) the function will run as. Default: the one the settings authenticate as (AZURE_CLIENT_ID for the
+        /// Entra kinds, DATABRICKS_CLIENT_ID for OAuth M2M), else whoever DATABRICKS_TOKEN belongs to.
+        #[arg(long)]
+        principal: Option<String>,
     },
     /// Load Segment events from JSONL or JSON files (optionally gzipped) through the same pipeline.
     Ingest {
@@ -226,18 +231,28 @@ async fn shutdown_signal(state: AppState) {
     state.stop();
 }
 
-async fn setup(config: Config, apply: bool) -> anyhow::Result<()> {
+/// The catalog for `setup` and `check`: like the function's, but giving up on an unreachable workspace after a
+/// few seconds instead of retrying for the write budget.
+fn interactive_catalog(db: &segment_delta::config::databricks::DatabricksConfig) -> anyhow::Result<Databricks> {
+    let mut db = db.clone();
+    db.retry_budget = db.retry_budget.min(std::time::Duration::from_secs(10));
+    Ok(Databricks::new(&db)?)
+}
+
+async fn setup(config: Config, apply: bool, principal: Option<String>) -> anyhow::Result<()> {
     let Some(db) = &config.databricks else {
         anyhow::bail!(
             "DATABRICKS_HOST is not set: without it the Delta log is the only catalog and there is nothing to set up"
         );
     };
-    let catalog = Databricks::new(db)?;
+    let catalog = interactive_catalog(db)?;
     let lake = match &config.lake {
         segment_delta::config::Lake::Remote(uri) => uri.clone(),
         segment_delta::config::Lake::Local(p) => p.display().to_string(),
     };
-    let checks = segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), apply).await;
+    let checks =
+        segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), apply, principal.as_deref())
+            .await;
     for c in &checks {
         println!("{c}");
     }
@@ -370,12 +385,12 @@ async fn check(config: Config) -> anyhow::Result<()> {
         line(true, "Unity Catalog: not configured (DATABRICKS_HOST unset); the Delta log is the only catalog".into());
     }
     if let Some(db) = &config.databricks {
-        let catalog = Databricks::new(db)?;
+        let catalog = interactive_catalog(db)?;
         let lake = match &config.lake {
             segment_delta::config::Lake::Remote(uri) => uri.clone(),
             segment_delta::config::Lake::Local(p) => p.display().to_string(),
         };
-        for c in segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), false).await {
+        for c in segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), false, None).await {
             println!("{c}");
             failed += usize::from(!c.ok);
         }
@@ -425,7 +440,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve => serve(config).await,
-            Command::Setup { apply } => setup(config, apply).await,
+            Command::Setup { apply, principal } => setup(config, apply, principal).await,
             Command::Ingest { schema, force, dry_run, files } => ingest(config, schema, force, dry_run, files).await,
             Command::Maintain { tables } => maintain(config, tables).await,
             Command::Forget { schema, user_ids, file } => forget(config, schema, user_ids, file).await,

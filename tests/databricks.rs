@@ -276,21 +276,21 @@ async fn setup_prints_a_checklist_with_fixes() {
         "principal=sp-app-id:securable=external_location/bronze:privileges=CREATE_EXTERNAL_TABLE,READ_FILES,WRITE_FILES",
     ]);
     let catalog = segment_delta::databricks::Databricks::new(&ready.config(Auth::Pat(Secret::new(PAT)))).unwrap();
-    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], false).await;
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], false, None).await;
     let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(|c| c.to_string()).collect();
     // Without --apply nothing is created: the warehouse and the schema are reported, with their fix.
     assert_eq!(failed.len(), 2, "{failed:?}");
     assert!(failed.iter().any(|f| f.contains("SQL warehouse") && f.contains("setup --apply")), "{failed:?}");
     assert!(failed.iter().any(|f| f.contains("schema main.web")), "{failed:?}");
     assert!(ready.texts().await.is_empty(), "a check changes nothing");
-    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], true).await;
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &["web"], true, None).await;
     assert!(checks.iter().all(|c| c.ok), "{:?}", checks.iter().map(ToString::to_string).collect::<Vec<_>>());
     assert_eq!(ready.texts().await, vec!["CREATE SCHEMA IF NOT EXISTS `main`.`web`".to_string()]);
 
     // A workspace with no grants and no external location: each failure names its fix.
     let bare = Emulator::start(&["--principal", "sp-app-id"]);
     let catalog = segment_delta::databricks::Databricks::new(&bare.config(Auth::Pat(Secret::new(PAT)))).unwrap();
-    let lines: Vec<String> = segment_delta::databricks::setup::run(&catalog, lake, &[], false)
+    let lines: Vec<String> = segment_delta::databricks::setup::run(&catalog, lake, &[], false, None)
         .await
         .iter()
         .filter(|c| !c.ok)
@@ -300,7 +300,7 @@ async fn setup_prints_a_checklist_with_fixes() {
     assert!(lines.iter().any(|l| l.contains("no external location covers the lake")), "{lines:?}");
     // Wrong credentials stop the checklist at the first line.
     let catalog = segment_delta::databricks::Databricks::new(&bare.config(Auth::Pat(Secret::new("wrong")))).unwrap();
-    let checks = segment_delta::databricks::setup::run(&catalog, lake, &[], false).await;
+    let checks = segment_delta::databricks::setup::run(&catalog, lake, &[], false, None).await;
     assert_eq!(checks.len(), 1);
     assert!(checks[0].to_string().contains("credentials (personal access token) refused"), "{}", checks[0]);
 }

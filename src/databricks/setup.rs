@@ -44,7 +44,13 @@ fn privileges_of(permissions: &Value, principal: &str) -> Vec<String> {
         .collect()
 }
 
-pub async fn run(catalog: &Databricks, lake_uri: &str, schemas: &[&str], apply: bool) -> Vec<Check> {
+pub async fn run(
+    catalog: &Databricks,
+    lake_uri: &str,
+    schemas: &[&str],
+    apply: bool,
+    _principal: Option<&str>,
+) -> Vec<Check> {
     let client = catalog.client();
     let name = &catalog.catalog;
     let mut out = Vec::new();
