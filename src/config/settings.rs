@@ -126,6 +126,13 @@ pub const SETTINGS: &[Setting] = &[
     ),
     s("SEGMENT_DELTA_STORAGE_EMULATOR", "false", "true: the lake is on Azurite (AZURITE_BLOB_STORAGE_URL)", LAKE),
     s(
+        "SEGMENT_DELTA_STORAGE_ENDPOINT",
+        "https://<account>.blob.core.windows.net",
+        "the storage account's blob endpoint, for a private endpoint, a sovereign cloud or an emulator",
+        LAKE,
+    ),
+    s("AZURE_STORAGE_ACCOUNT_NAME", "from the lake URI", "the storage account, for az://container/... lake URIs", LAKE),
+    s(
         "AZURE_CLIENT_ID",
         "unset",
         "the user-assigned managed identity, workload identity or service principal",

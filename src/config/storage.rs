@@ -118,7 +118,42 @@ pub fn from_lookup(lake: &Lake, get: &impl Fn(&str) -> Option<String>) -> Result
         set(&mut o, "use_emulator", "true".into());
         set(&mut o, "allow_http", "true".into());
     }
+    // Where the account is, when the lake URI does not say it (`az://container/...`), or at another endpoint (a
+    // private endpoint, a sovereign cloud, a local emulator over HTTPS).
+    if let Some(account) = get("AZURE_STORAGE_ACCOUNT_NAME").filter(|s| !s.is_empty()) {
+        set(&mut o, "azure_storage_account_name", account);
+    }
+    if let Some(endpoint) = get("SEGMENT_DELTA_STORAGE_ENDPOINT").filter(|s| !s.trim().is_empty()) {
+        if endpoint.trim().starts_with("http://") {
+            set(&mut o, "allow_http", "true".into());
+        }
+        set(&mut o, "azure_storage_endpoint", endpoint.trim().to_string());
+    }
+    if let Some(authority) = get("AZURE_AUTHORITY_HOST").filter(|s| !s.is_empty())
+        && matches!(kind.as_str(), "client-secret" | "workload-identity")
+    {
+        set(&mut o, "azure_authority_host", authority);
+    }
     Ok(Storage { options: o, credential })
+}
+
+/// The Azure store of the container `url` is in, built from exactly the settings' options: the credential the
+/// settings chose and nothing else. (Given options alone, the `deltalake` Azure store fills in credentials from any
+/// `AZURE_*` variable of the environment, so a stray account key or client secret could be used while the start-up
+/// line names the managed identity.)
+pub fn azure_store(
+    url: &url::Url,
+    storage_options: &HashMap<String, String>,
+) -> Result<std::sync::Arc<dyn object_store::ObjectStore>, deltalake::DeltaTableError> {
+    use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
+    use std::str::FromStr;
+    let mut builder = MicrosoftAzureBuilder::new().with_url(url.as_str());
+    for (key, value) in storage_options {
+        let key = AzureConfigKey::from_str(key)
+            .map_err(|e| deltalake::DeltaTableError::Generic(format!("storage option {key}: {e}")))?;
+        builder = builder.with_config(key, value);
+    }
+    Ok(std::sync::Arc::new(builder.build()?))
 }
 
 #[cfg(test)]
@@ -160,6 +195,14 @@ mod tests {
         assert_eq!(s.credential, "workload identity");
         let e = storage(&[("SEGMENT_DELTA_STORAGE_CREDENTIAL", "account-key")]).unwrap_err().to_string();
         assert!(e.starts_with("AZURE_STORAGE_ACCOUNT_KEY: is required"), "{e}");
+        // The chosen credential is the only one: a key lying around in the environment is not passed on.
+        let s = storage(&[
+            ("SEGMENT_DELTA_STORAGE_CREDENTIAL", "managed-identity"),
+            ("AZURE_STORAGE_ACCOUNT_KEY", "a2V5"),
+            ("AZURE_CLIENT_SECRET", "s"),
+        ])
+        .unwrap();
+        assert!(s.options.keys().all(|k| !k.contains("key") && !k.contains("secret")), "{:?}", s.options.keys());
         let s = storage(&[("SEGMENT_DELTA_STORAGE_EMULATOR", "true")]).unwrap();
         assert_eq!(s.options["use_emulator"], "true");
         assert!(storage(&[("SEGMENT_DELTA_STORAGE_CREDENTIAL", "magic")]).is_err());

@@ -326,6 +326,8 @@ impl Lakehouse {
             state.rules(Operation::Append).map_err(refused)?;
         }
         let mut plan = self.plan(table, cached.state.as_ref(), w.kind, &fresh);
+        // Columns the catalog added for this write (the append itself then adds none).
+        let mut added_by_catalog: Vec<String> = Vec::new();
         if let (Some(catalog), Some(state)) = (&self.catalog, &mut cached.state) {
             let catalog_err = |e: CatalogError| {
                 let retryable = e.retryable;
@@ -345,6 +347,7 @@ impl Lakehouse {
                 cached.streams.clear();
                 state.rules(Operation::Append).map_err(refused)?;
                 plan = self.plan(table, Some(state), w.kind, &fresh);
+                added_by_catalog = new.into_iter().map(|(n, _)| n).collect();
             }
         }
         let max = self.max_columns;
@@ -430,14 +433,9 @@ impl Lakehouse {
         if let Some(state) = &cached.state {
             self.maybe_checkpoint(&cached.log_store, state, version);
         }
-        Ok(Written {
-            version: version as i64,
-            rows,
-            new_columns: plan.new_columns,
-            discards,
-            conflict_retries: 0,
-            skipped,
-        })
+        let mut new_columns = plan.new_columns;
+        new_columns.extend(added_by_catalog);
+        Ok(Written { version: version as i64, rows, new_columns, discards, conflict_retries: 0, skipped })
     }
 
     fn plan(&self, table: &str, state: Option<&TableState>, kind: TableKind, rows: &[&Row]) -> Plan {

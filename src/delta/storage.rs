@@ -28,11 +28,16 @@ use url::Url;
 /// A builder of the table at `url`, on the storage its scheme and the settings name.
 pub fn builder(url: Url, storage_options: &HashMap<String, String>) -> Result<DeltaTableBuilder, DeltaTableError> {
     let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage_options.clone());
-    Ok(if url.scheme() == "file" {
-        let root: Arc<dyn ObjectStore> = Arc::new(SteadyLocal(LocalFileSystem::new()));
-        builder.with_storage_backend(root, url)
-    } else {
-        builder
+    Ok(match url.scheme() {
+        "file" => {
+            let root: Arc<dyn ObjectStore> = Arc::new(SteadyLocal(LocalFileSystem::new()));
+            builder.with_storage_backend(root, url)
+        }
+        "abfs" | "abfss" | "az" | "adl" | "azure" => {
+            let store = crate::config::storage::azure_store(&url, storage_options)?;
+            builder.with_storage_backend(store, url)
+        }
+        _ => builder,
     })
 }
 

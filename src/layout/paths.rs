@@ -84,16 +84,20 @@ pub async fn table_names(
     }
 }
 
-/// The object store at the lake's root (a remote lake).
+/// The object store at the lake's root (a remote lake), with exactly the settings' credential.
 pub fn root_store(
     root: &str,
     storage_options: &HashMap<String, String>,
 ) -> Result<deltalake::logstore::ObjectStoreRef, DeltaTableError> {
     let url = url::Url::parse(root).map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
-    Ok(DeltaTableBuilder::from_url(url)?
-        .with_storage_options(storage_options.clone())
-        .build_storage()?
-        .object_store(None))
+    let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage_options.clone());
+    let builder = match url.scheme() {
+        "abfs" | "abfss" | "az" | "adl" | "azure" => {
+            builder.with_storage_backend(crate::config::storage::azure_store(&url, storage_options)?, url)
+        }
+        _ => builder,
+    };
+    Ok(builder.build_storage()?.object_store(None))
 }
 
 #[cfg(test)]

@@ -223,7 +223,8 @@ async fn maintain_one(
     match &report.error {
         None => tracing::info!(table = %format!("{schema}.{table}"), progress, files_before = report.files_before,
             files_after = report.files_after, bytes_before = report.bytes_before, bytes_after = report.bytes_after,
-            commits = report.commits, vacuumed = report.vacuumed, seconds = report.seconds, "maintained"),
+            commits = report.commits, vacuumed = report.vacuumed, seconds = report.seconds,
+            skipped = %report.skipped.join("; "), "maintained"),
         Some(e) => tracing::warn!(table = %format!("{schema}.{table}"), progress, error = %e, "maintenance failed"),
     }
     report

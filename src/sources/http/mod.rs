@@ -182,7 +182,12 @@ async fn serve_one(
     }
     let res = api::handle(state, ApiRequest { method: method.as_str(), path, header: &lookup, body }).await;
     if res.status >= 500 {
-        tracing::warn!(path, status = res.status, error = %res.body["error"], "request failed");
+        tracing::warn!(
+            path,
+            status = res.status,
+            error = res.body["error"].as_str().unwrap_or_default(),
+            "request failed"
+        );
     }
     answered(path, &res);
     to_reply(res)
