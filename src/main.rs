@@ -250,9 +250,9 @@ async fn setup(config: Config, apply: bool, principal: Option<String>) -> anyhow
         segment_delta::config::Lake::Remote(uri) => uri.clone(),
         segment_delta::config::Lake::Local(p) => p.display().to_string(),
     };
-    let checks =
-        segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), apply, principal.as_deref())
-            .await;
+    use segment_delta::databricks::setup::{Subject, run_for};
+    let subject = principal.map_or_else(|| Subject::of_settings(&db.auth), Subject::Given);
+    let checks = run_for(&catalog, &lake, &config.sources.schemas(), apply, subject).await;
     for c in &checks {
         println!("{c}");
     }
@@ -390,7 +390,9 @@ async fn check(config: Config) -> anyhow::Result<()> {
             segment_delta::config::Lake::Remote(uri) => uri.clone(),
             segment_delta::config::Lake::Local(p) => p.display().to_string(),
         };
-        for c in segment_delta::databricks::setup::run(&catalog, &lake, &config.sources.schemas(), false, None).await {
+        let subject = segment_delta::databricks::setup::Subject::of_settings(&db.auth);
+        let schemas = config.sources.schemas();
+        for c in segment_delta::databricks::setup::run_for(&catalog, &lake, &schemas, false, subject).await {
             println!("{c}");
             failed += usize::from(!c.ok);
         }

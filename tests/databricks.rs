@@ -296,7 +296,9 @@ async fn setup_prints_a_checklist_with_fixes() {
         .filter(|c| !c.ok)
         .map(ToString::to_string)
         .collect();
-    assert!(lines.iter().any(|l| l.contains("GRANT ALL PRIVILEGES ON CATALOG `main` TO `sp-app-id`")), "{lines:?}");
+    let grant =
+        "GRANT USE CATALOG, USE SCHEMA, CREATE SCHEMA, CREATE TABLE, MODIFY, SELECT ON CATALOG `main` TO `sp-app-id`";
+    assert!(lines.iter().any(|l| l.contains(grant)), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("no external location covers the lake")), "{lines:?}");
     // Wrong credentials stop the checklist at the first line.
     let catalog = segment_delta::databricks::Databricks::new(&bare.config(Auth::Pat(Secret::new("wrong")))).unwrap();
@@ -350,4 +352,191 @@ async fn a_statement_past_its_deadline_is_cancelled_and_retried() {
     assert_eq!(track(&h.state, "s2", json!({"slow": 1})).await.0, 200);
     assert_eq!(emu.uc_columns("main.segment.signed_up").await, delta_names(&h, "signed_up"));
     assert_eq!(signed_up_ids(&h), vec!["s1", "s2"]);
+}
+
+/// The checklist's lines as printed.
+fn lines(checks: &[segment_delta::databricks::setup::Check]) -> Vec<String> {
+    checks.iter().map(ToString::to_string).collect()
+}
+
+fn line_with<'a>(lines: &'a [String], needle: &str) -> &'a str {
+    lines.iter().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("no line with {needle:?} in {lines:#?}"))
+}
+
+const FUNCTION_SP: &str = "0b6f1b8e-4f1c-4d7e-9a51-3c2f7d9e8a10";
+const LAKE: &str = "abfss://lake@acct.dfs.core.windows.net/bronze";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_checks_the_functions_identity_through_its_groups_and_ownership() {
+    let emu = Emulator::start(&[
+        // The deployer's token: an admin with every privilege, whose grants say nothing about the function's.
+        "--principal",
+        "deployer@example.com",
+        "--service-principal",
+        &format!("application_id={FUNCTION_SP}:display_name=segment-delta-func"),
+        "--group",
+        &format!("display_name=loaders:members={FUNCTION_SP}:entitlements=databricks-sql-access"),
+        "--group",
+        "display_name=users:entitlements=workspace-access",
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--warehouse",
+        "wh:ddl:RUNNING",
+        "--grant",
+        "principal=loaders:securable=catalog/main:privileges=USE_CATALOG,USE_SCHEMA,CREATE_SCHEMA,CREATE_TABLE,MODIFY,SELECT",
+        "--grant",
+        "principal=deployer@example.com:securable=catalog/main:privileges=ALL_PRIVILEGES",
+        "--owner",
+        &format!("securable=external_location/bronze:principal={FUNCTION_SP}"),
+        "--warehouse-permission",
+        "warehouse=wh:group_name=loaders:level=CAN_USE",
+    ]);
+    let mut cfg = emu.config(Auth::Pat(Secret::new(PAT)));
+    cfg.warehouse_id = Some("wh".into());
+    let catalog = segment_delta::databricks::Databricks::new(&cfg).unwrap();
+    let checks = segment_delta::databricks::setup::run(&catalog, LAKE, &[], false, Some(FUNCTION_SP)).await;
+    let out = lines(&checks);
+    assert!(checks.iter().all(|c| c.ok), "{out:#?}");
+    assert!(line_with(&out, "checking the grants of").contains(&format!("{FUNCTION_SP}: given with --principal")));
+    // (a) privileges inherited through an account group, with where they come from.
+    let privileges = line_with(&out, "on catalog main");
+    assert!(
+        privileges.contains("USE CATALOG, USE SCHEMA, CREATE SCHEMA, CREATE TABLE, MODIFY, SELECT on catalog main: ")
+    );
+    assert!(privileges.ends_with("through group loaders"), "{privileges}");
+    // (b) the owner of the external location holds every privilege on it.
+    assert!(
+        line_with(&out, "external location bronze:").contains(&format!("{FUNCTION_SP} owns external location bronze"))
+    );
+    // Entitlements and the warehouse, through the same group.
+    assert!(line_with(&out, "databricks-sql-access").ends_with("entitlement through group loaders"));
+    assert!(line_with(&out, "allow-cluster-create").contains("may not create clusters"));
+    assert!(line_with(&out, "may use SQL warehouse").ends_with("wh: CAN_USE through group loaders"));
+
+    // Without --principal the token's owner is checked, and the line says so.
+    let checks = segment_delta::databricks::setup::run(&catalog, LAKE, &[], false, None).await;
+    let out = lines(&checks);
+    assert!(line_with(&out, "checking the grants of deployer@example.com").contains("the owner of DATABRICKS_TOKEN"));
+    assert!(line_with(&out, "on catalog main").contains("ALL PRIVILEGES granted directly"), "{out:#?}");
+    assert!(
+        line_with(&out, "may use SQL warehouse")
+            .contains("CAN_MANAGE through group admins (inherited from /sql/warehouses/)")
+    );
+    let location = line_with(&out, "on external location bronze");
+    assert!(location.contains("GRANT CREATE EXTERNAL TABLE, READ FILES, WRITE FILES ON EXTERNAL LOCATION `bronze` TO `deployer@example.com`"), "{location}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_names_each_missing_grant_entitlement_and_warehouse_permission_with_its_fix() {
+    let emu = Emulator::start(&[
+        "--principal",
+        "deployer@example.com",
+        "--service-principal",
+        &format!("application_id={FUNCTION_SP}"),
+        "--group",
+        &format!("display_name=readers:members={FUNCTION_SP}"),
+        "--group",
+        "display_name=users:entitlements=workspace-access",
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--warehouse",
+        "wh:ddl:RUNNING",
+        "--grant",
+        &format!(
+            "principal={FUNCTION_SP}:securable=catalog/main:privileges=USE_CATALOG,USE_SCHEMA,CREATE_TABLE,SELECT"
+        ),
+        "--grant",
+        "principal=readers:securable=external_location/bronze:privileges=READ_FILES",
+        "--warehouse-permission",
+        &format!("warehouse=wh:service_principal_name={FUNCTION_SP}:level=CAN_VIEW"),
+    ]);
+    let mut cfg = emu.config(Auth::Pat(Secret::new(PAT)));
+    cfg.warehouse_id = Some("wh".into());
+    let catalog = segment_delta::databricks::Databricks::new(&cfg).unwrap();
+    let checks = segment_delta::databricks::setup::run(&catalog, LAKE, &[], false, Some(FUNCTION_SP)).await;
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(ToString::to_string).collect();
+    assert_eq!(failed.len(), 4, "{failed:#?}");
+    // (c) a missing privilege: FAIL with the GRANT that adds exactly what is missing.
+    let catalog_line = line_with(&failed, "on catalog main");
+    assert!(catalog_line.contains(&format!("{FUNCTION_SP} lacks CREATE SCHEMA, MODIFY on catalog main")));
+    assert!(catalog_line.contains("(it has USE CATALOG, USE SCHEMA, CREATE TABLE, SELECT granted directly)"));
+    assert!(catalog_line.ends_with(&format!("fix: GRANT CREATE SCHEMA, MODIFY ON CATALOG `main` TO `{FUNCTION_SP}`")));
+    let location = line_with(&failed, "on external location bronze");
+    assert!(location.contains("lacks CREATE EXTERNAL TABLE, WRITE FILES on external location bronze (it has READ FILES through group readers)"), "{location}");
+    // (d) no databricks-sql-access, neither its own nor its groups'.
+    let entitlement = line_with(&failed, "databricks-sql-access");
+    assert!(entitlement.contains("lacks the databricks-sql-access entitlement (nor do its groups"), "{entitlement}");
+    assert!(entitlement.contains("fix: databricks service-principals patch "), "{entitlement}");
+    // (e) CAN_VIEW does not let it run statements: FAIL with the CLI call that grants CAN_USE.
+    let warehouse = line_with(&failed, "may not use SQL warehouse wh");
+    assert!(warehouse.contains("no CAN_USE (only CAN_VIEW directly)"), "{warehouse}");
+    let fix = warehouse.split("fix: databricks warehouses update-permissions wh --json '").nth(1).expect("the CLI fix");
+    let body: Value = serde_json::from_str(fix.split('\'').next().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"access_control_list": [{"service_principal_name": FUNCTION_SP, "permission_level": "CAN_USE"}]})
+    );
+
+    // The fix, applied as the CLI would send it, makes the warehouse check pass.
+    let res = emu
+        .http
+        .patch(format!("{}/api/2.0/permissions/warehouses/wh", emu.url))
+        .bearer_auth(PAT)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let checks = segment_delta::databricks::setup::run(&catalog, LAKE, &[], false, Some(FUNCTION_SP)).await;
+    let out = lines(&checks);
+    assert!(line_with(&out, "may use SQL warehouse wh").ends_with("CAN_USE directly"), "{out:#?}");
+
+    // A principal the workspace and the metastore do not know.
+    let checks = segment_delta::databricks::setup::run(&catalog, LAKE, &[], false, Some("ghost")).await;
+    let failed: Vec<String> = checks.iter().filter(|c| !c.ok).map(ToString::to_string).collect();
+    assert!(line_with(&failed, "ghost is neither a service principal").contains("Service principals → Add"));
+    assert!(
+        line_with(&failed, "cannot read the effective permissions of ghost on catalog main")
+            .contains("Unity Catalog does not know ghost")
+    );
+    assert!(line_with(&failed, "may not use SQL warehouse wh").contains("\"user_name\":\"ghost\""));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_checks_the_service_principal_the_settings_authenticate_as() {
+    use segment_delta::databricks::setup::{Subject, run_for};
+    let emu = Emulator::start(&[
+        "--client-id",
+        FUNCTION_SP,
+        "--client-secret",
+        "sp-secret",
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--grant",
+        &format!("principal={FUNCTION_SP}:securable=catalog/main:privileges=ALL_PRIVILEGES"),
+    ]);
+    let auth = Auth::OAuthM2m { client_id: FUNCTION_SP.into(), client_secret: Secret::new("sp-secret") };
+    let subject = Subject::of_settings(&auth);
+    assert_eq!(subject, Subject::Configured { id: FUNCTION_SP.into(), setting: "DATABRICKS_CLIENT_ID" });
+    let catalog = segment_delta::databricks::Databricks::new(&emu.config(auth)).unwrap();
+    let out = lines(&run_for(&catalog, LAKE, &[], false, subject).await);
+    let who = line_with(&out, "checking the grants of");
+    assert!(
+        who.ends_with(&format!(
+            "{FUNCTION_SP}: the service principal these settings authenticate as (DATABRICKS_CLIENT_ID)"
+        )),
+        "{who}"
+    );
+    assert!(line_with(&out, "credentials (OAuth machine-to-machine) accepted as").ends_with(FUNCTION_SP));
+    assert!(line_with(&out, "on catalog main").contains("ALL PRIVILEGES granted directly"), "{out:#?}");
+    assert!(line_with(&out, "databricks-sql-access").contains(&format!("service principal {FUNCTION_SP} has")));
+
+    let msi =
+        |client_id: Option<&str>| Auth::AzureMsi { endpoint: None, header: None, client_id: client_id.map(Into::into) };
+    assert_eq!(Subject::of_settings(&msi(None)), Subject::Caller);
+    assert_eq!(
+        Subject::of_settings(&msi(Some("mi-client"))),
+        Subject::Configured { id: "mi-client".into(), setting: "AZURE_CLIENT_ID" }
+    );
+    assert_eq!(Subject::of_settings(&Auth::Pat(Secret::new(PAT))), Subject::Caller);
 }

@@ -15,18 +15,20 @@ use crate::state::Emulator;
 /// The AzureDatabricks application: the resource (or `<resource>/.default` scope) Entra tokens are issued for.
 pub const AZURE_DATABRICKS: &str = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1d";
 
-fn issue(emu: &Emulator, kind: &str) -> (String, Duration) {
+/// Issues a token that identifies `identity` (the application id of the service principal it was issued to).
+fn issue(emu: &Emulator, kind: &str, identity: &str) -> (String, Duration) {
     let token = format!("emu-{kind}-{}", uuid::Uuid::new_v4().simple());
     let ttl = emu.settings.token_ttl;
     let mut inner = emu.lock();
     let now = Instant::now();
-    inner.tokens.retain(|_, expiry| *expiry > now);
-    inner.tokens.insert(token.clone(), now + ttl);
+    inner.tokens.retain(|_, (expiry, _)| *expiry > now);
+    inner.tokens.insert(token.clone(), (now + ttl, identity.to_string()));
     (token, ttl)
 }
 
-/// Every `/api/` request: `Authorization: Bearer <PAT or issued, unexpired token>`.
-pub fn check_bearer(emu: &Emulator, headers: &HeaderMap) -> Result<(), ApiError> {
+/// Every `/api/` request: `Authorization: Bearer <PAT or issued, unexpired token>`. Returns whom the token
+/// identifies: `--principal` for the PAT, the service principal a token was issued to otherwise.
+pub fn check_bearer(emu: &Emulator, headers: &HeaderMap) -> Result<String, ApiError> {
     let not_sent = || ApiError::unauthenticated("Credential was not sent or was of an unsupported type for this API.");
     let value = headers.get(warp::http::header::AUTHORIZATION).ok_or_else(not_sent)?;
     let value = value.to_str().map_err(|_| not_sent())?;
@@ -36,10 +38,10 @@ pub fn check_bearer(emu: &Emulator, headers: &HeaderMap) -> Result<(), ApiError>
     }
     let token = token.trim();
     if token == emu.settings.token {
-        return Ok(());
+        return Ok(emu.settings.principal.clone());
     }
     match emu.lock().tokens.get(token) {
-        Some(expiry) if *expiry > Instant::now() => Ok(()),
+        Some((expiry, identity)) if *expiry > Instant::now() => Ok(identity.clone()),
         Some(_) => Err(ApiError::unauthenticated("Token expired.")),
         None => Err(ApiError::unauthenticated("Invalid access token.")),
     }
@@ -87,7 +89,8 @@ pub fn oidc_token(emu: &Emulator, headers: &HeaderMap, body: &[u8]) -> Resp {
     if !scopes.contains(&"all-apis") {
         return oauth_error(400, "invalid_scope", "scope must include all-apis");
     }
-    let (token, ttl) = issue(emu, "oauth");
+    let client_id = emu.settings.client.as_ref().map(|(cid, _)| cid.clone()).unwrap_or_default();
+    let (token, ttl) = issue(emu, "oauth", &client_id);
     Resp::ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": ttl.as_secs(), "scope": "all-apis"}))
 }
 
@@ -112,9 +115,9 @@ pub fn msi_token(emu: &Emulator, headers: &HeaderMap, query: &HashMap<String, St
             format!("This emulator issues tokens only for {AZURE_DATABRICKS}"),
         );
     }
-    let (token, ttl) = issue(emu, "msi");
-    let expires_on = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
     let client_id = query.get("client_id").cloned().unwrap_or_else(|| "00000000-0000-0000-0000-00000000a11d".into());
+    let (token, ttl) = issue(emu, "msi", &client_id);
+    let expires_on = chrono::Utc::now().timestamp() + ttl.as_secs() as i64;
     Resp::ok(json!({
         "access_token": token, "expires_on": expires_on.to_string(), "resource": AZURE_DATABRICKS,
         "token_type": "Bearer", "client_id": client_id,
@@ -155,7 +158,7 @@ pub fn entra_token(emu: &Emulator, tenant: &str, headers: &HeaderMap, body: &[u8
             format!("AADSTS70011: The scope must be {AZURE_DATABRICKS}/.default"),
         );
     }
-    let (token, ttl) = issue(emu, "entra");
+    let (token, ttl) = issue(emu, "entra", &app.client_id);
     Resp::ok(json!({"token_type": "Bearer", "expires_in": ttl.as_secs(), "ext_expires_in": ttl.as_secs(),
                     "access_token": token}))
 }

@@ -12,7 +12,7 @@ use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::errors::{ApiError, Resp};
 use crate::state::Emulator;
-use crate::{auth, control, statements, unity, warehouses};
+use crate::{auth, control, scim, statements, unity, warehouses};
 
 struct Req {
     method: String,
@@ -99,27 +99,41 @@ async fn dispatch(emu: &Arc<Emulator>, req: Req) -> Resp {
         (_, ["api", ..]) => {}
         _ => return ApiError::no_endpoint(m, &req.path).into_resp(),
     }
-    if let Err(e) = auth::check_bearer(emu, &req.headers) {
-        return e.into_resp();
-    }
-    api(emu, m, &segs[1..], &req).await.unwrap_or_else(ApiError::into_resp)
+    let caller = match auth::check_bearer(emu, &req.headers) {
+        Ok(c) => c,
+        Err(e) => return e.into_resp(),
+    };
+    api(emu, m, &segs[1..], &req, &caller).await.unwrap_or_else(ApiError::into_resp)
 }
 
-async fn api(emu: &Arc<Emulator>, m: &str, segs: &[&str], req: &Req) -> Result<Resp, ApiError> {
+async fn api(emu: &Arc<Emulator>, m: &str, segs: &[&str], req: &Req, caller: &str) -> Result<Resp, ApiError> {
+    let directory = &emu.settings.directory;
     match (m, segs) {
         ("GET", ["2.0", "sql", "warehouses"]) => warehouses::list(emu),
-        ("POST", ["2.0", "sql", "warehouses"]) => warehouses::create(emu, &json_body(req)?),
+        ("POST", ["2.0", "sql", "warehouses"]) => warehouses::create(emu, &json_body(req)?, caller),
         ("GET", ["2.0", "sql", "warehouses", id]) => warehouses::get(emu, id),
         ("POST", ["2.0", "sql", "warehouses", id, "start"]) => warehouses::start(emu, id),
         ("POST", ["2.0", "sql", "warehouses", id, "stop"]) => warehouses::stop(emu, id),
         ("POST", ["2.0", "sql", "statements"]) => statements::submit(emu, &json_body(req)?).await,
         ("GET", ["2.0", "sql", "statements", id]) => statements::get(emu, id),
         ("POST", ["2.0", "sql", "statements", id, "cancel"]) => statements::cancel(emu, id),
-        ("GET", ["2.0", "preview", "scim", "v2", "Me"]) => Ok(Resp {
-            status: 200,
-            body: serde_json::json!({"userName": emu.settings.principal, "active": true}),
-            headers: Vec::new(),
-        }),
+        ("GET", ["2.0", "preview", "scim", "v2", "Me"]) => Ok(Resp::ok(directory.me(caller))),
+        ("GET", ["2.0", "preview", "scim", "v2", "ServicePrincipals"]) => {
+            Ok(scim::list_service_principals(directory, &req.query))
+        }
+        ("GET", ["2.0", "preview", "scim", "v2", "ServicePrincipals", id]) => {
+            Ok(scim::get_service_principal(directory, id, &req.query))
+        }
+        ("GET", ["2.0", "preview", "scim", "v2", "Users"]) => Ok(scim::list_users(directory, &req.query)),
+        ("GET", ["2.0", "preview", "scim", "v2", "Users", id]) => Ok(scim::get_user(directory, id, &req.query)),
+        ("GET", ["2.0", "preview", "scim", "v2", "Groups"]) => Ok(scim::list_groups(directory, &req.query)),
+        ("GET", ["2.0", "preview", "scim", "v2", "Groups", id]) => Ok(scim::get_group(directory, id, &req.query)),
+        ("GET", ["2.0", "permissions", "warehouses", id] | ["2.0", "permissions", "sql", "warehouses", id]) => {
+            warehouses::get_permissions(emu, id)
+        }
+        ("PATCH", ["2.0", "permissions", "warehouses", id] | ["2.0", "permissions", "sql", "warehouses", id]) => {
+            warehouses::update_permissions(emu, id, &json_body(req)?)
+        }
         ("GET", ["2.1", "unity-catalog", "catalogs", name]) => unity::get_catalog(emu, name),
         ("GET", ["2.1", "unity-catalog", "schemas", name]) => unity::get_schema(emu, name),
         ("POST", ["2.1", "unity-catalog", "schemas"]) => unity::create_schema(emu, &json_body(req)?),
@@ -127,7 +141,10 @@ async fn api(emu: &Arc<Emulator>, m: &str, segs: &[&str], req: &Req) -> Result<R
         ("GET", ["2.1", "unity-catalog", "external-locations"]) => unity::list_external_locations(emu),
         ("GET", ["2.1", "unity-catalog", "external-locations", name]) => unity::get_external_location(emu, name),
         ("GET", ["2.1", "unity-catalog", "permissions", kind, name]) => {
-            unity::get_permissions(emu, kind, name, req.query.get("principal").map(String::as_str))
+            unity::get_permissions(emu, kind, name, &req.query)
+        }
+        ("GET", ["2.1", "unity-catalog", "effective-permissions", kind, name]) => {
+            unity::get_effective_permissions(emu, kind, name, &req.query)
         }
         _ => Err(ApiError::no_endpoint(m, &req.path)),
     }

@@ -8,6 +8,7 @@ mod delta;
 mod errors;
 mod exec;
 mod http;
+mod scim;
 mod sql;
 mod state;
 mod statements;
@@ -20,8 +21,9 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::scim::{Declared, DeclaredGroup, Directory, Kind};
 use crate::state::{EntraClient, Grant, Settings, UcColumns};
-use crate::warehouses::{WarehouseSeed, WhState};
+use crate::warehouses::{AclEntry, WarehouseSeed, WhState};
 
 #[derive(Parser, Debug)]
 #[command(name = "databricks-emulator", about = "A strict local Databricks API emulator for tests")]
@@ -53,9 +55,29 @@ struct Args {
     /// Lifetime of every issued token.
     #[arg(long, default_value_t = 3600)]
     token_ttl_secs: u64,
-    /// The caller's name as `GET /api/2.0/preview/scim/v2/Me` reports it.
+    /// Whom the personal access token belongs to (`GET /api/2.0/preview/scim/v2/Me`): a declared service
+    /// principal's application id or user's name, else a user of that name. It is in the `admins` group.
     #[arg(long, default_value = "segment-delta")]
     principal: String,
+    /// A service principal as `application_id=ID[:display_name=NAME][:entitlements=A,B]` (repeatable).
+    #[arg(long = "service-principal", value_parser = parse_service_principal)]
+    service_principals: Vec<(String, Option<String>, Vec<String>)>,
+    /// A user as `user_name=NAME[:entitlements=A,B]` (repeatable).
+    #[arg(long = "user", value_parser = parse_user)]
+    users: Vec<(String, Vec<String>)>,
+    /// A group as `display_name=NAME[:members=A,B][:entitlements=A,B][:workspace_local=true]` (repeatable).
+    /// Members are application ids, user names or group names. `users` and `admins` exist already; naming them
+    /// sets their entitlements (and adds members to `admins`).
+    #[arg(long = "group", value_parser = parse_group)]
+    groups: Vec<DeclaredGroup>,
+    /// The owner of a catalog, schema or external location as `securable=TYPE/FULL_NAME:principal=P`
+    /// (repeatable); the default owner is emulator@example.com.
+    #[arg(long = "owner", value_parser = parse_owner)]
+    owners: Vec<(String, String, String)>,
+    /// A permission on a `--warehouse` as
+    /// `warehouse=ID:(user_name|service_principal_name|group_name)=P:level=CAN_USE` (repeatable).
+    #[arg(long = "warehouse-permission", value_parser = parse_warehouse_permission)]
+    warehouse_permissions: Vec<(String, String, String, String)>,
     /// How long a warehouse stays STARTING.
     #[arg(long, default_value_t = 300)]
     warehouse_start_ms: u64,
@@ -132,6 +154,98 @@ fn parse_grant(s: &str) -> Result<Grant, String> {
     }
 }
 
+/// `key=value` pairs separated by `:`, each key one of `allowed` and at most once.
+fn pairs<'a>(s: &'a str, allowed: &[&str]) -> Result<std::collections::HashMap<&'a str, &'a str>, String> {
+    let mut out = std::collections::HashMap::new();
+    for part in s.split(':') {
+        match part.split_once('=') {
+            Some((k, v)) if allowed.contains(&k) && !v.is_empty() && !out.contains_key(k) => {
+                out.insert(k, v);
+            }
+            _ => return Err(format!("'{s}': unexpected '{part}'; the keys are {}", allowed.join(", "))),
+        }
+    }
+    Ok(out)
+}
+
+fn list(v: Option<&&str>) -> Vec<String> {
+    v.map(|v| v.split(',').map(str::trim).filter(|x| !x.is_empty()).map(str::to_string).collect()).unwrap_or_default()
+}
+
+fn entitlement_list(v: Option<&&str>) -> Result<Vec<String>, String> {
+    let all = list(v);
+    match all.iter().find(|e| !scim::ENTITLEMENTS.contains(&e.as_str())) {
+        Some(e) => Err(format!("unknown entitlement '{e}'; expected {}", scim::ENTITLEMENTS.join(", "))),
+        None => Ok(all),
+    }
+}
+
+fn parse_service_principal(s: &str) -> Result<(String, Option<String>, Vec<String>), String> {
+    let p = pairs(s, &["application_id", "display_name", "entitlements"])?;
+    let app = p.get("application_id").ok_or_else(|| format!("'{s}': application_id is required"))?;
+    Ok((app.to_string(), p.get("display_name").map(|n| n.to_string()), entitlement_list(p.get("entitlements"))?))
+}
+
+fn parse_user(s: &str) -> Result<(String, Vec<String>), String> {
+    let p = pairs(s, &["user_name", "entitlements"])?;
+    let name = p.get("user_name").ok_or_else(|| format!("'{s}': user_name is required"))?;
+    Ok((name.to_string(), entitlement_list(p.get("entitlements"))?))
+}
+
+fn parse_group(s: &str) -> Result<DeclaredGroup, String> {
+    let p = pairs(s, &["display_name", "members", "entitlements", "workspace_local"])?;
+    let name = p.get("display_name").ok_or_else(|| format!("'{s}': display_name is required"))?;
+    let entitlements = match p.get("entitlements") {
+        None => None,
+        Some(e) if *e == "none" => Some(Vec::new()),
+        e => Some(entitlement_list(e)?),
+    };
+    let local = match p.get("workspace_local").copied() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => return Err(format!("'{s}': workspace_local is true or false, not '{other}'")),
+    };
+    let builtin = *name == "users" || *name == "admins";
+    if builtin && p.contains_key("workspace_local") {
+        return Err(format!("'{s}': `{name}` is a workspace-local group already"));
+    }
+    Ok(DeclaredGroup {
+        display_name: name.to_string(),
+        members: list(p.get("members")),
+        entitlements,
+        workspace_local: local,
+    })
+}
+
+fn parse_owner(s: &str) -> Result<(String, String, String), String> {
+    let p = pairs(s, &["securable", "principal"])?;
+    let (t, n) = p
+        .get("securable")
+        .and_then(|v| v.split_once('/'))
+        .ok_or_else(|| format!("'{s}': expected securable=TYPE/FULL_NAME:principal=P"))?;
+    let t = t.to_lowercase();
+    if !["catalog", "schema", "external_location"].contains(&t.as_str()) {
+        return Err(format!("'{s}': owners can be set on a catalog, schema or external_location"));
+    }
+    let principal = p.get("principal").ok_or_else(|| format!("'{s}': principal is required"))?;
+    Ok((t, n.to_lowercase(), principal.to_string()))
+}
+
+fn parse_warehouse_permission(s: &str) -> Result<(String, String, String, String), String> {
+    let keys = ["warehouse", "user_name", "service_principal_name", "group_name", "level"];
+    let p = pairs(s, &keys)?;
+    let warehouse = p.get("warehouse").ok_or_else(|| format!("'{s}': warehouse is required"))?;
+    let named: Vec<&str> = keys[1..4].iter().copied().filter(|k| p.contains_key(k)).collect();
+    let [key] = named.as_slice() else {
+        return Err(format!("'{s}': exactly one of user_name, service_principal_name, group_name"));
+    };
+    let level = p.get("level").copied().unwrap_or("");
+    if !warehouses::LEVELS.contains(&level) {
+        return Err(format!("'{s}': level must be one of {}", warehouses::LEVELS.join(", ")));
+    }
+    Ok((warehouse.to_string(), key.to_string(), p[key].to_string(), level.to_string()))
+}
+
 fn settings(args: Args) -> Result<Settings, String> {
     let catalogs = if args.catalogs.is_empty() { vec!["main".to_string()] } else { args.catalogs };
     if let Some((c, _)) = args.schemas.iter().find(|(c, _)| !catalogs.iter().any(|k| k.eq_ignore_ascii_case(c))) {
@@ -151,6 +265,61 @@ fn settings(args: Args) -> Result<Settings, String> {
         }
         _ => None,
     };
+    let declared = Declared { service_principals: args.service_principals, users: args.users, groups: args.groups };
+    let mut implicit_sps: Vec<&str> = Vec::new();
+    if let (Some(id), Some(_)) = (&args.client_id, &args.client_secret) {
+        implicit_sps.push(id);
+    }
+    if let Some(e) = &entra {
+        implicit_sps.push(&e.client_id);
+    }
+    let directory = Directory::build(&declared, &args.principal, &[unity::OWNER], &implicit_sps)?;
+    let unknown = |p: &str, flag: &str| {
+        format!(
+            "{flag}: Could not find principal with name {p} (declare it with --service-principal, --user or \
+             --group; workspace-local groups are not Unity Catalog principals)"
+        )
+    };
+    if let Some(g) = args.grants.iter().find(|g| !directory.uc_principal(&g.principal)) {
+        return Err(unknown(&g.principal, "--grant"));
+    }
+    for (t, n, p) in &args.owners {
+        let exists = match t.as_str() {
+            "catalog" => catalogs.iter().any(|c| c.eq_ignore_ascii_case(n)),
+            "schema" => n.split_once('.').is_some_and(|(c, s)| {
+                args.schemas.iter().any(|(a, b)| a.eq_ignore_ascii_case(c) && b.eq_ignore_ascii_case(s))
+                    || (catalogs.iter().any(|k| k.eq_ignore_ascii_case(c))
+                        && (s == "default" || s == "information_schema"))
+            }),
+            _ => args.external_locations.iter().any(|(name, _)| name.eq_ignore_ascii_case(n)),
+        };
+        if !exists {
+            return Err(format!("--owner: there is no {t} '{n}'"));
+        }
+        if !directory.uc_principal(p) {
+            return Err(unknown(p, "--owner"));
+        }
+    }
+    let mut warehouse_acl = Vec::new();
+    for (w, key, p, level) in args.warehouse_permissions {
+        if !args.warehouses.iter().any(|s| s.id == w) {
+            return Err(format!("--warehouse-permission: no --warehouse has the id '{w}'"));
+        }
+        let kind = match key.as_str() {
+            "user_name" => Kind::User,
+            "service_principal_name" => Kind::ServicePrincipal,
+            _ => Kind::Group,
+        };
+        let known = match kind {
+            Kind::User => directory.user(&p).is_some(),
+            Kind::ServicePrincipal => directory.sp(&p).is_some(),
+            Kind::Group => directory.group(&p).is_some(),
+        };
+        if !known {
+            return Err(format!("--warehouse-permission: {key} '{p}' is not declared"));
+        }
+        warehouse_acl.push((w, AclEntry { kind, principal: p, level }));
+    }
     Ok(Settings {
         token: args.token,
         client: args.client_id.zip(args.client_secret),
@@ -166,6 +335,9 @@ fn settings(args: Args) -> Result<Settings, String> {
         grants: args.grants,
         uc_columns: args.uc_columns,
         principal: args.principal,
+        directory,
+        owners: args.owners,
+        warehouse_acl,
     })
 }
 

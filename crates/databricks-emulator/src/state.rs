@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::control::Fault;
+use crate::scim::Directory;
 use crate::statements::Statement;
 use crate::unity::Catalog;
-use crate::warehouses::{Warehouse, WarehouseSeed};
+use crate::warehouses::{AclEntry, Warehouse, WarehouseSeed};
 
 /// An Entra ID (Azure AD) app registration the Entra-shaped token endpoint accepts.
 #[derive(Clone)]
@@ -54,14 +55,31 @@ pub struct Settings {
     pub external_locations: Vec<(String, String)>,
     pub grants: Vec<Grant>,
     pub uc_columns: UcColumns,
-    /// Who the caller is, as the SCIM `Me` endpoint answers (the name grants are made to).
+    /// Who the caller of the personal access token is, as the SCIM `Me` endpoint answers.
     pub principal: String,
+    /// Users, service principals and groups of the workspace.
+    pub directory: Directory,
+    /// Owners other than the default, as `(securable type, full name, principal)`.
+    pub owners: Vec<(String, String, String)>,
+    /// Permissions on seeded warehouses, as `(warehouse id, entry)`.
+    pub warehouse_acl: Vec<(String, AclEntry)>,
+}
+
+impl Settings {
+    /// The owner of a catalog, schema or external location.
+    pub fn owner(&self, securable_type: &str, full_name: &str) -> String {
+        self.owners
+            .iter()
+            .find(|(t, n, _)| t == securable_type && n.eq_ignore_ascii_case(full_name))
+            .map_or_else(|| crate::unity::OWNER.to_string(), |(_, _, p)| p.clone())
+    }
 }
 
 /// Mutable state. Never held across an `.await`.
 pub struct Inner {
-    /// Issued OAuth / managed identity / Entra tokens and when each expires. The PAT never expires.
-    pub tokens: HashMap<String, Instant>,
+    /// Issued OAuth / managed identity / Entra tokens: when each expires and whom it identifies. The PAT never
+    /// expires and identifies `--principal`.
+    pub tokens: HashMap<String, (Instant, String)>,
     pub warehouses: Vec<Warehouse>,
     pub statements: HashMap<String, Statement>,
     /// Statement ids in the order they were received.
@@ -75,7 +93,16 @@ impl Inner {
     fn new(settings: &Settings) -> Self {
         Inner {
             tokens: HashMap::new(),
-            warehouses: settings.warehouses.iter().map(Warehouse::from_seed).collect(),
+            warehouses: settings
+                .warehouses
+                .iter()
+                .map(|seed| {
+                    let mut w = Warehouse::from_seed(seed);
+                    w.acl =
+                        settings.warehouse_acl.iter().filter(|(id, _)| *id == w.id).map(|(_, e)| e.clone()).collect();
+                    w
+                })
+                .collect(),
             statements: HashMap::new(),
             order: Vec::new(),
             uc: Catalog::new(&settings.catalogs, &settings.schemas),

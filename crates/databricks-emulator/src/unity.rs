@@ -1,6 +1,6 @@
 //! Unity Catalog: the catalog → schema → table model, and the REST endpoints the project reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value, json};
 
@@ -9,7 +9,8 @@ use crate::errors::{ApiError, Resp};
 use crate::state::{Emulator, UcColumns, now_ms};
 
 const METASTORE_ID: &str = "5e1d0a7e-0000-4000-8000-00000000e001";
-const OWNER: &str = "emulator@example.com";
+/// The owner of whatever `--owner` does not name, and the creator of the seeded warehouses.
+pub const OWNER: &str = "emulator@example.com";
 const SECURABLE_TYPES: [&str; 10] = [
     "metastore",
     "catalog",
@@ -87,14 +88,14 @@ fn schema_missing(cat: &str, sch: &str) -> ApiError {
     ApiError::not_found("SCHEMA_DOES_NOT_EXIST", format!("Schema '{cat}.{sch}' does not exist."))
 }
 
-fn catalog_json(name: &str, e: &Entity) -> Value {
-    json!({"name": name, "full_name": name, "owner": OWNER, "catalog_type": "MANAGED_CATALOG",
+fn catalog_json(name: &str, e: &Entity, owner: &str) -> Value {
+    json!({"name": name, "full_name": name, "owner": owner, "catalog_type": "MANAGED_CATALOG",
            "metastore_id": METASTORE_ID, "id": e.id, "created_at": e.created_at, "created_by": OWNER,
            "updated_at": e.created_at, "isolation_mode": "OPEN", "properties": {}})
 }
 
-fn schema_json(cat: &str, sch: &str, e: &Entity) -> Value {
-    json!({"name": sch, "catalog_name": cat, "full_name": format!("{cat}.{sch}"), "owner": OWNER,
+fn schema_json(cat: &str, sch: &str, e: &Entity, owner: &str) -> Value {
+    json!({"name": sch, "catalog_name": cat, "full_name": format!("{cat}.{sch}"), "owner": owner,
            "metastore_id": METASTORE_ID, "schema_id": e.id, "created_at": e.created_at, "created_by": OWNER,
            "updated_at": e.created_at, "catalog_type": "MANAGED_CATALOG", "properties": {}})
 }
@@ -103,7 +104,7 @@ pub fn get_catalog(emu: &Emulator, name: &str) -> Result<Resp, ApiError> {
     let name = name.to_lowercase();
     let inner = emu.lock();
     let e = inner.uc.catalogs.get(&name).ok_or_else(|| catalog_missing(&name))?;
-    Ok(Resp::ok(catalog_json(&name, e)))
+    Ok(Resp::ok(catalog_json(&name, e, &emu.settings.owner("catalog", &name))))
 }
 
 pub fn get_schema(emu: &Emulator, full: &str) -> Result<Resp, ApiError> {
@@ -113,7 +114,7 @@ pub fn get_schema(emu: &Emulator, full: &str) -> Result<Resp, ApiError> {
         return Err(catalog_missing(&n[0]));
     }
     let e = inner.uc.schemas.get(&(n[0].clone(), n[1].clone())).ok_or_else(|| schema_missing(&n[0], &n[1]))?;
-    Ok(Resp::ok(schema_json(&n[0], &n[1], e)))
+    Ok(Resp::ok(schema_json(&n[0], &n[1], e, &emu.settings.owner("schema", &full.to_lowercase()))))
 }
 
 /// A name Unity Catalog accepts for a catalog, schema or table.
@@ -141,7 +142,7 @@ pub fn create_schema(emu: &Emulator, body: &Value) -> Result<Resp, ApiError> {
         return Err(ApiError::new(409, "SCHEMA_ALREADY_EXISTS", format!("Schema '{cat}.{name}' already exists.")));
     }
     let e = Entity::new();
-    let body = schema_json(&cat, &name, &e);
+    let body = schema_json(&cat, &name, &e, OWNER);
     inner.uc.schemas.insert(key, e);
     Ok(Resp::ok(body))
 }
@@ -175,13 +176,13 @@ pub async fn get_table(emu: &Emulator, full: &str) -> Result<Resp, ApiError> {
     })))
 }
 
-fn location_json(name: &str, url: &str) -> Value {
+fn location_json(emu: &Emulator, name: &str, url: &str) -> Value {
     json!({"name": name, "url": url, "credential_name": "emulator-credential", "read_only": false,
-           "owner": OWNER, "metastore_id": METASTORE_ID, "created_by": OWNER, "isolation_mode": "ISOLATION_MODE_OPEN"})
+           "owner": emu.settings.owner("external_location", name), "metastore_id": METASTORE_ID, "created_by": OWNER, "isolation_mode": "ISOLATION_MODE_OPEN"})
 }
 
 pub fn list_external_locations(emu: &Emulator) -> Result<Resp, ApiError> {
-    let all: Vec<Value> = emu.settings.external_locations.iter().map(|(n, u)| location_json(n, u)).collect();
+    let all: Vec<Value> = emu.settings.external_locations.iter().map(|(n, u)| location_json(emu, n, u)).collect();
     Ok(Resp::ok(json!({"external_locations": all})))
 }
 
@@ -193,35 +194,79 @@ pub fn get_external_location(emu: &Emulator, name: &str) -> Result<Resp, ApiErro
                 format!("External Location '{name}' does not exist."),
             )
         })?;
-    Ok(Resp::ok(location_json(n, u)))
+    Ok(Resp::ok(location_json(emu, n, u)))
 }
 
-/// `GET .../permissions/{securable_type}/{full_name}[?principal=...]`: the `--grant` assignments on a securable.
-pub fn get_permissions(emu: &Emulator, kind: &str, full: &str, principal: Option<&str>) -> Result<Resp, ApiError> {
+/// Checks the securable type and that the securable exists; returns the type lower-cased and the name.
+fn securable(emu: &Emulator, kind: &str, full: &str) -> Result<(String, String), ApiError> {
     let kind = kind.to_lowercase();
     if !SECURABLE_TYPES.contains(&kind.as_str()) {
         return Err(ApiError::invalid(format!("Invalid securable type '{kind}'")));
     }
     let name = full.to_lowercase();
-    {
-        let inner = emu.lock();
-        let exists = match kind.as_str() {
-            "catalog" => inner.uc.catalogs.contains_key(&name),
-            "schema" => split_name(&name, 2, "schema")
-                .is_ok_and(|n| inner.uc.schemas.contains_key(&(n[0].clone(), n[1].clone()))),
-            "table" => split_name(&name, 3, "table")
-                .is_ok_and(|n| inner.uc.tables.contains_key(&(n[0].clone(), n[1].clone(), n[2].clone()))),
-            "external_location" => emu.settings.external_locations.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)),
-            _ => true,
-        };
-        if !exists {
-            return Err(ApiError::not_found("RESOURCE_DOES_NOT_EXIST", format!("{kind} '{full}' does not exist.")));
+    let inner = emu.lock();
+    let exists = match kind.as_str() {
+        "catalog" => inner.uc.catalogs.contains_key(&name),
+        "schema" => {
+            split_name(&name, 2, "schema").is_ok_and(|n| inner.uc.schemas.contains_key(&(n[0].clone(), n[1].clone())))
+        }
+        "table" => split_name(&name, 3, "table")
+            .is_ok_and(|n| inner.uc.tables.contains_key(&(n[0].clone(), n[1].clone(), n[2].clone()))),
+        "external_location" => emu.settings.external_locations.iter().any(|(n, _)| n.eq_ignore_ascii_case(&name)),
+        _ => true,
+    };
+    if !exists {
+        return Err(ApiError::not_found("RESOURCE_DOES_NOT_EXIST", format!("{kind} '{full}' does not exist.")));
+    }
+    Ok((kind, name))
+}
+
+/// The `principal` query parameter, which must name a Unity Catalog principal: a user, a service principal
+/// (application id) or an account group. Workspace-local groups are not principals of the metastore.
+fn principal_filter<'a>(emu: &Emulator, query: &'a HashMap<String, String>) -> Result<Option<&'a str>, ApiError> {
+    match query.get("principal").map(String::as_str) {
+        None => Ok(None),
+        Some(p) if emu.settings.directory.uc_principal(p) => Ok(Some(p)),
+        Some(p) => {
+            Err(ApiError::not_found("PRINCIPAL_DOES_NOT_EXIST", format!("Could not find principal with name {p}.")))
         }
     }
+}
+
+/// `max_results` and `page_token`: the emulator's answers fit one page, so it never issues a token.
+fn paging(query: &HashMap<String, String>) -> Result<(), ApiError> {
+    if let Some(m) = query.get("max_results") {
+        let n: i64 = m.parse().map_err(|_| ApiError::invalid(format!("max_results '{m}' is not an integer")))?;
+        if n < 0 || (1..150).contains(&n) {
+            return Err(ApiError::invalid(format!("max_results must be 0 or at least 150 (got {n})")));
+        }
+    }
+    if let Some(t) = query.get("page_token").filter(|t| !t.is_empty()) {
+        return Err(ApiError::invalid(format!("Invalid page_token '{t}'")));
+    }
+    Ok(())
+}
+
+/// Leaves an empty `privilege_assignments` out, as the service does with empty lists.
+fn assignments_body(list: Vec<Value>) -> Value {
+    if list.is_empty() { json!({}) } else { json!({"privilege_assignments": list}) }
+}
+
+/// `GET .../permissions/{securable_type}/{full_name}[?principal=...]`: the `--grant` assignments made on the
+/// securable itself.
+pub fn get_permissions(
+    emu: &Emulator,
+    kind: &str,
+    full: &str,
+    query: &HashMap<String, String>,
+) -> Result<Resp, ApiError> {
+    let (kind, name) = securable(emu, kind, full)?;
+    let principal = principal_filter(emu, query)?;
+    paging(query)?;
     let mut assignments: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for g in &emu.settings.grants {
         let matches = g.securable_type == kind && g.full_name.eq_ignore_ascii_case(&name);
-        if matches && principal.is_none_or(|p| p == g.principal) {
+        if matches && principal.is_none_or(|p| p.eq_ignore_ascii_case(&g.principal)) {
             let privileges = assignments.entry(g.principal.clone()).or_default();
             for p in &g.privileges {
                 if !privileges.contains(p) {
@@ -234,5 +279,62 @@ pub fn get_permissions(emu: &Emulator, kind: &str, full: &str, principal: Option
         .into_iter()
         .map(|(principal, privileges)| json!({"principal": principal, "privileges": privileges}))
         .collect();
-    Ok(Resp::ok(json!({"privilege_assignments": list})))
+    Ok(Resp::ok(assignments_body(list)))
+}
+
+/// The securable and the parents it inherits privileges from, nearest first: a table inherits from its schema
+/// and catalog, a schema from its catalog. Nothing inherits from the metastore.
+fn lineage(kind: &str, name: &str) -> Vec<(String, String)> {
+    let parts: Vec<&str> = name.split('.').collect();
+    let mut out = vec![(kind.to_string(), name.to_string())];
+    if matches!(kind, "schema" | "table" | "volume" | "function") && parts.len() >= 2 {
+        if parts.len() == 3 {
+            out.push(("schema".into(), format!("{}.{}", parts[0], parts[1])));
+        }
+        out.push(("catalog".into(), parts[0].to_string()));
+    }
+    out
+}
+
+/// `GET .../effective-permissions/{securable_type}/{full_name}[?principal=...]`: the privileges granted on the
+/// securable and those it inherits from its parents (with `inherited_from_type` and `inherited_from_name`), per
+/// principal as granted. Group membership and ownership are not expanded: a member's privileges through a
+/// group are listed under the group, and an owner's are not privileges at all.
+pub fn get_effective_permissions(
+    emu: &Emulator,
+    kind: &str,
+    full: &str,
+    query: &HashMap<String, String>,
+) -> Result<Resp, ApiError> {
+    let (kind, name) = securable(emu, kind, full)?;
+    let principal = principal_filter(emu, query)?;
+    paging(query)?;
+    let lineage = lineage(&kind, &name);
+    let mut assignments: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for (depth, (t, n)) in lineage.iter().enumerate() {
+        for g in &emu.settings.grants {
+            if g.securable_type != *t || !g.full_name.eq_ignore_ascii_case(n) {
+                continue;
+            }
+            if principal.is_some_and(|p| !p.eq_ignore_ascii_case(&g.principal)) {
+                continue;
+            }
+            let list = assignments.entry(g.principal.clone()).or_default();
+            for p in &g.privileges {
+                let entry = if depth == 0 {
+                    json!({"privilege": p})
+                } else {
+                    json!({"privilege": p, "inherited_from_type": t.to_uppercase(), "inherited_from_name": n})
+                };
+                if !list.contains(&entry) {
+                    list.push(entry);
+                }
+            }
+        }
+    }
+    let list: Vec<Value> = assignments
+        .into_iter()
+        .map(|(principal, privileges)| json!({"principal": principal, "privileges": privileges}))
+        .collect();
+    Ok(Resp::ok(assignments_body(list)))
 }

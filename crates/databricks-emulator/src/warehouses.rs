@@ -5,6 +5,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::errors::{ApiError, Resp};
+use crate::scim::Kind;
 use crate::state::Emulator;
 
 pub const CLUSTER_SIZES: [&str; 9] =
@@ -56,10 +57,24 @@ pub struct WarehouseSeed {
     pub state: WhState,
 }
 
+/// One permission on a warehouse: a user, service principal (application id) or group, and its level.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AclEntry {
+    pub kind: Kind,
+    pub principal: String,
+    pub level: String,
+}
+
+/// The levels the Permissions API takes for a warehouse (`IS_OWNER` is the creator's).
+pub const LEVELS: [&str; 4] = ["CAN_VIEW", "CAN_MONITOR", "CAN_USE", "CAN_MANAGE"];
+
 #[derive(Clone, Debug)]
 pub struct Warehouse {
     pub id: String,
     pub name: String,
+    /// Who created it: its `creator_name`, and the holder of `IS_OWNER`.
+    pub creator: String,
+    pub acl: Vec<AclEntry>,
     pub cluster_size: String,
     pub min_num_clusters: i64,
     pub max_num_clusters: i64,
@@ -78,6 +93,8 @@ impl Warehouse {
         Warehouse {
             id: seed.id.clone(),
             name: seed.name.clone(),
+            creator: crate::unity::OWNER.to_string(),
+            acl: Vec::new(),
             cluster_size: "2X-Small".into(),
             min_num_clusters: 1,
             max_num_clusters: 1,
@@ -108,7 +125,7 @@ impl Warehouse {
             "state": self.state.as_str(),
             "num_clusters": if running { 1 } else { 0 },
             "num_active_sessions": 0,
-            "creator_name": "emulator@example.com",
+            "creator_name": self.creator,
             "health": {"status": "HEALTHY"},
             "odbc_params": {"hostname": host, "path": format!("/sql/1.0/warehouses/{}", self.id),
                             "protocol": "https", "port": 443},
@@ -157,8 +174,8 @@ fn bool_field(body: &Map<String, Value>, key: &str, default: bool) -> Result<boo
     }
 }
 
-/// `POST /api/2.0/sql/warehouses`: validates the body, creates the warehouse and starts it.
-pub fn create(emu: &Arc<Emulator>, body: &Value) -> Result<Resp, ApiError> {
+/// `POST /api/2.0/sql/warehouses`: validates the body, creates the warehouse (owned by the caller) and starts it.
+pub fn create(emu: &Arc<Emulator>, body: &Value, caller: &str) -> Result<Resp, ApiError> {
     let body = body.as_object().ok_or_else(|| ApiError::malformed("Request body must be a JSON object"))?;
     let name = str_field(body, "name")?.unwrap_or("").trim().to_string();
     if name.is_empty() || name.chars().count() >= 100 {
@@ -210,6 +227,8 @@ pub fn create(emu: &Arc<Emulator>, body: &Value) -> Result<Resp, ApiError> {
         inner.warehouses.push(Warehouse {
             id: id.clone(),
             name,
+            creator: caller.to_string(),
+            acl: Vec::new(),
             cluster_size,
             min_num_clusters: min,
             max_num_clusters: max,
@@ -292,4 +311,115 @@ pub fn set_state(emu: &Arc<Emulator>, id: &str, state: WhState) -> bool {
         });
     }
     true
+}
+
+/// The JSON key naming a principal of this kind in an access control list.
+fn principal_key(kind: Kind) -> &'static str {
+    match kind {
+        Kind::User => "user_name",
+        Kind::ServicePrincipal => "service_principal_name",
+        Kind::Group => "group_name",
+    }
+}
+
+/// The Permissions API's view of a warehouse: the creator `IS_OWNER`, the `admins` group `CAN_MANAGE` inherited
+/// from the root object `/sql/warehouses/`, and every permission given to it.
+fn permissions_json(emu: &Emulator, w: &Warehouse) -> Value {
+    let d = &emu.settings.directory;
+    let creator_kind = if d.sp(&w.creator).is_some() { Kind::ServicePrincipal } else { Kind::User };
+    let mut entries: Vec<(Kind, String, Vec<Value>)> = Vec::new();
+    let mut add = |kind: Kind, principal: &str, permission: Value| match entries
+        .iter_mut()
+        .find(|(k, p, _)| *k == kind && p == principal)
+    {
+        Some((_, _, all)) => all.push(permission),
+        None => entries.push((kind, principal.to_string(), vec![permission])),
+    };
+    add(creator_kind, &w.creator, json!({"permission_level": "IS_OWNER", "inherited": false}));
+    for e in &w.acl {
+        add(e.kind, &e.principal, json!({"permission_level": e.level, "inherited": false}));
+    }
+    add(
+        Kind::Group,
+        "admins",
+        json!({"permission_level": "CAN_MANAGE", "inherited": true, "inherited_from_object": ["/sql/warehouses/"]}),
+    );
+    let list: Vec<Value> = entries
+        .into_iter()
+        .map(|(kind, principal, all)| {
+            let mut v = json!({principal_key(kind): principal, "all_permissions": all});
+            let display = match kind {
+                Kind::ServicePrincipal => d.sp(&principal).map(|s| s.display_name.clone()),
+                Kind::User => Some(d.user(&principal).map_or(principal.clone(), |u| u.display_name.clone())),
+                Kind::Group => None,
+            };
+            if let Some(name) = display {
+                v["display_name"] = json!(name);
+            }
+            v
+        })
+        .collect();
+    json!({"object_id": format!("/sql/warehouses/{}", w.id), "object_type": "warehouses", "access_control_list": list})
+}
+
+/// `GET /api/2.0/permissions/warehouses/{id}` (or `.../permissions/sql/warehouses/{id}`).
+pub fn get_permissions(emu: &Emulator, id: &str) -> Result<Resp, ApiError> {
+    let inner = emu.lock();
+    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    Ok(Resp::ok(permissions_json(emu, w)))
+}
+
+/// One entry of an `access_control_list` in a request: exactly one principal and a level.
+pub fn acl_entry(emu: &Emulator, v: &Value) -> Result<AclEntry, ApiError> {
+    let obj = v.as_object().ok_or_else(|| ApiError::malformed("access_control_list entries must be objects"))?;
+    let named: Vec<(Kind, &str)> = [Kind::User, Kind::ServicePrincipal, Kind::Group]
+        .into_iter()
+        .filter_map(|k| obj.get(principal_key(k)).and_then(Value::as_str).map(|p| (k, p)))
+        .collect();
+    let [(kind, principal)] = named.as_slice() else {
+        return Err(ApiError::invalid(
+            "Exactly one of user_name, service_principal_name and group_name must be set in an access control entry",
+        ));
+    };
+    let d = &emu.settings.directory;
+    let known = match kind {
+        Kind::User => d.user(principal).is_some(),
+        Kind::ServicePrincipal => d.sp(principal).is_some(),
+        Kind::Group => d.group(principal).is_some(),
+    };
+    if !known {
+        let what = match kind {
+            Kind::User => "UserName",
+            Kind::ServicePrincipal => "ServicePrincipalName",
+            Kind::Group => "GroupName",
+        };
+        return Err(ApiError::invalid(format!("Principal: {what}({principal}) does not exist")));
+    }
+    let level = obj.get("permission_level").and_then(Value::as_str).unwrap_or("");
+    if !LEVELS.contains(&level) {
+        return Err(ApiError::invalid(format!(
+            "Permission level '{level}' is not one of {} for a SQL warehouse",
+            LEVELS.join(", ")
+        )));
+    }
+    Ok(AclEntry { kind: *kind, principal: principal.to_string(), level: level.to_string() })
+}
+
+/// `PATCH /api/2.0/permissions/warehouses/{id}`: adds the given permissions (one level per principal).
+pub fn update_permissions(emu: &Emulator, id: &str, body: &Value) -> Result<Resp, ApiError> {
+    let list = body
+        .get("access_control_list")
+        .and_then(Value::as_array)
+        .ok_or_else(|| ApiError::invalid("access_control_list is required"))?;
+    let entries = list.iter().map(|v| acl_entry(emu, v)).collect::<Result<Vec<_>, _>>()?;
+    let mut inner = emu.lock();
+    let w =
+        inner.warehouses.iter_mut().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    for e in entries {
+        w.acl.retain(|x| !(x.kind == e.kind && x.principal.eq_ignore_ascii_case(&e.principal)));
+        w.acl.push(e);
+    }
+    let w = w.clone();
+    drop(inner);
+    Ok(Resp::ok(permissions_json(emu, &w)))
 }

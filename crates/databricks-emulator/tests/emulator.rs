@@ -358,6 +358,8 @@ async fn unity_catalog_schemas_locations_and_grants() {
     let emu = Emulator::start(&[
         "--external-location",
         "lake=abfss://lake@acct.dfs.core.windows.net/bronze",
+        "--service-principal",
+        "application_id=segment-delta-sp",
         "--grant",
         "principal=segment-delta-sp:securable=external_location/lake:privileges=READ_FILES,WRITE_FILES,CREATE_EXTERNAL_TABLE",
     ])
@@ -379,4 +381,167 @@ async fn unity_catalog_schemas_locations_and_grants() {
         json!([{"principal": "segment-delta-sp",
                 "privileges": ["READ_FILES", "WRITE_FILES", "CREATE_EXTERNAL_TABLE"]}])
     );
+}
+
+#[tokio::test]
+async fn effective_permissions_add_what_parents_convey_per_principal() {
+    let emu = Emulator::start(&[
+        "--schema",
+        "main.web",
+        "--external-location",
+        "lake=abfss://lake@acct.dfs.core.windows.net/",
+        "--service-principal",
+        "application_id=11111111-2222-3333-4444-555555555555:display_name=loader",
+        "--group",
+        "display_name=etl:members=11111111-2222-3333-4444-555555555555",
+        "--group",
+        "display_name=local:workspace_local=true",
+        "--grant",
+        "principal=etl:securable=catalog/main:privileges=USE_CATALOG,USE_SCHEMA",
+        "--grant",
+        "principal=11111111-2222-3333-4444-555555555555:securable=schema/main.web:privileges=MODIFY",
+        "--owner",
+        "securable=external_location/lake:principal=etl",
+    ])
+    .await;
+    let sp = "11111111-2222-3333-4444-555555555555";
+    // The schema's own grant, then the catalog's, marked with where they come from; per principal as granted.
+    let all = emu.get("/api/2.1/unity-catalog/effective-permissions/schema/main.web").await;
+    assert_eq!(all.status, 200, "{}", all.body);
+    assert_eq!(
+        all.body["privilege_assignments"],
+        json!([
+            {"principal": sp, "privileges": [{"privilege": "MODIFY"}]},
+            {"principal": "etl", "privileges": [
+                {"privilege": "USE_CATALOG", "inherited_from_type": "CATALOG", "inherited_from_name": "main"},
+                {"privilege": "USE_SCHEMA", "inherited_from_type": "CATALOG", "inherited_from_name": "main"}]},
+        ])
+    );
+    // Group membership is not expanded: the service principal's answer holds its own grants only.
+    let mine = emu.get(&format!("/api/2.1/unity-catalog/effective-permissions/CATALOG/main?principal={sp}")).await;
+    assert_eq!(mine.body, json!({}));
+    let direct = emu.get("/api/2.1/unity-catalog/permissions/schema/main.web?principal=etl").await;
+    assert_eq!(direct.body, json!({}));
+    // Unknown principals, workspace-local groups, missing securables and bad paging are refused.
+    for (path, status, code) in [
+        ("effective-permissions/catalog/main?principal=nobody", 404, "PRINCIPAL_DOES_NOT_EXIST"),
+        ("effective-permissions/catalog/main?principal=users", 404, "PRINCIPAL_DOES_NOT_EXIST"),
+        ("effective-permissions/catalog/main?principal=local", 404, "PRINCIPAL_DOES_NOT_EXIST"),
+        ("effective-permissions/catalog/other", 404, "RESOURCE_DOES_NOT_EXIST"),
+        ("effective-permissions/catalog/main?max_results=10", 400, "INVALID_PARAMETER_VALUE"),
+        ("effective-permissions/warehouse/main", 400, "INVALID_PARAMETER_VALUE"),
+    ] {
+        let a = emu.get(&format!("/api/2.1/unity-catalog/{path}")).await;
+        assert_eq!((a.status, a.body["error_code"].as_str()), (status, Some(code)), "{path}: {}", a.body);
+    }
+    assert_eq!(emu.get("/api/2.1/unity-catalog/external-locations/lake").await.body["owner"], "etl");
+    assert_eq!(emu.get("/api/2.1/unity-catalog/catalogs/main").await.body["owner"], "emulator@example.com");
+}
+
+#[tokio::test]
+async fn scim_lists_identities_with_groups_and_entitlements() {
+    let emu = Emulator::start(&[
+        "--principal",
+        "ada@example.com",
+        "--service-principal",
+        "application_id=app-1:display_name=loader:entitlements=allow-cluster-create",
+        "--group",
+        "display_name=etl:members=app-1:entitlements=databricks-sql-access",
+        "--group",
+        "display_name=data:members=etl",
+        "--group",
+        "display_name=users:entitlements=workspace-access",
+    ])
+    .await;
+    let me = emu.get("/api/2.0/preview/scim/v2/Me").await.body;
+    assert_eq!(me["userName"], "ada@example.com");
+    assert!(me["groups"].as_array().unwrap().iter().any(|g| g["display"] == "admins"), "{me}");
+
+    let found = emu.get("/api/2.0/preview/scim/v2/ServicePrincipals?filter=applicationId%20eq%20%22app-1%22").await;
+    assert_eq!(found.status, 200, "{}", found.body);
+    assert_eq!(found.body["totalResults"], 1);
+    assert_eq!(found.body["schemas"], json!(["urn:ietf:params:scim:api:messages:2.0:ListResponse"]));
+    let sp = &found.body["Resources"][0];
+    assert_eq!(sp["entitlements"], json!([{"value": "allow-cluster-create"}]));
+    let groups: Vec<&str> = sp["groups"].as_array().unwrap().iter().map(|g| g["display"].as_str().unwrap()).collect();
+    assert_eq!(groups, vec!["users", "etl"]);
+    let etl_id = sp["groups"][1]["value"].as_str().unwrap();
+    let etl = emu.get(&format!("/api/2.0/preview/scim/v2/Groups/{etl_id}")).await.body;
+    assert_eq!(etl["entitlements"], json!([{"value": "databricks-sql-access"}]));
+    assert_eq!(etl["groups"][0]["display"], "data");
+    assert_eq!(etl["meta"]["resourceType"], "Group");
+    assert_eq!(etl["members"][0]["$ref"], format!("ServicePrincipals/{}", sp["id"].as_str().unwrap()));
+    let users_id = sp["groups"][0]["value"].as_str().unwrap();
+    let users = emu.get(&format!("/api/2.0/preview/scim/v2/Groups/{users_id}")).await.body;
+    assert_eq!(
+        (users["meta"]["resourceType"].as_str(), &users["entitlements"]),
+        (Some("WorkspaceGroup"), &json!([{"value": "workspace-access"}]))
+    );
+
+    let none = emu.get("/api/2.0/preview/scim/v2/Users?filter=userName%20eq%20%27bob@example.com%27").await;
+    assert_eq!((none.body["totalResults"].as_u64(), none.body.get("Resources")), (Some(0), None));
+    let bad = emu.get("/api/2.0/preview/scim/v2/Users?filter=userName%20is%20bob").await;
+    assert_eq!((bad.status, bad.body["scimType"].as_str()), (400, Some("invalidFilter")), "{}", bad.body);
+    let missing = emu.get("/api/2.0/preview/scim/v2/Groups/12").await;
+    assert_eq!((missing.status, missing.body["status"].as_str()), (404, Some("404")));
+    assert_eq!(missing.body["schemas"], json!(["urn:ietf:params:scim:api:messages:2.0:Error"]));
+}
+
+#[tokio::test]
+async fn warehouse_permissions_list_owner_admins_and_grants() {
+    let emu = Emulator::start(&[
+        "--warehouse",
+        "wh:ddl:RUNNING",
+        "--service-principal",
+        "application_id=app-1",
+        "--group",
+        "display_name=etl:members=app-1",
+        "--warehouse-permission",
+        "warehouse=wh:group_name=etl:level=CAN_USE",
+    ])
+    .await;
+    for path in ["/api/2.0/permissions/warehouses/wh", "/api/2.0/permissions/sql/warehouses/wh"] {
+        let a = emu.get(path).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            (a.body["object_id"].as_str(), a.body["object_type"].as_str()),
+            (Some("/sql/warehouses/wh"), Some("warehouses"))
+        );
+        assert_eq!(
+            a.body["access_control_list"],
+            json!([
+                {"user_name": "emulator@example.com", "display_name": "emulator@example.com",
+                 "all_permissions": [{"permission_level": "IS_OWNER", "inherited": false}]},
+                {"group_name": "etl", "all_permissions": [{"permission_level": "CAN_USE", "inherited": false}]},
+                {"group_name": "admins", "all_permissions": [{"permission_level": "CAN_MANAGE", "inherited": true,
+                                                              "inherited_from_object": ["/sql/warehouses/"]}]},
+            ])
+        );
+    }
+    let body = json!({"access_control_list": [{"service_principal_name": "app-1", "permission_level": "CAN_MANAGE"}]});
+    let a = emu.call(Method::PATCH, "/api/2.0/permissions/warehouses/wh", Some(PAT), Some(body)).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.body["access_control_list"][2]["service_principal_name"], "app-1");
+    let bad = json!({"access_control_list": [{"service_principal_name": "nobody", "permission_level": "CAN_USE"}]});
+    let a = emu.call(Method::PATCH, "/api/2.0/permissions/warehouses/wh", Some(PAT), Some(bad)).await;
+    assert_eq!((a.status, a.body["error_code"].as_str()), (400, Some("INVALID_PARAMETER_VALUE")));
+    assert_eq!(emu.get("/api/2.0/permissions/warehouses/nope").await.status, 404);
+}
+
+#[tokio::test]
+async fn oauth_tokens_identify_their_service_principal() {
+    let emu = Emulator::start(&["--client-id", "sp-client", "--client-secret", "s"]).await;
+    let res = emu
+        .http
+        .post(format!("{}/oidc/v1/token", emu.base))
+        .basic_auth("sp-client", Some("s"))
+        .form(&[("grant_type", "client_credentials"), ("scope", "all-apis")])
+        .send()
+        .await
+        .unwrap();
+    let token: Value = res.json().await.unwrap();
+    let token = token["access_token"].as_str().unwrap();
+    let me = emu.call(Method::GET, "/api/2.0/preview/scim/v2/Me", Some(token), None).await.body;
+    assert_eq!(me["userName"], "sp-client");
+    assert_eq!(emu.get("/api/2.0/preview/scim/v2/Me").await.body["userName"], "segment-delta");
 }
