@@ -540,3 +540,82 @@ async fn setup_checks_the_service_principal_the_settings_authenticate_as() {
     );
     assert_eq!(Subject::of_settings(&Auth::Pat(Secret::new(PAT))), Subject::Caller);
 }
+
+/// A stand-in for the Azure CLI: records its arguments, then prints what `az account get-access-token --output json`
+/// prints, with a token the emulator issued to `account` (through its managed identity endpoint).
+fn fake_az(dir: &std::path::Path, emu: &Emulator, account: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("az");
+    let script = format!(
+        r#"#!/usr/bin/env python3
+import json, sys, urllib.request
+open({args:?}, "w").write(" ".join(sys.argv[1:]))
+req = urllib.request.Request({url:?} + "/msi/token?api-version=2019-08-01&resource=2ff814a6-3304-4ab8-85cb-cd0e6f879c1d&client_id={account}",
+                             headers={{"X-IDENTITY-HEADER": "host-secret"}})
+t = json.load(urllib.request.urlopen(req))
+print(json.dumps({{"accessToken": t["access_token"], "expiresOn": "2030-01-01 00:00:00.000000",
+                  "expires_on": int(t["expires_on"]), "tokenType": "Bearer", "tenant": "t"}}))
+"#,
+        args = dir.join("args").display().to_string(),
+        url = emu.url,
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_runs_with_the_azure_cli_account_of_a_developer() {
+    use segment_delta::databricks::setup::{Subject, run_for};
+    let emu = Emulator::start(&[
+        "--identity-header",
+        "host-secret",
+        "--user",
+        "user_name=dev@example.com:entitlements=databricks-sql-access",
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--grant",
+        "principal=dev@example.com:securable=catalog/main:privileges=ALL_PRIVILEGES",
+    ]);
+    let dir = tempfile::tempdir().unwrap();
+    let az = fake_az(dir.path(), &emu, "dev@example.com");
+    let auth = Auth::AzureCli { program: az.display().to_string(), tenant_id: Some("tenant-1".into()) };
+    assert_eq!(Subject::of_settings(&auth), Subject::Caller);
+    let catalog = segment_delta::databricks::Databricks::new(&emu.config(auth)).unwrap();
+    let out = lines(&run_for(&catalog, LAKE, &[], false, Subject::Caller).await);
+    assert!(
+        line_with(&out, "credentials (Microsoft Entra through the Azure CLI (az login)) accepted as")
+            .ends_with("dev@example.com"),
+        "{out:#?}"
+    );
+    assert!(
+        line_with(&out, "checking the grants of dev@example.com").contains("the account signed in to the Azure CLI")
+    );
+    assert!(line_with(&out, "on catalog main").contains("ALL PRIVILEGES granted directly"), "{out:#?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("args")).unwrap(),
+        "account get-access-token --output json --scope 2ff814a6-3304-4ab8-85cb-cd0e6f879c1d/.default --tenant tenant-1"
+    );
+
+    // Not signed in: the CLI's own explanation, and what to run.
+    let signed_out = dir.path().join("az-signed-out");
+    std::fs::write(&signed_out, "#!/bin/sh\necho \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1\n")
+        .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&signed_out, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    for (program, says) in [
+        (signed_out.display().to_string(), "Please run 'az login' to setup account."),
+        (dir.path().join("no-such-az").display().to_string(), "not found: install the Azure CLI"),
+    ] {
+        let auth = Auth::AzureCli { program, tenant_id: None };
+        let catalog = segment_delta::databricks::Databricks::new(&emu.config(auth)).unwrap();
+        let checks = run_for(&catalog, LAKE, &[], false, Subject::Caller).await;
+        let out = lines(&checks);
+        assert_eq!(checks.len(), 1, "{out:#?}");
+        assert!(!checks[0].ok);
+        assert!(out[0].contains("no Databricks token") && out[0].contains(says), "{out:#?}");
+        assert!(out[0].contains("run `az login`"), "{out:#?}");
+    }
+}

@@ -75,6 +75,12 @@ pub enum Auth {
         token_file: String,
         authority: String,
     },
+    /// The Azure CLI's signed-in account (`az login`): for running `setup` or `check` on a developer's machine.
+    /// `program` is the CLI to run (`az`); `tenant_id` picks the tenant when the account spans several.
+    AzureCli {
+        program: String,
+        tenant_id: Option<String>,
+    },
 }
 
 impl fmt::Debug for Auth {
@@ -91,6 +97,7 @@ impl Auth {
             Auth::AzureMsi { .. } => "Microsoft Entra managed identity",
             Auth::AzureClientSecret { .. } => "Microsoft Entra service principal (client secret)",
             Auth::AzureWorkloadIdentity { .. } => "Microsoft Entra workload identity",
+            Auth::AzureCli { .. } => "Microsoft Entra through the Azure CLI (az login)",
         }
     }
 
@@ -134,6 +141,7 @@ impl Auth {
                 token_file: need("AZURE_FEDERATED_TOKEN_FILE", "azure-workload-identity")?,
                 authority,
             },
+            "azure-cli" => Auth::AzureCli { program: "az".into(), tenant_id: val("AZURE_TENANT_ID") },
             "azure-msi" => Auth::AzureMsi {
                 endpoint: val("IDENTITY_ENDPOINT"),
                 header: val("IDENTITY_HEADER").map(Secret::new),
@@ -143,7 +151,7 @@ impl Auth {
                 return Err(ConfigError::Invalid {
                     name: "DATABRICKS_AUTH_TYPE",
                     message: format!(
-                        "{other:?}: expected pat, oauth-m2m, azure-msi, azure-client-secret or azure-workload-identity"
+                        "{other:?}: expected pat, oauth-m2m, azure-msi, azure-client-secret, azure-workload-identity or azure-cli"
                     ),
                 });
             }
@@ -176,5 +184,12 @@ mod tests {
         let e = auth(&[("DATABRICKS_AUTH_TYPE", "oauth-m2m")]).unwrap_err().to_string();
         assert!(e.starts_with("DATABRICKS_CLIENT_ID: is required"), "{e}");
         assert!(auth(&[("DATABRICKS_AUTH_TYPE", "magic")]).is_err());
+        // The Azure CLI only when asked for: a developer's `az login` never stands in for the function's identity.
+        match auth(&[("DATABRICKS_AUTH_TYPE", "azure-cli"), ("AZURE_TENANT_ID", "t1"), ("DATABRICKS_TOKEN", "x")]) {
+            Ok(Auth::AzureCli { program, tenant_id }) => {
+                assert_eq!((program.as_str(), tenant_id.as_deref()), ("az", Some("t1")));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -149,7 +149,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "DATABRICKS_AUTH_TYPE",
         "chosen from what is set",
-        "pat, oauth-m2m, azure-msi, azure-client-secret or azure-workload-identity",
+        "pat, oauth-m2m, azure-msi, azure-client-secret, azure-workload-identity or azure-cli",
         UC,
     ),
     s("DATABRICKS_TOKEN", "unset", "personal access token", UC),

@@ -1,5 +1,5 @@
 //! Databricks credentials: a personal access token, OAuth machine-to-machine, or a Microsoft Entra token for a
-//! managed identity, workload identity or service principal. Tokens are cached and renewed before they expire.
+//! managed identity, workload identity, service principal or the Azure CLI's account. Tokens are cached and renewed before they expire.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,49 @@ pub const AZURE_DATABRICKS_RESOURCE: &str = "2ff814a6-3304-4ab8-85cb-cd0e6f879c1
 pub struct AuthError {
     pub kind: &'static str,
     pub message: String,
+}
+
+/// What `az account get-access-token --output json` prints (`expires_on`, seconds since the epoch, since Azure CLI
+/// 2.54).
+#[derive(Deserialize)]
+struct CliAnswer {
+    #[serde(rename = "accessToken")]
+    access_token: String,
+    #[serde(default)]
+    expires_on: Option<serde_json::Value>,
+}
+
+/// A token for the AzureDatabricks resource from the Azure CLI's signed-in account.
+async fn azure_cli_token(program: &str, tenant_id: Option<&str>) -> Result<(Secret, Duration), AuthError> {
+    let err = |message: String| AuthError { kind: "Microsoft Entra through the Azure CLI (az login)", message };
+    let scope = format!("{AZURE_DATABRICKS_RESOURCE}/.default");
+    let mut command = tokio::process::Command::new(program);
+    command.args(["account", "get-access-token", "--output", "json", "--scope", &scope]);
+    if let Some(tenant) = tenant_id {
+        command.args(["--tenant", tenant]);
+    }
+    command.stdin(std::process::Stdio::null()).kill_on_drop(true);
+    let output = match tokio::time::timeout(Duration::from_secs(30), command.output()).await {
+        Ok(Ok(output)) => output,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(err(format!("{program} not found: install the Azure CLI and run `az login`")));
+        }
+        Ok(Err(e)) => return Err(err(format!("{program}: {e}"))),
+        Err(_) => return Err(err(format!("{program} account get-access-token did not answer within 30 s"))),
+    };
+    if !output.status.success() {
+        // The CLI explains itself on stderr ("Please run 'az login' to setup account.").
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let snippet: String = stderr.trim().chars().take(300).collect();
+        return Err(err(format!("{program} account get-access-token failed ({}): {snippet}", output.status)));
+    }
+    let answer: CliAnswer = serde_json::from_slice(&output.stdout)
+        .map_err(|e| err(format!("unreadable answer of {program} account get-access-token: {e}")))?;
+    let Some(at) = number(&answer.expires_on) else {
+        return Err(err(format!("{program} printed no expires_on: use Azure CLI 2.54 or newer")));
+    };
+    let lifetime = Duration::from_secs((at - chrono::Utc::now().timestamp()).max(1) as u64);
+    Ok((Secret::new(answer.access_token), lifetime))
 }
 
 #[derive(Deserialize)]
@@ -106,6 +149,7 @@ impl TokenSource {
                     ("scope", scope.as_str()),
                 ])
             }
+            Auth::AzureCli { program, tenant_id } => return azure_cli_token(program, tenant_id.as_deref()).await,
             Auth::AzureMsi { endpoint, header, client_id } => {
                 let mut query = vec![("resource", AZURE_DATABRICKS_RESOURCE.to_string())];
                 if let Some(id) = client_id {

@@ -69,7 +69,7 @@ impl Subject {
             | Auth::AzureMsi { client_id: Some(client_id), .. } => {
                 Subject::Configured { id: client_id.clone(), setting: "AZURE_CLIENT_ID" }
             }
-            Auth::Pat(_) | Auth::AzureMsi { client_id: None, .. } => Subject::Caller,
+            Auth::Pat(_) | Auth::AzureCli { .. } | Auth::AzureMsi { client_id: None, .. } => Subject::Caller,
         }
     }
 }
@@ -120,6 +120,16 @@ pub async fn run_for(
             ));
             return out;
         }
+        Err(ApiError::Auth(e)) => {
+            let fix = if personal(client) == Some(AZURE_CLI) {
+                "run `az login` (with `--tenant` or AZURE_TENANT_ID for the workspace's tenant), or choose another \
+                 credential with DATABRICKS_AUTH_TYPE"
+            } else {
+                "check the credential settings (DATABRICKS_AUTH_TYPE and the variables it needs)"
+            };
+            out.push(fail(format!("no Databricks token: {e}"), fix));
+            return out;
+        }
         Err(e) => {
             out.push(fail(format!("{} not reachable: {e}", client.host), "check DATABRICKS_HOST (the workspace URL)"));
             return out;
@@ -135,11 +145,13 @@ pub async fn run_for(
             };
             (id, format!("the service principal these settings authenticate as ({setting}){answered}"))
         }
-        Subject::Caller if is_pat(client) => (
+        Subject::Caller if personal(client).is_some() => (
             caller.clone(),
-            "the owner of DATABRICKS_TOKEN; if the function runs as another identity (its managed identity or \
-             service principal), run `segment-delta setup --principal <its application id>`"
-                .to_string(),
+            format!(
+                "{}; if the function runs as another identity (its managed identity or service principal), run \
+                 `segment-delta setup --principal <its application id>`",
+                personal(client).unwrap_or_default()
+            ),
         ),
         Subject::Caller => {
             (caller.clone(), format!("the identity these settings authenticate as ({})", client.auth_kind()))
@@ -239,9 +251,19 @@ pub async fn run_for(
     out
 }
 
-/// Whether the credentials are a personal access token, which belongs to a person more often than not.
-fn is_pat(client: &Client) -> bool {
-    client.auth_kind() == Auth::Pat(crate::config::Secret::new(String::new())).kind()
+const AZURE_CLI: &str = "the account signed in to the Azure CLI";
+
+/// Who the credentials belong to when they are a person's more often than not: a personal access token, or the
+/// account signed in to the Azure CLI.
+fn personal(client: &Client) -> Option<&'static str> {
+    let kind = client.auth_kind();
+    if kind == Auth::Pat(crate::config::Secret::new(String::new())).kind() {
+        Some("the owner of DATABRICKS_TOKEN")
+    } else if kind == (Auth::AzureCli { program: String::new(), tenant_id: None }).kind() {
+        Some(AZURE_CLI)
+    } else {
+        None
+    }
 }
 
 /// Whether an external location's URL holds the lake: the same URL, or a parent directory of it.
