@@ -14,7 +14,10 @@ generator, tests/fixtures/corpus.py (500-event /v1/batch bodies), starts Azurite
   previous one is acknowledged; events/s, MB/s, handler CPU (from /proc/<pid>/stat) and acknowledgement latency;
 - fixed load: a fresh handler, bodies sent open-loop at `--rate` events/s (latency counted from the scheduled send
   time, so a slow answer delays nothing and hides nothing);
-- ingest: `segment-delta ingest` of a `--ingest-events` JSONL file (wall, events/s, MB/s, CPU, peak RSS by wait4).
+- ingest: `segment-delta ingest` of a `--ingest-events` JSONL file (wall, events/s, MB/s, CPU, peak RSS by wait4);
+- sequential SDK: one analytics-python client with its defaults (one upload thread, 100 events per request, each
+  request waiting for its answer) sending `--sdk-events` track calls; events/s from the first call to the end of
+  `flush()`, when every event has been acknowledged, hence committed.
 
 Each run reports peak RSS (VmHWM) and the Delta data files and commits written per 100k events. The references run
 on the same data: the floor (`bench-floor`: parse, map and Parquet-encode in-process, no HTTP, no Delta) and a
@@ -427,9 +430,7 @@ class Row:
 def http_scenario(args, bin_dir, workdir, lake_kind, azurite, name, bodies, connections, rate) -> Row:
     lake = new_lake(lake_kind, workdir, f"{lake_kind}-{name}", azurite)
     extra = {}
-    if args.flush_interval_ms:
-        extra["SEGMENT_DELTA_FLUSH_INTERVAL_MS"] = str(args.flush_interval_ms)
-    handler = Handler(bin_dir, lake, workdir, extra)
+    handler = Handler(bin_dir, lake, workdir, flush_settings(args))
     try:
         az_cpu0 = proc_cpu(azurite.proc.pid) if lake_kind == "azurite" else 0.0
         cpu0 = proc_cpu(handler.proc.pid)
@@ -451,6 +452,45 @@ def http_scenario(args, bin_dir, workdir, lake_kind, azurite, name, bodies, conn
               files, commits, result.failed, note)
     log(f"{lake_kind} {name}: {row.events_per_s:.0f} events/s, p50 {row.p50:.0f} ms, p99 {row.p99:.0f} ms, "
         f"{row.cores:.2f} cores, {result.failed} failed")
+    return row
+
+
+def flush_settings(args) -> dict:
+    extra = {}
+    if args.flush_interval_ms:
+        extra["SEGMENT_DELTA_FLUSH_INTERVAL_MS"] = str(args.flush_interval_ms)
+    if args.flush_min_interval_ms is not None:
+        extra["SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS"] = str(args.flush_min_interval_ms)
+    return extra
+
+
+def sdk_scenario(args, bin_dir, workdir, lake_kind, azurite, count: int) -> Row:
+    """One analytics-python client with its defaults, as an application would use it."""
+    from segment.analytics.client import Client
+
+    lake = new_lake(lake_kind, workdir, f"{lake_kind}-sdk", azurite)
+    handler = Handler(bin_dir, lake, workdir, flush_settings(args))
+    errors = []
+    try:
+        cpu0 = proc_cpu(handler.proc.pid)
+        client = Client(write_key=KEY, host=f"http://127.0.0.1:{handler.port}", on_error=lambda e, b: errors.append(e))
+        started = time.perf_counter()
+        for i in range(count):
+            client.track(user_id=f"user-{i % 500}", event="Product Viewed",
+                         properties={"product_id": f"p-{i}", "price": i % 100 + 0.5, "category": "shoes"})
+        client.flush()
+        wall = time.perf_counter() - started
+        client.join()
+        cpu = proc_cpu(handler.proc.pid) - cpu0
+        rss = proc_hwm_mib(handler.proc.pid)
+    except BaseException:
+        handler.proc.kill()
+        raise
+    handler.stop()
+    files, commits = lake.counts()
+    row = Row("sequential SDK", lake_kind, count, wall, 0, cpu, rss, files=files, commits=commits,
+              failed=len(errors), note="analytics-python defaults: 100 events per request, one request at a time")
+    log(f"{lake_kind} sequential SDK: {row.events_per_s:.0f} events/s, {len(errors)} failed")
     return row
 
 
@@ -531,7 +571,8 @@ def report(rows: list[Row], args, markdown: bool, load_before: float) -> None:
     print(f"machine: {machine()}; load average {load_before:.1f} before the run, {os.getloadavg()[0]:.1f} after "
           "(other processes compete for the cores when it is above the handler's own use)")
     print(f"corpus: {BATCH}-event /v1/batch bodies (~{rows[0].bytes / rows[0].events:.0f} bytes/event); "
-          f"flush interval {args.flush_interval_ms or 1000} ms; saturation on {args.connections} connections; "
+          f"flush gather {args.flush_interval_ms or 20} ms, min interval "
+          f"{200 if args.flush_min_interval_ms is None else args.flush_min_interval_ms} ms; saturation on {args.connections} connections; "
           f"fixed load {args.rate} events/s")
     table = [COLUMNS] + [cells(r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
@@ -575,18 +616,21 @@ def main() -> None:
     ap.add_argument("--baseline-events", type=int, help="events through the baseline (default 10k; --quick 1k)")
     ap.add_argument("--lakes", default="local,azurite", help="comma-separated: local, azurite")
     ap.add_argument("--flush-interval-ms", type=int, default=0, help="SEGMENT_DELTA_FLUSH_INTERVAL_MS (default: unset)")
+    ap.add_argument("--flush-min-interval-ms", type=int,
+                    help="SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS (default: unset)")
+    ap.add_argument("--sdk-events", type=int, help="track calls of the sequential SDK client (default 5k; --quick 1k)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--debug", action="store_true", help="use (and build) the debug binaries")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
     ap.add_argument("--bin-dir", help="directory holding segment-delta and bench-floor (implies --no-build)")
     ap.add_argument("--workdir", help="keep lakes, logs and corpus here instead of a temporary directory")
     ap.add_argument("--corpus-dir", help="cache the generated corpus here")
-    ap.add_argument("--skip", default="", help="comma-separated scenarios to skip: saturation, fixed, ingest, "
-                                                "floor, baseline")
+    ap.add_argument("--skip", default="", help="comma-separated scenarios to skip: saturation, fixed, sdk, "
+                                                "ingest, floor, baseline")
     ap.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
     args = ap.parse_args()
     defaults = {"events": (200_000, 20_000), "seconds": (20, 3), "ingest_events": (1_000_000, 20_000),
-                "baseline_events": (10_000, 1_000)}
+                "baseline_events": (10_000, 1_000), "sdk_events": (5_000, 1_000)}
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
@@ -634,6 +678,8 @@ def main() -> None:
                 connections = max(8, args.connections)
                 rows.append(http_scenario(args, bin_dir, workdir, kind, azurite, name, fixed_bodies, connections,
                                           args.rate))
+            if "sdk" not in skip:
+                rows.append(sdk_scenario(args, bin_dir, workdir, kind, azurite, args.sdk_events))
             if "ingest" not in skip:
                 rows.append(ingest_scenario(bin_dir, workdir, kind, azurite, ingest_file, args.ingest_events))
         if "baseline" not in skip:

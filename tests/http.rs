@@ -327,3 +327,38 @@ async fn hostile_items_fail_alone() {
     assert!(discards.iter().any(|d| d["column_value"].as_str().unwrap().starts_with("base64:")));
     assert!(!h.exists("segment", "deep"));
 }
+
+/// Adaptive group commit: requests arriving together share a commit, and however many arrive, a table gets at most
+/// one commit per `min_interval` from this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_share_commits_bounded_by_the_minimum_interval() {
+    let min_interval = std::time::Duration::from_millis(250);
+    let h = std::sync::Arc::new(Harness::new(|c| c.flush.min_interval = min_interval));
+    let started = std::time::Instant::now();
+    let mut senders = Vec::new();
+    for client in 0..16 {
+        let h = h.clone();
+        senders.push(tokio::spawn(async move {
+            for n in 0..8 {
+                let body = json!({"userId": "u", "event": "Tick", "messageId": format!("m-{client}-{n}")}).to_string();
+                let (status, answer) = post(&h, "/v1/track", body, None).await;
+                assert_eq!(status, 200, "{answer}");
+            }
+        }));
+    }
+    for s in senders {
+        s.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    assert_eq!(h.table("segment", "tracks").len(), 128);
+    let log = h.dir.path().join("segment/tracks/_delta_log");
+    let commits = std::fs::read_dir(log)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    // Version 0 creates the table; each later commit appends. 128 sequential-per-client requests, 16 at a time.
+    let bound = (elapsed.as_secs_f64() / min_interval.as_secs_f64()).floor() as usize + 2;
+    assert!(commits <= bound, "{commits} commits in {elapsed:?}: more than one per {min_interval:?}");
+    assert!(commits < 128 / 4, "{commits} commits for 128 requests: requests arriving together should share them");
+}

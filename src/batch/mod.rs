@@ -214,15 +214,26 @@ fn earliest_offsets<'r>(rows: impl IntoIterator<Item = &'r Row>) -> HashMap<Arc<
     earliest
 }
 
-/// Waits for the first row of a micro-batch, then for its deadline or size trigger, then writes it.
+/// Adaptive group commit: a micro-batch is written once it has gathered for `interval` after its first row and at
+/// least `min_interval` has passed since the previous flush started, or at once when it is full or the server is
+/// stopping. Under light load a request waits about one commit; under heavy load flushes follow each other every
+/// `min_interval` (or as fast as they finish) and batches grow, so each table gets a bounded number of commits.
 async fn flusher(inner: Arc<Inner>) {
+    let mut last_start: Option<Instant> = None;
     loop {
         let (due, closing) = {
             let p = lock(&inner.pending);
             let closing = inner.closing.load(Ordering::SeqCst);
             let draining = closing || inner.draining.load(Ordering::SeqCst);
             let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes || p.urgent;
-            let due = p.first_at.map(|t| if full || draining { Instant::now() } else { t + inner.policy.interval });
+            let due = p.first_at.map(|t| {
+                if full || draining {
+                    Instant::now()
+                } else {
+                    let gathered = t + inner.policy.interval;
+                    last_start.map_or(gathered, |s| gathered.max(s + inner.policy.min_interval))
+                }
+            });
             (due, closing)
         };
         match due {
@@ -238,6 +249,7 @@ async fn flusher(inner: Arc<Inner>) {
             }
             Some(_) => {
                 let batch = std::mem::take(&mut *lock(&inner.pending));
+                last_start = Some(Instant::now());
                 write_batch(&inner, batch).await;
             }
         }

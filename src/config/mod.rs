@@ -134,7 +134,11 @@ impl Default for Limits {
 /// When a micro-batch is written, and how much may wait.
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
+    /// How long a micro-batch gathers requests after its first one.
     pub interval: Duration,
+    /// The least time between the starts of two flushes: each table gets at most one commit per this interval
+    /// from this process, however heavy the load (batches grow instead).
+    pub min_interval: Duration,
     pub max_events: usize,
     pub max_bytes: usize,
     /// Past this many bytes waiting or being written, new requests get 503.
@@ -149,7 +153,8 @@ pub struct FlushPolicy {
 impl Default for FlushPolicy {
     fn default() -> Self {
         FlushPolicy {
-            interval: Duration::from_millis(1000),
+            interval: Duration::from_millis(20),
+            min_interval: Duration::from_millis(200),
             max_events: 100_000,
             max_bytes: 64 * 1024 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
@@ -400,6 +405,7 @@ impl Config {
         )?;
         let f = &mut c.flush;
         f.interval = time("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval, MS)?;
+        f.min_interval = time("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", f.min_interval, MS)?;
         f.max_events =
             positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
         f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", bytes("SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;

@@ -51,8 +51,14 @@ pub const SETTINGS: &[Setting] = &[
     s("SEGMENT_DELTA_MAX_BATCH_EVENTS", "2500", "most events in one batch", SERVE | CHECK),
     s(
         "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
-        "1s",
-        "a micro-batch is written at most this long after its first event",
+        "20ms",
+        "a micro-batch gathers requests this long after its first one...",
+        WRITE,
+    ),
+    s(
+        "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS",
+        "200ms",
+        "...and is written no sooner than this after the previous flush started (at most 1000/this commits per table per second)",
         WRITE,
     ),
     s("SEGMENT_DELTA_FLUSH_MAX_EVENTS", "100000", "...or once it holds this many events", WRITE),

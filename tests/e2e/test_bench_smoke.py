@@ -15,7 +15,7 @@ def test_bench_quick_reports_every_section(tmp_path):
     # Smaller than --quick alone: the debug binaries are slow.
     cmd = [sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--bin-dir", str(bin_dir),
            "--workdir", str(tmp_path), "--events", "5000", "--seconds", "1", "--rate", "2000",
-           "--ingest-events", "5000", "--baseline-events", "500", "--markdown"]
+           "--ingest-events", "5000", "--baseline-events", "500", "--sdk-events", "300", "--markdown"]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-5000:]
     report = out.stdout
@@ -31,5 +31,9 @@ def test_bench_quick_reports_every_section(tmp_path):
     latency = re.search(r"^saturation\s+local\s+\d+\s+\d+\s+[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)",
                         report, re.M)
     assert latency and all(int(x) > 0 for x in latency.groups()), report
+    # The sequential analytics-python client: every event acknowledged, none failed.
+    sdk = re.search(r"^sequential SDK\s+local\s+(\d+)\s+(\d+)\s.*\s(\d+)$", report, re.M)
+    assert sdk, report
+    assert int(sdk.group(1)) == 300 and int(sdk.group(2)) > 0 and int(sdk.group(3)) == 0, report
     assert "ratios:" in report and "floor/handler" in report and "handler/baseline" in report
     assert "| saturation | local |" in report
