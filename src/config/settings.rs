@@ -58,7 +58,7 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS",
         "200ms",
-        "...and is written no sooner than this after the previous flush started (at most 1000/this commits per table per second)",
+        "...and is written no sooner than this after the previous flush started (at most 1000/this commits per table per second, unless a micro-batch fills up or a flush leaves tables for the next)",
         WRITE,
     ),
     s("SEGMENT_DELTA_FLUSH_MAX_EVENTS", "100000", "...or once it holds this many events", WRITE),
