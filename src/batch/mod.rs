@@ -143,12 +143,17 @@ impl Batcher {
             for mapped in sub.events {
                 for tr in mapped.rows {
                     let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
-                    if committed.contains(&key) || !p.keys.insert(key) {
+                    if committed.contains(&key) {
                         continue;
                     }
+                    // A row already waiting in this micro-batch (a retry racing its original) is not added twice,
+                    // but the request still waits for that table's commit: it is not acknowledged before its rows
+                    // are written.
                     let id = (schema.clone(), tr.table);
                     tables.insert(id.clone());
-                    p.tables.entry(id).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
+                    if p.keys.insert(key) {
+                        p.tables.entry(id).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
+                    }
                 }
                 for d in mapped.discards {
                     let key = inner.fingerprints.key((
@@ -156,11 +161,13 @@ impl Batcher {
                         (d.row_id.as_str(), d.table_name.as_str(), d.column_name.as_str()),
                         (d.column_value.as_str(), d.reason.as_str()),
                     ));
-                    if committed.contains(&key) || !p.keys.insert(key) {
+                    if committed.contains(&key) {
                         continue;
                     }
                     tables.insert((schema.clone(), DISCARDS.to_string()));
-                    p.discards.entry(schema.clone()).or_default().push((key, d));
+                    if p.keys.insert(key) {
+                        p.discards.entry(schema.clone()).or_default().push((key, d));
+                    }
                 }
                 p.events += 1;
             }
@@ -661,11 +668,9 @@ mod tests {
         b.shutdown().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_stream_s_discards_wait_for_its_failed_table() {
-        let dir = tempfile::tempdir().unwrap();
-        // The table `broken` has a protocol this writer refuses.
-        let log = dir.path().join("s/broken/_delta_log");
+    /// Makes `s/broken`, a table whose protocol this writer refuses.
+    fn refused_table(dir: &std::path::Path) {
+        let log = dir.join("s/broken/_delta_log");
         std::fs::create_dir_all(&log).unwrap();
         let schema = serde_json::json!({"type": "struct", "fields": [{"name": "id", "type": "string", "nullable": true, "metadata": {}}]});
         let commit = [
@@ -674,6 +679,29 @@ mod tests {
                 "schemaString": schema.to_string(), "partitionColumns": [], "configuration": {}, "createdTime": 0}}),
         ];
         std::fs::write(log.join("00000000000000000000.json"), commit.map(|a| a.to_string()).join("\n") + "\n").unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_racing_its_original_waits_for_the_same_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        refused_table(dir.path());
+        let b = batcher(dir.path(), FlushPolicy { interval: Duration::from_millis(200), ..policy() });
+        let sub = || Submission { schema: "s".into(), events: vec![event("broken", "e1", None, true)], bytes: 10 };
+        let (original, retry) = tokio::join!(b.submit(sub()), b.submit(sub()));
+        assert!(original.is_err(), "{original:?}");
+        assert!(retry.is_err(), "the retry shares the failed commit, so it is not acknowledged: {retry:?}");
+        let good = || Submission { schema: "s".into(), events: vec![event("good", "e2", None, false)], bytes: 10 };
+        let (original, retry) = tokio::join!(b.submit(good()), b.submit(good()));
+        original.unwrap();
+        retry.unwrap();
+        assert_eq!(rows(dir.path(), "good"), 1, "the row is written once");
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_s_discards_wait_for_its_failed_table() {
+        let dir = tempfile::tempdir().unwrap();
+        refused_table(dir.path());
         let b = batcher(dir.path(), policy());
         // Event 1 goes to a good table, event 2 to the refused one; both carry a discard.
         let sub = Submission {
