@@ -619,3 +619,74 @@ async fn setup_runs_with_the_azure_cli_account_of_a_developer() {
         assert!(out[0].contains("run `az login`"), "{out:#?}");
     }
 }
+
+/// `check` runs as the function itself: an identity that is no workspace admin, with least privilege (USE
+/// CATALOG on the catalog, its table privileges on the schema through a group, CAN USE on the warehouse through the
+/// same group). What it may read of itself is checked; what only an admin may read is a warning, not a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_passes_for_a_least_privilege_function_identity_that_is_not_an_admin() {
+    use segment_delta::databricks::setup::{Subject, run_for};
+    const OTHER_SP: &str = "7d1c0a52-9b3e-4f6a-8c21-5e4d3b2a1f09";
+    let emu = Emulator::start(&[
+        "--client-id",
+        FUNCTION_SP,
+        "--client-secret",
+        "sp-secret",
+        "--service-principal",
+        &format!("application_id={FUNCTION_SP}:display_name=segment-delta-func"),
+        "--service-principal",
+        &format!("application_id={OTHER_SP}"),
+        "--group",
+        &format!("display_name=loaders:members={FUNCTION_SP}:entitlements=databricks-sql-access"),
+        "--external-location",
+        "bronze=abfss://lake@acct.dfs.core.windows.net/",
+        "--warehouse",
+        "wh:ddl:RUNNING",
+        "--schema",
+        "main.segment",
+        "--grant",
+        &format!("principal={FUNCTION_SP}:securable=catalog/main:privileges=USE_CATALOG"),
+        "--grant",
+        "principal=loaders:securable=schema/main.segment:privileges=USE_SCHEMA,CREATE_TABLE,MODIFY,SELECT",
+        "--grant",
+        &format!(
+            "principal={FUNCTION_SP}:securable=external_location/bronze:privileges=CREATE_EXTERNAL_TABLE,READ_FILES,WRITE_FILES"
+        ),
+        "--warehouse-permission",
+        "warehouse=wh:group_name=loaders:level=CAN_USE",
+    ]);
+    let auth = Auth::OAuthM2m { client_id: FUNCTION_SP.into(), client_secret: Secret::new("sp-secret") };
+    let subject = Subject::of_settings(&auth);
+    let mut cfg = emu.config(auth);
+    cfg.warehouse_id = Some("wh".into());
+    let catalog = segment_delta::databricks::Databricks::new(&cfg).unwrap();
+    let checks = run_for(&catalog, LAKE, &["segment"], false, subject).await;
+    let out = lines(&checks);
+    assert!(checks.iter().all(|c| c.ok), "{out:#?}");
+    // The schema exists: USE CATALOG is all the catalog must give; the rest comes from the schema's grants.
+    let on_catalog = line_with(&out, "on catalog main");
+    assert!(
+        on_catalog.contains(&format!("{FUNCTION_SP} has USE CATALOG on catalog main: USE CATALOG granted directly"))
+    );
+    assert!(!on_catalog.contains("CREATE SCHEMA"), "{on_catalog}");
+    let on_schema = line_with(&out, "on schema main.segment");
+    assert!(on_schema.contains("USE SCHEMA, CREATE TABLE, MODIFY, SELECT on schema main.segment"), "{on_schema}");
+    assert!(on_schema.ends_with("through group loaders"), "{on_schema}");
+    // Its own groups and entitlements, read from what the workspace says of the caller.
+    assert!(line_with(&out, "databricks-sql-access").ends_with("entitlement through group loaders"), "{out:#?}");
+    // The warehouse's permissions are for admins and managers: not readable here, so a warning.
+    let warehouse = line_with(&out, "SQL warehouse wh:");
+    assert!(warehouse.starts_with("[warn] cannot read the permissions of SQL warehouse wh"), "{warehouse}");
+    assert!(warehouse.contains("PERMISSION_DENIED"), "{warehouse}");
+
+    // Another identity, looked up by one who is not an admin: the workspace shows its id only, so its entitlements
+    // and groups cannot be checked. That is said, and nothing is reported missing that may come through a group.
+    let checks = run_for(&catalog, LAKE, &["segment"], false, Subject::Given(OTHER_SP.into())).await;
+    let out = lines(&checks);
+    assert!(checks.iter().all(|c| c.ok), "{out:#?}");
+    assert!(out.iter().all(|l| !l.contains("neither a service principal")), "{out:#?}");
+    let entitlements = line_with(&out, &format!("{OTHER_SP} is in the workspace"));
+    assert!(entitlements.starts_with("[warn]") && entitlements.contains("shown to admins only"), "{entitlements}");
+    let on_catalog = line_with(&out, "on catalog main");
+    assert!(on_catalog.starts_with(&format!("[warn] {OTHER_SP} holds no USE CATALOG on catalog main")), "{on_catalog}");
+}

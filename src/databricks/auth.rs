@@ -33,7 +33,14 @@ struct CliAnswer {
 async fn azure_cli_token(program: &str, tenant_id: Option<&str>) -> Result<(Secret, Duration), AuthError> {
     let err = |message: String| AuthError { kind: "Microsoft Entra through the Azure CLI (az login)", message };
     let scope = format!("{AZURE_DATABRICKS_RESOURCE}/.default");
-    let mut command = tokio::process::Command::new(program);
+    // On Windows the CLI is `az.cmd`, which only a shell finds.
+    let mut command = if cfg!(windows) && program == "az" {
+        let mut c = tokio::process::Command::new("cmd");
+        c.args(["/C", program]);
+        c
+    } else {
+        tokio::process::Command::new(program)
+    };
     command.args(["account", "get-access-token", "--output", "json", "--scope", &scope]);
     if let Some(tenant) = tenant_id {
         command.args(["--tenant", tenant]);

@@ -22,26 +22,43 @@ use crate::databricks::{Databricks, warehouse};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     pub ok: bool,
+    /// Not a failure, but not verified either: what could not be read, and who could read it.
+    pub warn: bool,
     pub what: String,
     pub fix: Option<String>,
 }
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] {}", if self.ok { "pass" } else { "FAIL" }, self.what)?;
+        let mark = match (self.ok, self.warn) {
+            (false, _) => "FAIL",
+            (true, true) => "warn",
+            (true, false) => "pass",
+        };
+        write!(f, "[{mark}] {}", self.what)?;
         if let Some(fix) = &self.fix {
-            write!(f, "\n       fix: {fix}")?;
+            write!(f, "\n       {}: {fix}", if self.warn { "to verify" } else { "fix" })?;
         }
         Ok(())
     }
 }
 
 fn pass(what: impl Into<String>) -> Check {
-    Check { ok: true, what: what.into(), fix: None }
+    Check { ok: true, warn: false, what: what.into(), fix: None }
 }
 
 fn fail(what: impl Into<String>, fix: impl Into<String>) -> Check {
-    Check { ok: false, what: what.into(), fix: Some(fix.into()) }
+    Check { ok: false, warn: false, what: what.into(), fix: Some(fix.into()) }
+}
+
+/// Could not be verified with the credentials at hand: not counted as a failure.
+fn warn(what: impl Into<String>, how: impl Into<String>) -> Check {
+    Check { ok: true, warn: true, what: what.into(), fix: Some(how.into()) }
+}
+
+/// Whether the service refused to show something to these credentials.
+fn refused(e: &ApiError) -> bool {
+    e.status() == Some(403)
 }
 
 /// Whose grants the checklist checks.
@@ -75,9 +92,11 @@ impl Subject {
 }
 
 /// The privileges the loader uses on the catalog: it creates schemas and external tables, adds columns, and
-/// reads and writes rows (`DELETE` for `forget`, `OPTIMIZE`).
+/// reads and writes rows (`DELETE` for `forget`, `OPTIMIZE`). Checked whole when the schemas are not known.
 const CATALOG_PRIVILEGES: [&str; 6] =
     ["USE_CATALOG", "USE_SCHEMA", "CREATE_SCHEMA", "CREATE_TABLE", "MODIFY", "SELECT"];
+/// What the loader uses on a schema that exists (granted on it, or inherited from the catalog).
+const SCHEMA_PRIVILEGES: [&str; 4] = ["USE_SCHEMA", "CREATE_TABLE", "MODIFY", "SELECT"];
 /// On the external location holding the lake: tables are created on it and its files read and written.
 const LOCATION_PRIVILEGES: [&str; 3] = ["CREATE_EXTERNAL_TABLE", "READ_FILES", "WRITE_FILES"];
 /// Warehouse permission levels that let a principal run statements.
@@ -107,17 +126,32 @@ pub async fn run_for(
     let name = &catalog.catalog;
     let mut out = Vec::new();
     // Reachability and credentials: any authenticated call answers both.
-    let caller = match client.call(Method::GET, "/api/2.0/preview/scim/v2/Me", None).await {
+    let (caller, me) = match client.call(Method::GET, "/api/2.0/preview/scim/v2/Me", None).await {
         Ok(v) => {
             let me = v["applicationId"].as_str().or(v["userName"].as_str()).unwrap_or_default().to_string();
+            if me.is_empty() {
+                out.push(fail(
+                    format!(
+                        "{} answered, but did not say whom the credentials ({}) belong to",
+                        client.host,
+                        client.auth_kind()
+                    ),
+                    "check DATABRICKS_HOST: it must be the workspace URL (https://adb-<id>.<n>.azuredatabricks.net)",
+                ));
+                return out;
+            }
             out.push(pass(format!("{} reached; credentials ({}) accepted as {me}", client.host, client.auth_kind())));
-            me
+            (me, v)
         }
         Err(e) if e.status() == Some(401) || e.status() == Some(403) => {
-            out.push(fail(
-                format!("credentials ({}) refused: {e}", client.auth_kind()),
-                "add the identity to the workspace as a service principal with `Databricks SQL access`, or fix DATABRICKS_TOKEN / DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT_SECRET",
-            ));
+            let fix = if personal(client) == Some(AZURE_CLI) {
+                "the Azure CLI's account is not a user of this workspace, or its token is for another tenant: run \
+                 `az login --tenant <the workspace's tenant>` (or set AZURE_TENANT_ID)"
+            } else {
+                "add the identity to the workspace as a service principal with `Databricks SQL access`, or fix \
+                 DATABRICKS_TOKEN / DATABRICKS_CLIENT_ID / DATABRICKS_CLIENT_SECRET"
+            };
+            out.push(fail(format!("credentials ({}) refused: {e}", client.auth_kind()), fix));
             return out;
         }
         Err(ApiError::Auth(e)) => {
@@ -159,14 +193,26 @@ pub async fn run_for(
     };
     out.push(pass(format!("checking the grants of {principal}: {why}")));
 
-    let ident = match identity(client, &principal).await {
-        Ok(i) => i,
-        Err(e) => {
-            out.push(fail(
-                format!("cannot look {principal} up in the workspace: {e}"),
-                "run setup with a workspace admin's credentials (reading identities needs one), or check its entitlements in Settings → Identity and access",
-            ));
-            Identity::unknown(&principal)
+    let ident = if principal.eq_ignore_ascii_case(&caller) {
+        // The caller may always read itself, groups and entitlements included.
+        let kind = if me["applicationId"].is_string() || uuid::Uuid::parse_str(&caller).is_ok() {
+            Kind::ServicePrincipal
+        } else {
+            Kind::User
+        };
+        identity_of(client, &principal, kind, &me).await
+    } else {
+        match identity(client, &principal).await {
+            Ok(i) => i,
+            Err(e) => {
+                out.push(warn(
+                    format!(
+                        "cannot look {principal} up in the workspace ({e}): its entitlements and groups are not checked"
+                    ),
+                    "run setup with a workspace admin's credentials, or check them in Settings → Identity and access",
+                ));
+                Identity::withheld(&principal, None)
+            }
         }
     };
     out.extend(entitlement_checks(&ident));
@@ -184,9 +230,30 @@ pub async fn run_for(
             None
         }
     };
+    // The schemas that exist, with their owners: on those the loader needs its table privileges (granted there
+    // or inherited from the catalog); for the others, CREATE SCHEMA on the catalog (it then owns them).
+    let mut existing: Vec<(String, String)> = Vec::new();
+    for schema in schemas {
+        let full = format!("{name}.{schema}");
+        let path = format!("/api/2.1/unity-catalog/schemas/{}", encode_name(&full));
+        if let Ok(v) = client.call(Method::GET, &path, None).await {
+            existing.push((full, v["owner"].as_str().unwrap_or_default().to_string()));
+        }
+    }
     if let Some(owner) = owner {
         let securable = Securable { kind: "catalog", keyword: "CATALOG", name };
-        out.push(privilege_check(client, &ident, &securable, &owner, &CATALOG_PRIVILEGES).await);
+        let needed: Vec<&str> = if schemas.is_empty() {
+            CATALOG_PRIVILEGES.to_vec()
+        } else if existing.len() < schemas.len() {
+            vec!["USE_CATALOG", "CREATE_SCHEMA"]
+        } else {
+            vec!["USE_CATALOG"]
+        };
+        out.push(privilege_check(client, &ident, &securable, &owner, &needed).await);
+    }
+    for (full, owner) in &existing {
+        let securable = Securable { kind: "schema", keyword: "SCHEMA", name: full };
+        out.push(privilege_check(client, &ident, &securable, owner, &SCHEMA_PRIVILEGES).await);
     }
 
     match client.call(Method::GET, "/api/2.1/unity-catalog/external-locations", None).await {
@@ -202,7 +269,7 @@ pub async fn run_for(
                 Some(l) => {
                     let lname = l["name"].as_str().unwrap_or_default().to_string();
                     out.push(pass(format!("the lake {lake_uri} is inside external location {lname}")));
-                    let path = format!("/api/2.1/unity-catalog/external-locations/{lname}");
+                    let path = format!("/api/2.1/unity-catalog/external-locations/{}", encode_name(&lname));
                     let owner = match client.call(Method::GET, &path, None).await {
                         Ok(full) => full["owner"].as_str().unwrap_or_default().to_string(),
                         Err(_) => l["owner"].as_str().unwrap_or_default().to_string(),
@@ -276,6 +343,12 @@ fn encode(s: &str) -> String {
     utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
 }
 
+/// A securable's name as one path segment: everything but letters, digits and `.`, `-`, `_` percent-encoded.
+fn encode_name(s: &str) -> String {
+    const KEEP: &percent_encoding::AsciiSet = &NON_ALPHANUMERIC.remove(b'.').remove(b'-').remove(b'_');
+    utf8_percent_encode(s, KEEP).to_string()
+}
+
 /// Upper case with `_` for spaces, as the APIs name privileges.
 fn privilege_name(s: &str) -> String {
     s.trim().to_ascii_uppercase().replace(' ', "_")
@@ -310,11 +383,19 @@ struct Identity {
     kind: Option<(Kind, String)>,
     entitlements: Vec<String>,
     groups: Vec<Group>,
+    /// Whether its entitlements and groups could be read: a workspace shows them to admins (and to the
+    /// principal itself) only.
+    details: bool,
 }
 
 impl Identity {
     fn unknown(name: &str) -> Identity {
-        Identity { name: name.to_string(), kind: None, entitlements: Vec::new(), groups: Vec::new() }
+        Identity { name: name.to_string(), kind: None, entitlements: Vec::new(), groups: Vec::new(), details: true }
+    }
+
+    /// Known to exist (`kind`) or not even that, but with its entitlements and groups hidden from the caller.
+    fn withheld(name: &str, kind: Option<(Kind, String)>) -> Identity {
+        Identity { name: name.to_string(), kind, entitlements: Vec::new(), groups: Vec::new(), details: false }
     }
 
     fn is_group(&self, name: &str) -> Option<&Group> {
@@ -359,11 +440,22 @@ async fn identity(client: &Client, name: &str) -> Result<Identity, ApiError> {
     let Some((kind, resource)) = found else {
         return Ok(Identity::unknown(name));
     };
+    // To a caller who is not an admin, the lists show only the id and display name.
+    if !resource["applicationId"].is_string() && !resource["userName"].is_string() {
+        let id = resource["id"].as_str().unwrap_or_default().to_string();
+        return Ok(Identity::withheld(name, Some((kind, id))));
+    }
+    Ok(identity_of(client, name, kind, &resource).await)
+}
+
+/// The identity a SCIM resource (a list entry, or `Me`) describes, with every group it is in.
+async fn identity_of(client: &Client, name: &str, kind: Kind, resource: &Value) -> Identity {
     let mut ident = Identity {
         name: name.to_string(),
         kind: Some((kind, resource["id"].as_str().unwrap_or_default().to_string())),
-        entitlements: values(&resource, "entitlements"),
+        entitlements: values(resource, "entitlements"),
         groups: Vec::new(),
+        details: true,
     };
     let refs = |v: &Value| -> Vec<(String, String)> {
         v["groups"]
@@ -373,7 +465,7 @@ async fn identity(client: &Client, name: &str) -> Result<Identity, ApiError> {
             .filter_map(|g| Some((g["value"].as_str()?.to_string(), g["display"].as_str().unwrap_or("").to_string())))
             .collect()
     };
-    let mut queue = refs(&resource);
+    let mut queue = refs(resource);
     while let Some((id, display)) = queue.pop() {
         if ident.groups.iter().any(|g| g.id == id) {
             continue;
@@ -391,7 +483,7 @@ async fn identity(client: &Client, name: &str) -> Result<Identity, ApiError> {
             Err(_) => ident.groups.push(Group { id, name: display, account: None, entitlements: Vec::new() }),
         }
     }
-    Ok(ident)
+    ident
 }
 
 /// Where an entitlement comes from: the principal itself, or the first group that has it.
@@ -409,6 +501,17 @@ fn entitlement_source(ident: &Identity, entitlement: &str) -> Option<String> {
 /// `databricks-sql-access` is needed (statements run on a SQL warehouse); `allow-cluster-create` is reported.
 fn entitlement_checks(ident: &Identity) -> Vec<Check> {
     let p = &ident.name;
+    if !ident.details {
+        if ident.kind.is_some() {
+            return vec![warn(
+                format!("{p} is in the workspace, but its entitlements and groups are shown to admins only"),
+                format!(
+                    "run setup with a workspace admin's credentials, or check that {p} has Databricks SQL access in Settings → Identity and access"
+                ),
+            )];
+        }
+        return Vec::new();
+    }
     let Some((kind, id)) = &ident.kind else {
         return vec![fail(
             format!("{p} is neither a service principal (by application id) nor a user of this workspace"),
@@ -466,11 +569,14 @@ async fn privilege_check(
 ) -> Check {
     let p = &ident.name;
     let what = securable.describe();
-    if ident.is_self(owner) {
-        return pass(format!("{p} owns {what}: every privilege"));
-    }
-    if let Some(g) = ident.is_group(owner) {
-        return pass(format!("{p} is in group {}, which owns {what}: every privilege", g.name));
+    // An owner (or a member of an owning group) holds every privilege; an empty owner is nobody.
+    if !owner.is_empty() {
+        if ident.is_self(owner) {
+            return pass(format!("{p} owns {what}: every privilege"));
+        }
+        if let Some(g) = ident.is_group(owner) {
+            return pass(format!("{p} is in group {}, which owns {what}: every privilege", g.name));
+        }
     }
     let mut principals = vec![p.clone()];
     principals.extend(ident.groups.iter().filter(|g| g.account != Some(false)).map(|g| g.name.clone()));
@@ -480,7 +586,7 @@ async fn privilege_check(
         let path = format!(
             "/api/2.1/unity-catalog/effective-permissions/{}/{}?principal={}",
             securable.kind,
-            securable.name,
+            encode_name(securable.name),
             encode(q)
         );
         let answer = match client.call(Method::GET, &path, None).await {
@@ -493,6 +599,14 @@ async fn privilege_check(
                         format!(
                             "Unity Catalog does not know {p}: add the service principal to the Databricks account and the workspace"
                         )
+                    }
+                    _ if refused(&e) => {
+                        return warn(
+                            format!("cannot read the effective permissions of {p} on {what}: {e}"),
+                            format!(
+                                "run setup as the owner of {what}, a metastore admin, or a principal with MANAGE on it"
+                            ),
+                        );
                     }
                     _ => {
                         format!("run setup as the owner of {what}, a metastore admin, or a principal with MANAGE on it")
@@ -550,6 +664,17 @@ async fn privilege_check(
     }
     let lacks = missing.iter().map(|n| sql_name(n)).collect::<Vec<_>>().join(", ");
     let has = if summary.is_empty() { String::new() } else { format!(" (it has {summary})") };
+    if !ident.details {
+        return warn(
+            format!(
+                "{p} holds no {lacks} on {what} of its own{has}; its groups could not be read, so it may hold them through one"
+            ),
+            format!(
+                "run setup with a workspace admin's credentials; else GRANT {lacks} ON {} `{}` TO `{p}`",
+                securable.keyword, securable.name
+            ),
+        );
+    }
     fail(
         format!("{p} lacks {lacks} on {what}{has}"),
         format!("GRANT {lacks} ON {} `{}` TO `{p}`", securable.keyword, securable.name),
@@ -559,8 +684,14 @@ async fn privilege_check(
 /// Whether the principal may run statements on the warehouse: `CAN_USE` or more, its own or a group's.
 async fn warehouse_check(client: &Client, ident: &Identity, id: &str) -> Check {
     let p = &ident.name;
-    let acl = match client.call(Method::GET, &format!("/api/2.0/permissions/warehouses/{id}"), None).await {
+    let acl = match client.call(Method::GET, &format!("/api/2.0/permissions/warehouses/{}", encode(id)), None).await {
         Ok(a) => a,
+        Err(e) if refused(&e) => {
+            return warn(
+                format!("cannot read the permissions of SQL warehouse {id}: {e}"),
+                format!("run setup as a workspace admin or with CAN MANAGE on the warehouse; {p} needs CAN USE"),
+            );
+        }
         Err(e) => {
             return fail(
                 format!("cannot read the permissions of SQL warehouse {id}: {e}"),

@@ -119,17 +119,19 @@ async fn api(emu: &Arc<Emulator>, m: &str, segs: &[&str], req: &Req, caller: &st
         ("POST", ["2.0", "sql", "statements", id, "cancel"]) => statements::cancel(emu, id),
         ("GET", ["2.0", "preview", "scim", "v2", "Me"]) => Ok(Resp::ok(directory.me(caller))),
         ("GET", ["2.0", "preview", "scim", "v2", "ServicePrincipals"]) => {
-            Ok(scim::list_service_principals(directory, &req.query))
+            Ok(scim::list_service_principals(directory, &req.query, directory.is_admin(caller)))
         }
         ("GET", ["2.0", "preview", "scim", "v2", "ServicePrincipals", id]) => {
             Ok(scim::get_service_principal(directory, id, &req.query))
         }
-        ("GET", ["2.0", "preview", "scim", "v2", "Users"]) => Ok(scim::list_users(directory, &req.query)),
+        ("GET", ["2.0", "preview", "scim", "v2", "Users"]) => {
+            Ok(scim::list_users(directory, &req.query, directory.is_admin(caller)))
+        }
         ("GET", ["2.0", "preview", "scim", "v2", "Users", id]) => Ok(scim::get_user(directory, id, &req.query)),
         ("GET", ["2.0", "preview", "scim", "v2", "Groups"]) => Ok(scim::list_groups(directory, &req.query)),
         ("GET", ["2.0", "preview", "scim", "v2", "Groups", id]) => Ok(scim::get_group(directory, id, &req.query)),
         ("GET", ["2.0", "permissions", "warehouses", id] | ["2.0", "permissions", "sql", "warehouses", id]) => {
-            warehouses::get_permissions(emu, id)
+            warehouses::get_permissions(emu, id, caller)
         }
         ("PATCH", ["2.0", "permissions", "warehouses", id] | ["2.0", "permissions", "sql", "warehouses", id]) => {
             warehouses::update_permissions(emu, id, &json_body(req)?)

@@ -210,6 +210,22 @@ impl Directory {
             || self.group(name).is_some_and(|g| g.account)
     }
 
+    /// Whether `caller` is a workspace admin: a member of `admins`, directly or through a group in it.
+    pub fn is_admin(&self, caller: &str) -> bool {
+        let mut seen: Vec<&str> = Vec::new();
+        let mut queue: Vec<&Group> = self.direct_groups(caller);
+        while let Some(g) = queue.pop() {
+            if g.display_name == "admins" {
+                return true;
+            }
+            if !seen.contains(&g.display_name.as_str()) {
+                seen.push(&g.display_name);
+                queue.extend(self.direct_groups(&g.display_name));
+            }
+        }
+        false
+    }
+
     pub fn sp(&self, application_id: &str) -> Option<&ServicePrincipal> {
         self.service_principals.iter().find(|s| s.application_id.eq_ignore_ascii_case(application_id))
     }
@@ -478,13 +494,22 @@ fn list(all: Vec<(Value, Attributes)>, query: &HashMap<String, String>) -> Resp 
     Resp::ok(Value::Object(body))
 }
 
-pub fn list_service_principals(d: &Directory, query: &HashMap<String, String>) -> Resp {
+/// What a caller who is not a workspace admin sees of a user or service principal in a list: its id and display
+/// name only.
+fn listed(v: Value, admin: bool) -> Value {
+    if admin {
+        return v;
+    }
+    json!({"schemas": v["schemas"], "id": v["id"], "displayName": v["displayName"]})
+}
+
+pub fn list_service_principals(d: &Directory, query: &HashMap<String, String>, admin: bool) -> Resp {
     let all = d
         .service_principals
         .iter()
         .map(|s| {
             (
-                d.sp_json(s),
+                listed(d.sp_json(s), admin),
                 vec![
                     ("applicationId", Some(s.application_id.clone()), false),
                     ("displayName", Some(s.display_name.clone()), false),
@@ -496,13 +521,13 @@ pub fn list_service_principals(d: &Directory, query: &HashMap<String, String>) -
     list(all, query)
 }
 
-pub fn list_users(d: &Directory, query: &HashMap<String, String>) -> Resp {
+pub fn list_users(d: &Directory, query: &HashMap<String, String>, admin: bool) -> Resp {
     let all = d
         .users
         .iter()
         .map(|u| {
             (
-                d.user_json(u),
+                listed(d.user_json(u), admin),
                 vec![
                     ("userName", Some(u.user_name.clone()), false),
                     ("displayName", Some(u.display_name.clone()), false),
@@ -587,13 +612,21 @@ mod tests {
     fn filters_take_one_quoted_comparison() {
         let d = dir();
         let q = |f: &str| HashMap::from([("filter".to_string(), f.to_string())]);
-        let r = list_service_principals(&d, &q("applicationId eq \"APP-1\""));
+        let r = list_service_principals(&d, &q("applicationId eq \"APP-1\""), true);
         assert_eq!(r.body["totalResults"], 1);
         assert_eq!(r.body["Resources"][0]["displayName"], "loader");
-        let none = list_service_principals(&d, &q("applicationId eq 'other'"));
+        assert_eq!(r.body["Resources"][0]["applicationId"], "app-1");
+        let none = list_service_principals(&d, &q("applicationId eq 'other'"), true);
         assert_eq!(none.body["totalResults"], 0);
         assert!(none.body.get("Resources").is_none());
-        assert_eq!(list_service_principals(&d, &q("applicationId eq other")).status, 400);
-        assert_eq!(list_users(&d, &q("nickName eq \"x\"")).body["scimType"], "invalidFilter");
+        assert_eq!(list_service_principals(&d, &q("applicationId eq other"), true).status, 400);
+        assert_eq!(list_users(&d, &q("nickName eq \"x\""), true).body["scimType"], "invalidFilter");
+        // Not an admin: the same filter finds it, but shows only its id and display name.
+        let r = list_service_principals(&d, &q("applicationId eq \"APP-1\""), false);
+        let found = r.body["Resources"][0].as_object().unwrap();
+        let mut keys: Vec<&str> = found.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(keys, ["displayName", "id", "schemas"]);
+        assert!(d.is_admin("ada@example.com") && !d.is_admin("app-1"));
     }
 }

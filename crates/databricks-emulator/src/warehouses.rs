@@ -362,10 +362,29 @@ fn permissions_json(emu: &Emulator, w: &Warehouse) -> Value {
     json!({"object_id": format!("/sql/warehouses/{}", w.id), "object_type": "warehouses", "access_control_list": list})
 }
 
-/// `GET /api/2.0/permissions/warehouses/{id}` (or `.../permissions/sql/warehouses/{id}`).
-pub fn get_permissions(emu: &Emulator, id: &str) -> Result<Resp, ApiError> {
+/// `GET /api/2.0/permissions/warehouses/{id}` (or `.../permissions/sql/warehouses/{id}`): for workspace admins,
+/// the warehouse's owner and principals with `CAN_MANAGE` on it (their own or a group's).
+pub fn get_permissions(emu: &Emulator, id: &str, caller: &str) -> Result<Resp, ApiError> {
     let inner = emu.lock();
     let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    let d = &emu.settings.directory;
+    let groups: Vec<&str> = d.direct_groups(caller).iter().map(|g| g.display_name.as_str()).collect();
+    let manages = w.acl.iter().any(|e| {
+        e.level == "CAN_MANAGE"
+            && match e.kind {
+                Kind::Group => groups.contains(&e.principal.as_str()),
+                _ => e.principal.eq_ignore_ascii_case(caller),
+            }
+    });
+    if !(d.is_admin(caller) || w.creator.eq_ignore_ascii_case(caller) || manages) {
+        return Err(ApiError::new(
+            403,
+            "PERMISSION_DENIED",
+            format!(
+                "{caller} does not have Manage permissions on /sql/warehouses/{id}. Please contact the owner or an administrator for access."
+            ),
+        ));
+    }
     Ok(Resp::ok(permissions_json(emu, w)))
 }
 
