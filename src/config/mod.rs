@@ -136,8 +136,9 @@ impl Default for Limits {
 pub struct FlushPolicy {
     /// How long a micro-batch gathers requests after its first one.
     pub interval: Duration,
-    /// The least time between the starts of two flushes: each table gets at most one commit per this interval
-    /// from this process, however heavy the load (batches grow instead).
+    /// The least time between the starts of two flushes: under any load each table gets at most one commit per
+    /// this interval from this process (batches grow instead), except when a micro-batch is full or a flush left
+    /// tables for the next.
     pub min_interval: Duration,
     pub max_events: usize,
     pub max_bytes: usize,
@@ -404,8 +405,25 @@ impl Config {
             num(&get, "SEGMENT_DELTA_MAX_BATCH_EVENTS", l.max_batch_events)?,
         )?;
         let f = &mut c.flush;
-        f.interval = time("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval, MS)?;
-        f.min_interval = time("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", f.min_interval, MS)?;
+        // Every request waits up to these: past a minute, clients and front ends would time out first.
+        let at_most_a_minute = |name: &'static str, d: Duration| {
+            if d > Duration::from_secs(60) {
+                Err(ConfigError::Invalid {
+                    name,
+                    message: format!("{d:?} is longer than a minute; every request would wait that long"),
+                })
+            } else {
+                Ok(d)
+            }
+        };
+        f.interval = at_most_a_minute(
+            "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
+            time("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval, MS)?,
+        )?;
+        f.min_interval = at_most_a_minute(
+            "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS",
+            time("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", f.min_interval, MS)?,
+        )?;
         f.max_events =
             positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
         f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", bytes("SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
@@ -548,6 +566,10 @@ mod tests {
             (vec![("SEGMENT_DELTA_SOURCES", "K1")], "SEGMENT_DELTA_SOURCES: entry 1 is not KEY=schema"),
             (vec![("SEGMENT_DELTA_SOURCES", "K1=a,K1=b")], "repeats a write key"),
             (vec![("SEGMENT_DELTA_FLUSH_INTERVAL_MS", "soon")], "SEGMENT_DELTA_FLUSH_INTERVAL_MS: \"soon\""),
+            (
+                vec![("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", "200s")],
+                "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS: 200s is longer than a minute",
+            ),
             (vec![("SEGMENT_DELTA_MAX_COLUMNS", "0")], "SEGMENT_DELTA_MAX_COLUMNS: must be greater than 0"),
             (vec![("SEGMENT_DELTA_LOG_FORMAT", "xml")], "SEGMENT_DELTA_LOG_FORMAT"),
             (vec![("SEGMENT_DELTA_VACUUM_RETENTION_HOURS", "12")], "under the least retention of 24 hours"),
