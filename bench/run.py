@@ -427,21 +427,31 @@ class Row:
         return None if n is None else n * 100_000 / self.events
 
 
-def http_scenario(args, bin_dir, workdir, lake_kind, azurite, name, bodies, connections, rate) -> Row:
-    lake = new_lake(lake_kind, workdir, f"{lake_kind}-{name}", azurite)
-    extra = {}
-    handler = Handler(bin_dir, lake, workdir, flush_settings(args))
+def measured(handler: Handler, work):
+    """Runs `work()` against a started handler, then stops it (kills it should `work` fail). Returns what `work`
+    returned, the handler's CPU seconds during it and its peak RSS in MiB."""
     try:
-        az_cpu0 = proc_cpu(azurite.proc.pid) if lake_kind == "azurite" else 0.0
         cpu0 = proc_cpu(handler.proc.pid)
-        result = drive(handler.port, bodies, connections, rate)
+        result = work()
         cpu = proc_cpu(handler.proc.pid) - cpu0
-        az_cpu = proc_cpu(azurite.proc.pid) - az_cpu0 if lake_kind == "azurite" else 0.0
         rss = proc_hwm_mib(handler.proc.pid)
     except BaseException:
         handler.proc.kill()
         raise
     handler.stop()
+    return result, cpu, rss
+
+
+def http_scenario(args, bin_dir, workdir, lake_kind, azurite, name, bodies, connections, rate) -> Row:
+    lake = new_lake(lake_kind, workdir, f"{lake_kind}-{name}", azurite)
+    handler = Handler(bin_dir, lake, workdir, flush_settings(args))
+
+    def work():
+        az_cpu0 = proc_cpu(azurite.proc.pid) if lake_kind == "azurite" else 0.0
+        result = drive(handler.port, bodies, connections, rate)
+        return result, proc_cpu(azurite.proc.pid) - az_cpu0 if lake_kind == "azurite" else 0.0
+
+    (result, az_cpu), cpu, rss = measured(handler, work)
     files, commits = lake.counts()
     events = len(bodies) * BATCH
     note = f"load generator {result.loadgen_cpu / result.wall:.2f} cores"
@@ -471,8 +481,8 @@ def sdk_scenario(args, bin_dir, workdir, lake_kind, azurite, count: int) -> Row:
     lake = new_lake(lake_kind, workdir, f"{lake_kind}-sdk", azurite)
     handler = Handler(bin_dir, lake, workdir, flush_settings(args))
     errors = []
-    try:
-        cpu0 = proc_cpu(handler.proc.pid)
+
+    def work():
         client = Client(write_key=KEY, host=f"http://127.0.0.1:{handler.port}", on_error=lambda e, b: errors.append(e))
         started = time.perf_counter()
         for i in range(count):
@@ -481,12 +491,9 @@ def sdk_scenario(args, bin_dir, workdir, lake_kind, azurite, count: int) -> Row:
         client.flush()
         wall = time.perf_counter() - started
         client.join()
-        cpu = proc_cpu(handler.proc.pid) - cpu0
-        rss = proc_hwm_mib(handler.proc.pid)
-    except BaseException:
-        handler.proc.kill()
-        raise
-    handler.stop()
+        return wall
+
+    wall, cpu, rss = measured(handler, work)
     files, commits = lake.counts()
     row = Row("sequential SDK", lake_kind, count, wall, 0, cpu, rss, files=files, commits=commits,
               failed=len(errors), note="analytics-python defaults: 100 events per request, one request at a time")
