@@ -544,8 +544,6 @@ async fn setup_checks_the_service_principal_the_settings_authenticate_as() {
 /// A stand-in for the Azure CLI: records its arguments, then prints what `az account get-access-token --output json`
 /// prints, with a token the emulator issued to `account` (through its managed identity endpoint).
 fn fake_az(dir: &std::path::Path, emu: &Emulator, account: &str) -> std::path::PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let path = dir.join("az");
     let script = format!(
         r#"#!/usr/bin/env python3
 import json, sys, urllib.request
@@ -559,9 +557,15 @@ print(json.dumps({{"accessToken": t["access_token"], "expiresOn": "2030-01-01 00
         args = dir.join("args").display().to_string(),
         url = emu.url,
     );
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    path
+    script_file(&dir.join("az"), &script)
+}
+
+/// Writes an executable script.
+fn script_file(path: &std::path::Path, text: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_path_buf()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -598,13 +602,10 @@ async fn setup_runs_with_the_azure_cli_account_of_a_developer() {
     );
 
     // Not signed in: the CLI's own explanation, and what to run.
-    let signed_out = dir.path().join("az-signed-out");
-    std::fs::write(&signed_out, "#!/bin/sh\necho \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1\n")
-        .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&signed_out, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    let signed_out = script_file(
+        &dir.path().join("az-signed-out"),
+        "#!/bin/sh\necho \"ERROR: Please run 'az login' to setup account.\" >&2\nexit 1\n",
+    );
     for (program, says) in [
         (signed_out.display().to_string(), "Please run 'az login' to setup account."),
         (dir.path().join("no-such-az").display().to_string(), "not found: install the Azure CLI"),
