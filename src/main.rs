@@ -8,6 +8,7 @@ use segment_delta::app::AppState;
 use segment_delta::config::settings;
 use segment_delta::config::{Config, check_schema_name};
 use segment_delta::databricks::Databricks;
+use segment_delta::databricks::setup::{Check, Subject};
 use segment_delta::sources::http;
 
 #[derive(Parser)]
@@ -239,20 +240,29 @@ fn interactive_catalog(db: &segment_delta::config::databricks::DatabricksConfig)
     Ok(Databricks::new(&db)?)
 }
 
+/// The catalog side's checklist (`setup`, and `check` without `--apply`) for the grants of `subject`.
+async fn catalog_checks(
+    config: &Config,
+    db: &segment_delta::config::databricks::DatabricksConfig,
+    apply: bool,
+    subject: Subject,
+) -> anyhow::Result<Vec<Check>> {
+    let catalog = interactive_catalog(db)?;
+    let lake = match &config.lake {
+        segment_delta::config::Lake::Remote(uri) => uri.clone(),
+        segment_delta::config::Lake::Local(p) => p.display().to_string(),
+    };
+    Ok(segment_delta::databricks::setup::run_for(&catalog, &lake, &config.sources.schemas(), apply, subject).await)
+}
+
 async fn setup(config: Config, apply: bool, principal: Option<String>) -> anyhow::Result<()> {
     let Some(db) = &config.databricks else {
         anyhow::bail!(
             "DATABRICKS_HOST is not set: without it the Delta log is the only catalog and there is nothing to set up"
         );
     };
-    let catalog = interactive_catalog(db)?;
-    let lake = match &config.lake {
-        segment_delta::config::Lake::Remote(uri) => uri.clone(),
-        segment_delta::config::Lake::Local(p) => p.display().to_string(),
-    };
-    use segment_delta::databricks::setup::{Subject, run_for};
     let subject = principal.map_or_else(|| Subject::of_settings(&db.auth), Subject::Given);
-    let checks = run_for(&catalog, &lake, &config.sources.schemas(), apply, subject).await;
+    let checks = catalog_checks(&config, db, apply, subject).await?;
     for c in &checks {
         println!("{c}");
     }
@@ -385,14 +395,7 @@ async fn check(config: Config) -> anyhow::Result<()> {
         line(true, "Unity Catalog: not configured (DATABRICKS_HOST unset); the Delta log is the only catalog".into());
     }
     if let Some(db) = &config.databricks {
-        let catalog = interactive_catalog(db)?;
-        let lake = match &config.lake {
-            segment_delta::config::Lake::Remote(uri) => uri.clone(),
-            segment_delta::config::Lake::Local(p) => p.display().to_string(),
-        };
-        let subject = segment_delta::databricks::setup::Subject::of_settings(&db.auth);
-        let schemas = config.sources.schemas();
-        for c in segment_delta::databricks::setup::run_for(&catalog, &lake, &schemas, false, subject).await {
+        for c in catalog_checks(&config, db, false, Subject::of_settings(&db.auth)).await? {
             println!("{c}");
             failed += usize::from(!c.ok);
         }
