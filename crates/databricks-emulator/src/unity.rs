@@ -260,26 +260,7 @@ pub fn get_permissions(
     full: &str,
     query: &HashMap<String, String>,
 ) -> Result<Resp, ApiError> {
-    let (kind, name) = securable(emu, kind, full)?;
-    let principal = principal_filter(emu, query)?;
-    paging(query)?;
-    let mut assignments: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for g in &emu.settings.grants {
-        let matches = g.securable_type == kind && g.full_name.eq_ignore_ascii_case(&name);
-        if matches && principal.is_none_or(|p| p.eq_ignore_ascii_case(&g.principal)) {
-            let privileges = assignments.entry(g.principal.clone()).or_default();
-            for p in &g.privileges {
-                if !privileges.contains(p) {
-                    privileges.push(p.clone());
-                }
-            }
-        }
-    }
-    let list: Vec<Value> = assignments
-        .into_iter()
-        .map(|(principal, privileges)| json!({"principal": principal, "privileges": privileges}))
-        .collect();
-    Ok(Resp::ok(assignments_body(list)))
+    assignments(emu, kind, full, query, false)
 }
 
 /// The securable and the parents it inherits privileges from, nearest first: a table inherits from its schema
@@ -306,10 +287,22 @@ pub fn get_effective_permissions(
     full: &str,
     query: &HashMap<String, String>,
 ) -> Result<Resp, ApiError> {
+    assignments(emu, kind, full, query, true)
+}
+
+/// The `--grant` assignments on a securable, per principal: as privilege names, or (`effective`) as privilege
+/// objects, with those inherited from its parents.
+fn assignments(
+    emu: &Emulator,
+    kind: &str,
+    full: &str,
+    query: &HashMap<String, String>,
+    effective: bool,
+) -> Result<Resp, ApiError> {
     let (kind, name) = securable(emu, kind, full)?;
     let principal = principal_filter(emu, query)?;
     paging(query)?;
-    let lineage = lineage(&kind, &name);
+    let lineage = if effective { lineage(&kind, &name) } else { vec![(kind, name)] };
     let mut assignments: BTreeMap<String, Vec<Value>> = BTreeMap::new();
     for (depth, (t, n)) in lineage.iter().enumerate() {
         for g in &emu.settings.grants {
@@ -321,10 +314,12 @@ pub fn get_effective_permissions(
             }
             let list = assignments.entry(g.principal.clone()).or_default();
             for p in &g.privileges {
-                let entry = if depth == 0 {
-                    json!({"privilege": p})
-                } else {
-                    json!({"privilege": p, "inherited_from_type": t.to_uppercase(), "inherited_from_name": n})
+                let entry = match (effective, depth) {
+                    (false, _) => json!(p),
+                    (true, 0) => json!({"privilege": p}),
+                    (true, _) => {
+                        json!({"privilege": p, "inherited_from_type": t.to_uppercase(), "inherited_from_name": n})
+                    }
                 };
                 if !list.contains(&entry) {
                     list.push(entry);
