@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = Limits::default();
     let batch = mode & 1 == 1;
     let encoding = (mode & 2 == 2).then_some("gzip");
-    let Ok(decoded) = body::decode(encoding, rest.to_vec(), limits.max_request_bytes) else {
+    let Ok(decoded) = body::decode(encoding, rest, limits.max_request_bytes) else {
         return;
     };
     assert!(decoded.len() <= limits.max_request_bytes);

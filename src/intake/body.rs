@@ -1,5 +1,6 @@
 //! Request bodies: decompression within limits, write keys, and the split into events.
 
+use std::borrow::Cow;
 use std::io::Read;
 
 use base64::Engine;
@@ -53,17 +54,18 @@ impl From<ScanError> for BodyError {
     }
 }
 
-/// Undoes `Content-Encoding`, refusing anything that grows past the request limit.
-pub fn decode(encoding: Option<&str>, raw: Vec<u8>, limit: usize) -> Result<Vec<u8>, BodyError> {
+/// Undoes `Content-Encoding`, refusing anything that grows past the request limit. An unencoded body is borrowed,
+/// not copied.
+pub fn decode<'a>(encoding: Option<&str>, raw: &'a [u8], limit: usize) -> Result<Cow<'a, [u8]>, BodyError> {
     let body = match encoding.map(|e| e.trim().to_ascii_lowercase()).as_deref() {
-        None | Some("") | Some("identity") => raw,
+        None | Some("") | Some("identity") => Cow::Borrowed(raw),
         Some("gzip") | Some("x-gzip") => {
             let mut out = Vec::with_capacity(raw.len() * 4);
-            MultiGzDecoder::new(raw.as_slice())
+            MultiGzDecoder::new(raw)
                 .take(limit as u64 + 1)
                 .read_to_end(&mut out)
                 .map_err(|e| BodyError::Gzip(e.to_string()))?;
-            out
+            Cow::Owned(out)
         }
         Some(other) => return Err(BodyError::Encoding(other.to_string())),
     };
@@ -239,10 +241,10 @@ mod tests {
     #[test]
     fn gzip_is_bounded_after_decompression() {
         let data = vec![b' '; 10_000];
-        assert_eq!(decode(Some("gzip"), gz(&data), 10_000).unwrap().len(), 10_000);
-        assert_eq!(decode(Some("gzip"), gz(&data), 9_999), Err(BodyError::TooLarge { limit: 9_999 }));
-        assert!(matches!(decode(Some("gzip"), b"not gzip".to_vec(), 100), Err(BodyError::Gzip(_))));
-        assert_eq!(decode(Some("br"), vec![], 100), Err(BodyError::Encoding("br".into())));
+        assert_eq!(decode(Some("gzip"), &gz(&data), 10_000).unwrap().len(), 10_000);
+        assert_eq!(decode(Some("gzip"), &gz(&data), 9_999), Err(BodyError::TooLarge { limit: 9_999 }));
+        assert!(matches!(decode(Some("gzip"), b"not gzip", 100), Err(BodyError::Gzip(_))));
+        assert_eq!(decode(Some("br"), &[], 100), Err(BodyError::Encoding("br".into())));
     }
 
     #[test]

@@ -266,11 +266,10 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
     if raw_len > limits.max_request_bytes {
         return body_error(BodyError::TooLarge { limit: limits.max_request_bytes });
     }
-    let data =
-        match body::decode((req.header)("content-encoding").as_deref(), req.body.clone(), limits.max_request_bytes) {
-            Ok(d) => d,
-            Err(e) => return body_error(e),
-        };
+    let data = match body::decode((req.header)("content-encoding").as_deref(), &req.body, limits.max_request_bytes) {
+        Ok(d) => d,
+        Err(e) => return body_error(e),
+    };
     let parsed = match endpoint {
         Endpoint::Event(_) => body::split(&data, false, limits),
         Endpoint::Batch => body::split(&data, true, limits),
