@@ -83,6 +83,9 @@ pub enum Auth {
     },
 }
 
+/// Whom `azure-cli` credentials belong to.
+pub const AZURE_CLI_ACCOUNT: &str = "the account signed in to the Azure CLI";
+
 impl fmt::Debug for Auth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.kind())
@@ -98,6 +101,16 @@ impl Auth {
             Auth::AzureClientSecret { .. } => "Microsoft Entra service principal (client secret)",
             Auth::AzureWorkloadIdentity { .. } => "Microsoft Entra workload identity",
             Auth::AzureCli { .. } => "Microsoft Entra through the Azure CLI (az login)",
+        }
+    }
+
+    /// Whom the credentials belong to when they are a person's more often than not: a personal access token, or
+    /// the account signed in to the Azure CLI.
+    pub fn personal_owner(&self) -> Option<&'static str> {
+        match self {
+            Auth::Pat(_) => Some("the owner of DATABRICKS_TOKEN"),
+            Auth::AzureCli { .. } => Some(AZURE_CLI_ACCOUNT),
+            _ => None,
         }
     }
 

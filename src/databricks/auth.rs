@@ -30,8 +30,12 @@ struct CliAnswer {
 }
 
 /// A token for the AzureDatabricks resource from the Azure CLI's signed-in account.
-async fn azure_cli_token(program: &str, tenant_id: Option<&str>) -> Result<(Secret, Duration), AuthError> {
-    let err = |message: String| AuthError { kind: "Microsoft Entra through the Azure CLI (az login)", message };
+async fn azure_cli_token(
+    program: &str,
+    tenant_id: Option<&str>,
+    kind: &'static str,
+) -> Result<(Secret, Duration), AuthError> {
+    let err = |message: String| AuthError { kind, message };
     let scope = format!("{AZURE_DATABRICKS_RESOURCE}/.default");
     // On Windows the CLI is `az.cmd`, which only a shell finds.
     let mut command = if cfg!(windows) && program == "az" {
@@ -109,6 +113,10 @@ impl TokenSource {
         self.auth.kind()
     }
 
+    pub fn personal_owner(&self) -> Option<&'static str> {
+        self.auth.personal_owner()
+    }
+
     pub async fn token(&self) -> Result<Secret, AuthError> {
         let mut cached = self.cached.lock().await;
         if let Some(c) = cached.as_ref()
@@ -156,7 +164,9 @@ impl TokenSource {
                     ("scope", scope.as_str()),
                 ])
             }
-            Auth::AzureCli { program, tenant_id } => return azure_cli_token(program, tenant_id.as_deref()).await,
+            Auth::AzureCli { program, tenant_id } => {
+                return azure_cli_token(program, tenant_id.as_deref(), self.auth.kind()).await;
+            }
             Auth::AzureMsi { endpoint, header, client_id } => {
                 let mut query = vec![("resource", AZURE_DATABRICKS_RESOURCE.to_string())];
                 if let Some(id) = client_id {

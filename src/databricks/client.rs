@@ -53,6 +53,11 @@ impl Client {
         self.tokens.kind()
     }
 
+    /// See [`Auth::personal_owner`].
+    pub fn personal_owner(&self) -> Option<&'static str> {
+        self.tokens.personal_owner()
+    }
+
     /// Sends a request and returns its JSON answer.
     pub async fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, ApiError> {
         let started = Instant::now();

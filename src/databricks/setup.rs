@@ -14,7 +14,7 @@ use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::Method;
 use serde_json::Value;
 
-use crate::config::databricks::Auth;
+use crate::config::databricks::{AZURE_CLI_ACCOUNT, Auth};
 use crate::databricks::client::{ApiError, Client};
 use crate::databricks::{Databricks, warehouse};
 
@@ -144,7 +144,7 @@ pub async fn run_for(
             (me, v)
         }
         Err(e) if e.status() == Some(401) || e.status() == Some(403) => {
-            let fix = if personal(client) == Some(AZURE_CLI) {
+            let fix = if client.personal_owner() == Some(AZURE_CLI_ACCOUNT) {
                 "the Azure CLI's account is not a user of this workspace, or its token is for another tenant: run \
                  `az login --tenant <the workspace's tenant>` (or set AZURE_TENANT_ID)"
             } else {
@@ -155,7 +155,7 @@ pub async fn run_for(
             return out;
         }
         Err(ApiError::Auth(e)) => {
-            let fix = if personal(client) == Some(AZURE_CLI) {
+            let fix = if client.personal_owner() == Some(AZURE_CLI_ACCOUNT) {
                 "run `az login` (with `--tenant` or AZURE_TENANT_ID for the workspace's tenant), or choose another \
                  credential with DATABRICKS_AUTH_TYPE"
             } else {
@@ -179,12 +179,12 @@ pub async fn run_for(
             };
             (id, format!("the service principal these settings authenticate as ({setting}){answered}"))
         }
-        Subject::Caller if personal(client).is_some() => (
+        Subject::Caller if client.personal_owner().is_some() => (
             caller.clone(),
             format!(
                 "{}; if the function runs as another identity (its managed identity or service principal), run \
                  `segment-delta setup --principal <its application id>`",
-                personal(client).unwrap_or_default()
+                client.personal_owner().unwrap_or_default()
             ),
         ),
         Subject::Caller => {
@@ -298,39 +298,26 @@ pub async fn run_for(
             "set DATABRICKS_WAREHOUSE_ID, or run `segment-delta setup --apply` to create a 2X-Small serverless warehouse named segment-delta",
         )),
     }
+    // The schemas' existence was read above.
     for schema in schemas {
-        let path = format!("/api/2.1/unity-catalog/schemas/{name}.{schema}");
-        match client.call(Method::GET, &path, None).await {
-            Ok(_) => out.push(pass(format!("schema {name}.{schema} exists"))),
-            Err(_) if apply => match catalog.run(&super::sql::create_schema(name, schema)).await {
-                Ok(_) => out.push(pass(format!("schema {name}.{schema} created"))),
-                Err(e) => out.push(fail(
-                    format!("schema {name}.{schema} could not be created: {e}"),
-                    "check the catalog grants above",
-                )),
-            },
-            Err(_) => out.push(fail(
-                format!("schema {name}.{schema} does not exist yet"),
+        let full = format!("{name}.{schema}");
+        if existing.iter().any(|(f, _)| *f == full) {
+            out.push(pass(format!("schema {full} exists")));
+        } else if apply {
+            match catalog.run(&super::sql::create_schema(name, schema)).await {
+                Ok(_) => out.push(pass(format!("schema {full} created"))),
+                Err(e) => {
+                    out.push(fail(format!("schema {full} could not be created: {e}"), "check the catalog grants above"))
+                }
+            }
+        } else {
+            out.push(fail(
+                format!("schema {full} does not exist yet"),
                 "it is created with the first table; or run `segment-delta setup --apply`",
-            )),
+            ));
         }
     }
     out
-}
-
-const AZURE_CLI: &str = "the account signed in to the Azure CLI";
-
-/// Who the credentials belong to when they are a person's more often than not: a personal access token, or the
-/// account signed in to the Azure CLI.
-fn personal(client: &Client) -> Option<&'static str> {
-    let kind = client.auth_kind();
-    if kind == Auth::Pat(crate::config::Secret::new(String::new())).kind() {
-        Some("the owner of DATABRICKS_TOKEN")
-    } else if kind == (Auth::AzureCli { program: String::new(), tenant_id: None }).kind() {
-        Some(AZURE_CLI)
-    } else {
-        None
-    }
 }
 
 /// Whether an external location's URL holds the lake: the same URL, or a parent directory of it.
