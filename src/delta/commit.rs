@@ -21,7 +21,7 @@ use deltalake::logstore::LogStoreRef;
 use serde_json::Value;
 
 use super::log::{self, Winners};
-use super::protocol::{ColumnMapping, Operation, Refusal, Rules};
+use super::protocol::{Operation, Refusal, Rules};
 use super::table::TableState;
 use crate::retry::Backoff;
 
@@ -97,13 +97,7 @@ impl Commit {
     fn render(&self, state: Option<&TableState>, version: u64) -> Result<Bytes, CommitError> {
         let rules = match state {
             Some(s) => s.rules(self.operation)?,
-            None => Rules {
-                column_mapping: ColumnMapping::None,
-                in_commit_timestamps: false,
-                row_tracking: false,
-                append_only: false,
-                deletion_vectors: false,
-            },
+            None => Rules::default(),
         };
         let now = chrono::Utc::now().timestamp_millis();
         let in_commit_timestamp = rules

@@ -32,7 +32,6 @@ pub struct PhysicalColumn {
     pub field_id: Option<i64>,
     /// Statistics are collected for this column (`delta.dataSkippingNumIndexedCols` / `...StatsColumns`).
     pub stats: bool,
-    pub nullable: bool,
 }
 
 /// How the table's data files are laid out: physical names, partition columns, which columns get statistics.
@@ -86,10 +85,7 @@ impl FileLayout {
             if !partition {
                 data_position += 1;
             }
-            columns.insert(
-                field.name().clone(),
-                PhysicalColumn { physical, field_id, stats, nullable: field.is_nullable() },
-            );
+            columns.insert(field.name().clone(), PhysicalColumn { physical, field_id, stats });
         }
         FileLayout { columns, partition_columns: partition_columns.to_vec(), column_mapping }
     }
@@ -437,10 +433,7 @@ mod tests {
         .unwrap();
         let mut columns = HashMap::new();
         for (n, p) in [("n", "col-n"), ("s", "col-s"), ("t", "col-t")] {
-            columns.insert(
-                n.to_string(),
-                PhysicalColumn { physical: p.into(), field_id: Some(1), stats: true, nullable: true },
-            );
+            columns.insert(n.to_string(), PhysicalColumn { physical: p.into(), field_id: Some(1), stats: true });
         }
         let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
         let s = statistics(&layout, &batch, &[0, 1, 2]);

@@ -88,15 +88,16 @@ impl fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 /// How the table maps column names to the names in its data files.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ColumnMapping {
+    #[default]
     None,
     Name,
     Id,
 }
 
-/// What the checks found that the writer must then honour.
-#[derive(Debug, Clone)]
+/// What the checks found that the writer must then honour (by default: nothing, as for a table being created).
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub column_mapping: ColumnMapping,
     /// Every commit carries `commitInfo.inCommitTimestamp` (and it comes first).
@@ -105,8 +106,6 @@ pub struct Rules {
     pub row_tracking: bool,
     /// `delta.appendOnly`: no `remove` with `dataChange=true`.
     pub append_only: bool,
-    /// Files carry deletion vectors somewhere in the table (the feature is supported).
-    pub deletion_vectors: bool,
 }
 
 /// Every feature this writer knows, by protocol name.
@@ -370,7 +369,6 @@ pub fn check(protocol: &Protocol, metadata: &Metadata, operation: Operation) -> 
         in_commit_timestamps: has("inCommitTimestamp") && truthy(metadata, "delta.enableInCommitTimestamps"),
         row_tracking,
         append_only,
-        deletion_vectors: has("deletionVectors"),
     })
 }
 

@@ -2,12 +2,12 @@
 //! as `OPTIMIZE` with `dataChange=false`, so that readers and streaming consumers see no change. Files are read and
 //! written the way the table lays them out (physical names and field ids under column mapping).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
+use deltalake::DeltaTable;
 use deltalake::arrow::compute::concat_batches;
 use deltalake::kernel::Action;
-use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use serde_json::json;
 
@@ -15,7 +15,7 @@ use super::MaintainError;
 use crate::delta::commit::{self, Commit, CommitError, Verdict};
 use crate::delta::files;
 use crate::delta::protocol::Operation;
-use crate::delta::table::{self, TableState};
+use crate::delta::table::TableState;
 
 /// What a compaction did.
 #[derive(Debug, PartialEq, Eq)]
@@ -28,17 +28,6 @@ pub enum Compaction {
 
 /// How long a compaction keeps committing on top of appends before it yields to the next run.
 const YIELD_AFTER: Duration = Duration::from_secs(60);
-
-/// Compacts the table at `uri`.
-pub async fn compact_table(
-    uri: &str,
-    storage_options: &HashMap<String, String>,
-    target: u64,
-) -> Result<Compaction, MaintainError> {
-    let url = table::table_url(uri).map_err(DeltaTableError::InvalidTableLocation)?;
-    let dt = crate::delta::storage::builder(url, storage_options)?.load().await?;
-    compact(&dt, target).await
-}
 
 /// Bin-packs the files of `dt` (as loaded) smaller than `target`. Appends that commit meanwhile do not conflict:
 /// the compaction is committed again on top of them. It yields when a commit it lost to removed a file it read,
