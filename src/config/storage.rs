@@ -137,6 +137,17 @@ pub fn from_lookup(lake: &Lake, get: &impl Fn(&str) -> Option<String>) -> Result
     Ok(Storage { options: o, credential })
 }
 
+/// The store for `url` when its scheme is Azure's (`abfs`, `abfss`, `az`, `adl`, `azure`): [`azure_store`].
+pub fn azure_backend(
+    url: &url::Url,
+    storage_options: &HashMap<String, String>,
+) -> Result<Option<std::sync::Arc<dyn object_store::ObjectStore>>, deltalake::DeltaTableError> {
+    match url.scheme() {
+        "abfs" | "abfss" | "az" | "adl" | "azure" => azure_store(url, storage_options).map(Some),
+        _ => Ok(None),
+    }
+}
+
 /// The Azure store of the container `url` is in, built from exactly the settings' options: the credential the
 /// settings chose and nothing else. (Given options alone, the `deltalake` Azure store fills in credentials from any
 /// `AZURE_*` variable of the environment, so a stray account key or client secret could be used while the start-up

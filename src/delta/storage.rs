@@ -28,16 +28,13 @@ use url::Url;
 /// A builder of the table at `url`, on the storage its scheme and the settings name.
 pub fn builder(url: Url, storage_options: &HashMap<String, String>) -> Result<DeltaTableBuilder, DeltaTableError> {
     let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage_options.clone());
-    Ok(match url.scheme() {
-        "file" => {
-            let root: Arc<dyn ObjectStore> = Arc::new(SteadyLocal(LocalFileSystem::new()));
-            builder.with_storage_backend(root, url)
-        }
-        "abfs" | "abfss" | "az" | "adl" | "azure" => {
-            let store = crate::config::storage::azure_store(&url, storage_options)?;
-            builder.with_storage_backend(store, url)
-        }
-        _ => builder,
+    if url.scheme() == "file" {
+        let root: Arc<dyn ObjectStore> = Arc::new(SteadyLocal(LocalFileSystem::new()));
+        return Ok(builder.with_storage_backend(root, url));
+    }
+    Ok(match crate::config::storage::azure_backend(&url, storage_options)? {
+        Some(store) => builder.with_storage_backend(store, url),
+        None => builder,
     })
 }
 

@@ -91,11 +91,9 @@ pub fn root_store(
 ) -> Result<deltalake::logstore::ObjectStoreRef, DeltaTableError> {
     let url = url::Url::parse(root).map_err(|e| DeltaTableError::InvalidTableLocation(e.to_string()))?;
     let builder = DeltaTableBuilder::from_url(url.clone())?.with_storage_options(storage_options.clone());
-    let builder = match url.scheme() {
-        "abfs" | "abfss" | "az" | "adl" | "azure" => {
-            builder.with_storage_backend(crate::config::storage::azure_store(&url, storage_options)?, url)
-        }
-        _ => builder,
+    let builder = match crate::config::storage::azure_backend(&url, storage_options)? {
+        Some(store) => builder.with_storage_backend(store, url),
+        None => builder,
     };
     Ok(builder.build_storage()?.object_store(None))
 }
