@@ -52,6 +52,12 @@ impl Recent {
         }
     }
 
+    pub fn extend(&mut self, keys: impl IntoIterator<Item = RowKey>) {
+        for k in keys {
+            self.insert(k);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.set.len()
     }

@@ -454,12 +454,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
                         *totals.rows.entry(format!("{}.{}", id.0, id.1)).or_default() += w.rows as u64;
                     }
                 }
-                {
-                    let mut committed = lock(&inner.committed);
-                    for k in keys {
-                        committed.insert(k);
-                    }
-                }
+                lock(&inner.committed).extend(keys);
                 let then = (!w.discards.is_empty()).then(|| discards_of(&id.0));
                 for d in w.discards {
                     let key = inner.fingerprints.key((
@@ -510,12 +505,7 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
             .await
         {
             Ok(_) => {
-                {
-                    let mut committed = lock(&inner.committed);
-                    for k in keys {
-                        committed.insert(k);
-                    }
-                }
+                lock(&inner.committed).extend(keys);
                 {
                     let mut totals = lock(&inner.totals);
                     totals.commits += 1;
