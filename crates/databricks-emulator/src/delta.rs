@@ -144,9 +144,8 @@ pub async fn add_columns(location: &str, columns: &[NewColumn]) -> Result<Schema
     }
     let snapshot = table.snapshot().map_err(|e| SqlError::internal(e.to_string()))?;
     let mapping = snapshot.table_config().column_mapping_mode.map(|m| format!("{m:?}").to_lowercase());
-    if !matches!(mapping.as_deref(), Some("name" | "id"))
-        && let Some(bad) = columns.iter().find(|c| c.name.contains(INVALID_NAME_CHARS))
-    {
+    let mapped = matches!(mapping.as_deref(), Some("name" | "id"));
+    if !mapped && let Some(bad) = columns.iter().find(|c| c.name.contains(INVALID_NAME_CHARS)) {
         return Err(SqlError::new(
             "DELTA_INVALID_CHARACTERS_IN_COLUMN_NAMES",
             "BAD_REQUEST",
@@ -158,7 +157,6 @@ pub async fn add_columns(location: &str, columns: &[NewColumn]) -> Result<Schema
             ),
         ));
     }
-    let mapped = matches!(mapping.as_deref(), Some("name" | "id"));
     let mut fields_json = fields(&schema);
     let mut max_id = snapshot
         .metadata()

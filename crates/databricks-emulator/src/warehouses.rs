@@ -145,9 +145,19 @@ pub fn list(emu: &Emulator) -> Result<Resp, ApiError> {
     Ok(Resp::ok(json!({"warehouses": all})))
 }
 
+/// Whether `w` is the warehouse `id` and not deleted.
+fn is_live(w: &Warehouse, id: &str) -> bool {
+    w.id == id && w.state != WhState::Deleted
+}
+
+/// The warehouse `id`, unless it is deleted.
+fn live<'a>(warehouses: &'a [Warehouse], id: &str) -> Result<&'a Warehouse, ApiError> {
+    warehouses.iter().find(|w| is_live(w, id)).ok_or_else(|| not_found(id))
+}
+
 pub fn get(emu: &Emulator, id: &str) -> Result<Resp, ApiError> {
     let inner = emu.lock();
-    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    let w = live(&inner.warehouses, id)?;
     Ok(Resp::ok(w.to_json(&emu.base_url)))
 }
 
@@ -265,7 +275,7 @@ pub fn stop(emu: &Arc<Emulator>, id: &str) -> Result<Resp, ApiError> {
 
 fn current(emu: &Emulator, id: &str) -> Result<WhState, ApiError> {
     let inner = emu.lock();
-    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    let w = live(&inner.warehouses, id)?;
     Ok(w.state)
 }
 
@@ -366,7 +376,7 @@ fn permissions_json(emu: &Emulator, w: &Warehouse) -> Value {
 /// the warehouse's owner and principals with `CAN_MANAGE` on it (their own or a group's).
 pub fn get_permissions(emu: &Emulator, id: &str, caller: &str) -> Result<Resp, ApiError> {
     let inner = emu.lock();
-    let w = inner.warehouses.iter().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    let w = live(&inner.warehouses, id)?;
     let d = &emu.settings.directory;
     let groups: Vec<&str> = d.direct_groups(caller).iter().map(|g| g.display_name.as_str()).collect();
     let manages = w.acl.iter().any(|e| {
@@ -432,13 +442,10 @@ pub fn update_permissions(emu: &Emulator, id: &str, body: &Value) -> Result<Resp
         .ok_or_else(|| ApiError::invalid("access_control_list is required"))?;
     let entries = list.iter().map(|v| acl_entry(emu, v)).collect::<Result<Vec<_>, _>>()?;
     let mut inner = emu.lock();
-    let w =
-        inner.warehouses.iter_mut().find(|w| w.id == id && w.state != WhState::Deleted).ok_or_else(|| not_found(id))?;
+    let w = inner.warehouses.iter_mut().find(|w| is_live(w, id)).ok_or_else(|| not_found(id))?;
     for e in entries {
         w.acl.retain(|x| !(x.kind == e.kind && x.principal.eq_ignore_ascii_case(&e.principal)));
         w.acl.push(e);
     }
-    let w = w.clone();
-    drop(inner);
-    Ok(Resp::ok(permissions_json(emu, &w)))
+    Ok(Resp::ok(permissions_json(emu, w)))
 }
