@@ -23,7 +23,6 @@ use serde_json::Value;
 use super::log::{self, Winners};
 use super::protocol::{Operation, Refusal, Rules};
 use super::table::TableState;
-use crate::retry::Backoff;
 
 /// One commit, before it is given a version.
 pub struct Commit {
@@ -67,14 +66,6 @@ pub enum Verdict {
 
 /// This process, as its commits name it (`commitInfo.writerId`): which process made a commit shows in the log.
 static WRITER_ID: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| uuid::Uuid::new_v4().to_string());
-
-/// Commits retried at once after losing a version race, before the pauses begin.
-const QUICK_REBASES: u32 = 3;
-
-/// Pauses between commits that lost a version race. Rebasing costs a listing and a read of the winners, so the
-/// pauses stay short: long ones would let fresher writers win every race while one writer sleeps.
-const RACE_BACKOFF: Backoff =
-    Backoff { base: Duration::from_millis(5), max_delay: Duration::from_millis(200), total: Duration::ZERO };
 
 impl Commit {
     pub fn new(operation: Operation, name: &'static str) -> Commit {
@@ -227,6 +218,10 @@ fn still_fits(before: &Metadata, after: &TableState, commit: &Commit) -> bool {
 
 /// Commits `commit` on top of the table as `state` holds it (`None`: creates the table), rebasing on the commits
 /// it loses to while `judge` allows and the budget lasts. Returns the version the commit has in the log.
+///
+/// Where the table's last commits from this writer lost races, other writers are committing too, and the version
+/// after the one this writer knows is most likely taken: the commits since are read first, so that the put goes
+/// to a version that is free.
 pub async fn commit(
     log_store: &LogStoreRef,
     state: &mut Option<TableState>,
@@ -237,66 +232,92 @@ pub async fn commit(
 ) -> Result<u64, CommitError> {
     let started = Instant::now();
     let mut lost = 0u32;
+    let mut caught_up = false;
+    if let Some(put) = state.as_ref().and_then(|s| s.contended) {
+        // This writer committed last: the others, who lost to it, go first.
+        tokio::time::sleep(put.mul_f64(fastrand::f64())).await;
+    }
+    if let Some(version) = state.as_ref().filter(|s| s.contended.is_some()).map(|s| s.version + 1)
+        && let Some((w, latest)) = log::read_forward(log_store, version, &commit.token).await?
+    {
+        caught_up = true;
+        if let Some(own) = rebase(log_store, state, commit, judge, w, latest).await? {
+            return Ok(own);
+        }
+    }
     loop {
         let version = state.as_ref().map_or(0, |s| s.version + 1);
         let bytes = commit.render(state.as_ref(), version)?;
         let written_timestamp = in_commit_timestamp_of(&bytes);
+        let attempt = Instant::now();
         match log::write_commit(log_store, version, bytes).await {
             Ok(()) => {
                 landed(log_store, state, commit, version, written_timestamp).await?;
+                if let Some(s) = state.as_mut() {
+                    s.contended = (lost > 0 || caught_up).then(|| attempt.elapsed());
+                }
                 return Ok(version);
             }
             Err(TransactionError::VersionAlreadyExists(_)) => {}
             Err(e) => return Err(CommitError::Storage(DeltaTableError::Transaction { source: e })),
         }
         let (w, latest) = log::winners_from(log_store, version, &commit.token).await?;
-        if let Some(own) = w.own {
-            // The commit landed; the answer to it was lost.
-            *state = TableState::load(log_store, Some(latest)).await?;
+        if w.own.is_none() {
+            *retries += 1;
+            lost += 1;
+        }
+        if let Some(own) = rebase(log_store, state, commit, judge, w, latest).await? {
             return Ok(own);
-        }
-        *retries += 1;
-        lost += 1;
-        let Some(current) = state.as_mut() else {
-            *state = TableState::load(log_store, None).await?;
-            return Err(CommitError::Replan("another writer created the table first".into()));
-        };
-        if w.gone || w.protocol {
-            *state = TableState::load(log_store, None).await?;
-            let why = if w.gone { "commits it lost to were cleaned from the log" } else { "the protocol changed" };
-            return Err(CommitError::Replan(why.into()));
-        }
-        if w.metadata {
-            let before = current.metadata().clone();
-            current.update(log_store, Some(latest)).await?;
-            if !still_fits(&before, current, commit) {
-                return Err(CommitError::Replan("another writer changed the table's metadata".into()));
-            }
-        } else {
-            current.version = latest;
-            if w.last_in_commit_timestamp.is_some() {
-                current.last_in_commit_timestamp = w.last_in_commit_timestamp;
-            }
-            if w.row_id_high_water_mark.is_some() {
-                current.row_id_high_water_mark = w.row_id_high_water_mark;
-            }
-        }
-        if let Verdict::Replan(why) = judge(&w) {
-            return Err(CommitError::Replan(why.into()));
         }
         if started.elapsed() > budget {
             return Err(CommitError::Contended);
         }
-        // Appends pause between lost races so that no writer starves the others; a commit that is alone of its
-        // kind (maintenance) goes again at once, or a steady stream of appends would always be first.
-        if lost > QUICK_REBASES && commit.operation == Operation::Append {
-            let race = Backoff { total: budget, ..RACE_BACKOFF };
-            let Some(pause) = race.delay(lost - QUICK_REBASES, started) else {
-                return Err(CommitError::Contended);
-            };
-            tokio::time::sleep(pause).await;
+    }
+}
+
+/// Brings `state` past the commits `w` another writer made up to `latest`, or says why the commit must be planned
+/// again. `Some(version)`: one of them is this commit, whose answer was lost.
+async fn rebase(
+    log_store: &LogStoreRef,
+    state: &mut Option<TableState>,
+    commit: &Commit,
+    judge: &(dyn Fn(&Winners) -> Verdict + Sync),
+    w: Winners,
+    latest: u64,
+) -> Result<Option<u64>, CommitError> {
+    if let Some(own) = w.own {
+        // The commit landed; the answer to it was lost.
+        *state = TableState::load(log_store, Some(latest)).await?;
+        return Ok(Some(own));
+    }
+    let Some(current) = state.as_mut() else {
+        *state = TableState::load(log_store, None).await?;
+        return Err(CommitError::Replan("another writer created the table first".into()));
+    };
+    if w.gone || w.protocol {
+        *state = TableState::load(log_store, None).await?;
+        let why = if w.gone { "commits it lost to were cleaned from the log" } else { "the protocol changed" };
+        return Err(CommitError::Replan(why.into()));
+    }
+    if w.metadata {
+        let before = current.metadata().clone();
+        current.update(log_store, Some(latest)).await?;
+        if !still_fits(&before, current, commit) {
+            return Err(CommitError::Replan("another writer changed the table's metadata".into()));
+        }
+    } else {
+        current.version = latest;
+        if w.last_in_commit_timestamp.is_some() {
+            current.last_in_commit_timestamp = w.last_in_commit_timestamp;
+        }
+        if w.row_id_high_water_mark.is_some() {
+            current.row_id_high_water_mark = w.row_id_high_water_mark;
         }
     }
+    if let Verdict::Replan(why) = judge(&w) {
+        return Err(CommitError::Replan(why.into()));
+    }
+    Ok(None)
 }
 
 /// Commits like [`commit`] for a writer that does not try again: when storage failed mid-commit it finds out
@@ -434,6 +455,45 @@ mod tests {
                 .unwrap();
         assert_eq!((v, retries), (2, 1));
         assert_eq!(state.unwrap().version, 2);
+    }
+
+    #[tokio::test]
+    async fn after_a_lost_race_the_next_commit_reads_ahead_and_does_not_lose_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log_store, mut state) = created(dir.path()).await;
+        let other = |path: &str| json!({"add": {"path": path, "size": 1, "partitionValues": {}, "modificationTime": 0, "dataChange": true}});
+        let rebase = &|_: &Winners| Verdict::Rebase;
+        let budget = Duration::from_secs(5);
+        // Alone on the table: no lost race, so the next commit goes straight for the next version.
+        let mut retries = 0;
+        commit(&log_store, &mut state, &append("a"), rebase, budget, &mut retries).await.unwrap();
+        assert_eq!((retries, state.as_ref().unwrap().contended), (0, None));
+        // Another writer commits: this one loses a race and learns the table is shared.
+        rival(&log_store, 2, &[other("b")]).await;
+        commit(&log_store, &mut state, &append("c"), rebase, budget, &mut retries).await.unwrap();
+        assert_eq!(retries, 1);
+        assert!(state.as_ref().unwrap().contended.is_some());
+        // More than a read window of commits from the other writer: the next commit reads them first, then takes
+        // the version after them without losing a race.
+        for version in 4..=13 {
+            rival(&log_store, version, &[other(&format!("d{version}"))]).await;
+        }
+        let v = commit(&log_store, &mut state, &append("e"), rebase, budget, &mut retries).await.unwrap();
+        assert_eq!((v, retries), (14, 1));
+        // A read ahead that found the others kept it marked as shared; one that finds nobody clears it.
+        assert!(state.as_ref().unwrap().contended.is_some());
+        let v = commit(&log_store, &mut state, &append("f"), rebase, budget, &mut retries).await.unwrap();
+        assert_eq!((v, retries, state.as_ref().unwrap().contended), (15, 1, None));
+        let adds: Vec<String> = futures::future::join_all((0..=15).map(|v| log::commit_actions(&log_store, v)))
+            .await
+            .into_iter()
+            .flat_map(|a| a.unwrap().unwrap())
+            .filter_map(|a| a.pointer("/add/path").and_then(Value::as_str).map(String::from))
+            .collect();
+        let mut expected: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+        expected.extend((4..=13).map(|v| format!("d{v}")));
+        expected.extend(["e", "f"].map(String::from));
+        assert_eq!(adds, expected, "every file once, in version order");
     }
 
     #[tokio::test]

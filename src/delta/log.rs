@@ -33,23 +33,45 @@ fn token_of(action: &Value) -> Option<&str> {
     action.pointer("/commitInfo/txnId").and_then(Value::as_str)
 }
 
-/// What the commits from `first` on did, up to the newest, found by reading them one after the other until one is
-/// missing: a writer that lost version `first` learns what it lost to, and the newest version, without listing
-/// the log.
+/// What the commits from `first` on did, up to the newest, found by reading them until one is missing: a writer
+/// that lost version `first` learns what it lost to, and the newest version, without listing the log.
 pub async fn winners_from(log_store: &LogStoreRef, first: u64, token: &str) -> Result<(Winners, u64), DeltaTableError> {
+    match read_forward(log_store, first, token).await? {
+        Some(found) => Ok(found),
+        None => {
+            // The commit that took the version is not there: it was cleaned up, or the store does not show it yet.
+            let latest = latest_version(log_store, first).await?;
+            let w = winners(log_store, first, latest, token).await?;
+            Ok((w, latest))
+        }
+    }
+}
+
+/// Commits read at once by [`read_forward`] at first; the window doubles while every commit of it exists.
+const FIRST_WINDOW: u64 = 4;
+const MAX_WINDOW: u64 = 32;
+
+/// What the commits from `first` on did and the newest version, or `None` when there is no commit `first`. The
+/// commits are read a window at a time, all of a window at once: where many writers commit, a writer behind by
+/// several versions catches up in one round trip to the store rather than one per version.
+pub async fn read_forward(
+    log_store: &LogStoreRef,
+    first: u64,
+    token: &str,
+) -> Result<Option<(Winners, u64)>, DeltaTableError> {
     let mut w = Winners::default();
-    let mut version = first;
-    while let Some(actions) = commit_actions(log_store, version).await? {
-        w.record(version, actions, token);
-        version += 1;
+    let (mut next, mut window) = (first, FIRST_WINDOW);
+    loop {
+        let reads = (next..next + window).map(|v| commit_actions(log_store, v));
+        for actions in futures::future::try_join_all(reads).await? {
+            let Some(actions) = actions else {
+                return Ok((next > first).then(|| (w, next - 1)));
+            };
+            w.record(next, actions, token);
+            next += 1;
+        }
+        window = (window * 2).min(MAX_WINDOW);
     }
-    if version == first {
-        // The commit that took the version is not there: it was cleaned up, or the store does not show it yet.
-        let latest = latest_version(log_store, first).await?;
-        let w = winners(log_store, first, latest, token).await?;
-        return Ok((w, latest));
-    }
-    Ok((w, version - 1))
 }
 
 /// What the commits `first..=last` did, as far as a writer that lost the race to them needs to know.

@@ -55,6 +55,9 @@ pub struct TableState {
     pub last_in_commit_timestamp: Option<i64>,
     /// The `delta.rowTracking` high-water mark (-1 when no row id was assigned yet), when the table tracks rows.
     pub row_id_high_water_mark: Option<i64>,
+    /// When this writer's last commit to the table lost a race (other writers are committing to it too): how long
+    /// its put took.
+    pub contended: Option<std::time::Duration>,
 }
 
 impl TableState {
@@ -81,7 +84,9 @@ impl TableState {
                 Err(e) => return Err(e),
             }
         };
+        let contended = self.contended;
         *self = TableState::read(log_store, snapshot).await?;
+        self.contended = contended;
         Ok(())
     }
 
@@ -98,7 +103,7 @@ impl TableState {
         } else {
             None
         };
-        Ok(TableState { version, snapshot, last_in_commit_timestamp, row_id_high_water_mark })
+        Ok(TableState { version, snapshot, last_in_commit_timestamp, row_id_high_water_mark, contended: None })
     }
 
     pub fn protocol(&self) -> &Protocol {
