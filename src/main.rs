@@ -1,3 +1,9 @@
+/// jemalloc: a third more events per CPU second than glibc's allocator at the same peak memory (README, "Where the
+/// handler's CPU goes").
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

@@ -9,6 +9,11 @@
 //! in turn; each thread writes one Parquet file per table every `--chunk-events` events, as the handler writes one
 //! file per table per micro-batch.
 
+/// The handler's allocator.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -6,6 +6,11 @@
 //! AZURITE_BLOB_STORAGE_URL=http://127.0.0.1:10000 SEGMENT_DELTA_STORAGE_EMULATOR=true \
 //!   cargo run --release -p segment-delta-bench --bin bench-writers -- --lake az://bench/run1
 
+/// The handler's allocator.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
