@@ -7,6 +7,8 @@
 
 use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
+
+use foldhash::fast::RandomState;
 use std::sync::Arc;
 
 use crate::schema::names::snake_case;
@@ -20,8 +22,8 @@ const MAX_BYTES: usize = 8 << 20;
 #[derive(Default)]
 pub struct Names {
     /// Path → (the path, shared; its column name).
-    paths: HashMap<Arc<str>, Arc<str>>,
-    columns: HashSet<Arc<str>>,
+    paths: HashMap<Arc<str>, Arc<str>, RandomState>,
+    columns: HashSet<Arc<str>, RandomState>,
     /// Bytes of the paths and names held.
     bytes: usize,
 }

@@ -24,7 +24,10 @@ pub struct Parsed {
 
 /// Parses one JSON document.
 pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
-    let mut p = Parser { b: bytes, i: 0, duplicates: Vec::new(), path: String::new() };
+    // One check of the whole document; its strings are then slices of it. Only a document that fails it has each
+    // string checked on its own, to say which one is not UTF-8.
+    let text = std::str::from_utf8(bytes).ok();
+    let mut p = Parser { b: bytes, text, i: 0, duplicates: Vec::new(), path: String::new() };
     p.ws();
     let value = p.value(0)?;
     p.ws();
@@ -36,6 +39,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
 
 struct Parser<'a> {
     b: &'a [u8],
+    /// The document as text, when it is all valid UTF-8.
+    text: Option<&'a str>,
     i: usize,
     duplicates: Vec<Duplicate>,
     /// The dotted path of the object being read.
@@ -162,31 +167,32 @@ impl Parser<'_> {
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            match self.b.get(j) {
-                None => {
-                    self.i = j;
-                    return Err(self.error("EOF while parsing a string"));
-                }
-                Some(b'"') => break,
-                Some(b'\\') => {
-                    escaped = true;
-                    j += 2;
-                }
-                Some(c) if *c < 0x20 => {
-                    self.i = j;
-                    return Err(self.error("control character (\\u0000-\\u001F) found while parsing a string"));
-                }
-                Some(_) => j += 1,
+            let Some(at) = self.b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+                self.i = self.b.len();
+                return Err(self.error("EOF while parsing a string"));
+            };
+            j += at;
+            if self.b[j] == b'"' {
+                break;
             }
+            escaped = true;
+            j += 2;
+        }
+        let token = &self.b[start..=j];
+        if let Some(at) = token.iter().position(|c| *c < 0x20) {
+            self.i = start + at;
+            return Err(self.error("control character (\\u0000-\\u001F) found while parsing a string"));
         }
         self.i = j + 1;
-        let token = &self.b[start..=j];
         if escaped {
-            serde_json::from_slice(token).map_err(|e| format!("{e} in a string at byte {start}"))
-        } else {
-            std::str::from_utf8(&token[1..token.len() - 1])
+            return serde_json::from_slice(token).map_err(|e| format!("{e} in a string at byte {start}"));
+        }
+        // Quotes are ASCII, so both ends are character boundaries of a valid document.
+        match self.text {
+            Some(text) => Ok(text[start + 1..j].to_string()),
+            None => std::str::from_utf8(&token[1..token.len() - 1])
                 .map(str::to_string)
-                .map_err(|_| format!("invalid unicode code point at byte {start}"))
+                .map_err(|_| format!("invalid unicode code point at byte {start}")),
         }
     }
 

@@ -38,12 +38,12 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// `b[i]` is an opening quote; returns the index just past the closing quote.
 fn skip_string(b: &[u8], i: usize) -> Result<usize, ScanError> {
     let mut j = i + 1;
-    while j < b.len() {
-        match b[j] {
-            b'"' => return Ok(j + 1),
-            b'\\' => j += 2,
-            _ => j += 1,
+    while let Some(at) = b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+        j += at;
+        if b[j] == b'"' {
+            return Ok(j + 1);
         }
+        j += 2;
     }
     err(i, "unterminated string")
 }
