@@ -8,7 +8,7 @@ use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, Str
 
 use super::arrow::Unplaced;
 use super::protocol::ColumnMapping;
-use crate::layout::rows::Row;
+use crate::layout::rows::{ByAddr, Row, addr};
 use crate::layout::value::ColumnType;
 use crate::layout::{TableKind, UUID_TS};
 
@@ -87,12 +87,14 @@ impl Plan {
         let mut seen: HashSet<String> =
             plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
         let lower: HashMap<String, String> = seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
+        // Rows share their names' allocations: most names are known by address, without hashing the text. The
+        // rows are borrowed for the whole loop, so an address is one name throughout.
+        let mut by_addr: ByAddr<()> = ByAddr::default();
         for row in rows {
             for (name, value) in &row.cols {
-                if seen.contains(name.as_ref()) {
+                if by_addr.insert(addr(name), ()).is_some() || !seen.insert(name.to_string()) {
                     continue;
                 }
-                seen.insert(name.to_string());
                 if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
                     let reason = format!("{name} differs from column {existing} of {table} only in case");
                     plan.unwritable.insert(name.to_string(), reason);
