@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use foldhash::fast::RandomState;
 use std::sync::Arc;
 
+use crate::layout::TableKind;
 use crate::schema::names::snake_case;
 
 /// Past this many remembered paths, or this many bytes of them (hostile senders can invent keys without end), a
@@ -26,6 +27,8 @@ pub struct Names {
     columns: HashSet<Arc<str>, RandomState>,
     /// Bytes of the paths and names held.
     bytes: usize,
+    /// The shared path and column name of each fixed column of a kind of table, looked up once.
+    fixed: HashMap<TableKind, Vec<(Arc<str>, Arc<str>)>, RandomState>,
 }
 
 impl Names {
@@ -51,6 +54,15 @@ impl Names {
         self.bytes += c.len();
         self.columns.insert(c.clone());
         c
+    }
+
+    /// The shared path and column name of each fixed column of a `kind` table, as [`Names::get`] gives them.
+    pub fn fixed(&mut self, kind: TableKind) -> &[(Arc<str>, Arc<str>)] {
+        if !self.fixed.contains_key(&kind) {
+            let names = kind.fixed_names().map(|n| self.get(n)).collect();
+            self.fixed.insert(kind, names);
+        }
+        &self.fixed[&kind]
     }
 
     /// Forgets everything once it has grown past its bound. Called between events only, so that the names of one
@@ -93,5 +105,9 @@ mod tests {
         assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(addr(&a), addr(&b));
         assert_ne!(addr(&a), addr(&c1));
+        // A fixed column is the same allocation as the column a key path of the same name gives.
+        let (path, column) = n.fixed(TableKind::Tracks).iter().find(|(p, _)| &**p == "user_id").cloned().unwrap();
+        let (p, c) = n.get("user_id");
+        assert!(Arc::ptr_eq(&path, &p) && Arc::ptr_eq(&column, &c));
     }
 }

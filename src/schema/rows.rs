@@ -285,9 +285,8 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
             discards: &mut out.discards,
         };
         // Every fixed column of the table is reserved, whether this event fills it or not.
-        for name in table_kind.fixed_names() {
-            let (path, column) = names.get(name);
-            b.slots.insert(addr(&column), Slot { index: usize::MAX, source: Source::Fixed, path });
+        for (path, column) in names.fixed(table_kind) {
+            b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, path: path.clone() });
         }
         for (name, value) in &fixed {
             if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
