@@ -202,6 +202,12 @@ pub const SETTINGS: &[Setting] = &[
         0,
     ),
     s("SEGMENT_DELTA_LOG_FORMAT", "json under the Functions host, else text", "log line format", ALL),
+    s(
+        "_RJEM_MALLOC_CONF",
+        "dirty_decay_ms:50,muzzy_decay_ms:0",
+        "options of the allocator (jemalloc), read before anything else",
+        ALL,
+    ),
     s("RUST_LOG", "info", "log filter; the Delta libraries stay quiet unless named", ALL),
 ];
 
