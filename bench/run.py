@@ -471,6 +471,9 @@ def flush_settings(args) -> dict:
         extra["SEGMENT_DELTA_FLUSH_INTERVAL_MS"] = str(args.flush_interval_ms)
     if args.flush_min_interval_ms is not None:
         extra["SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS"] = str(args.flush_min_interval_ms)
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        extra[name] = value
     return extra
 
 
@@ -580,7 +583,7 @@ def report(rows: list[Row], args, markdown: bool, load_before: float) -> None:
     print(f"corpus: {BATCH}-event /v1/batch bodies (~{rows[0].bytes / rows[0].events:.0f} bytes/event); "
           f"flush gather {args.flush_interval_ms or 20} ms, min interval "
           f"{200 if args.flush_min_interval_ms is None else args.flush_min_interval_ms} ms; saturation on {args.connections} connections; "
-          f"fixed load {args.rate} events/s")
+          f"fixed load {args.rate} events/s" + "".join(f"; {s}" for s in args.set))
     table = [COLUMNS] + [cells(r) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(COLUMNS))]
     for i, row in enumerate(table):
@@ -625,6 +628,9 @@ def main() -> None:
     ap.add_argument("--flush-interval-ms", type=int, default=0, help="SEGMENT_DELTA_FLUSH_INTERVAL_MS (default: unset)")
     ap.add_argument("--flush-min-interval-ms", type=int,
                     help="SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS (default: unset)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="another setting of the handler (the handler sees no SEGMENT_DELTA_* variable of this "
+                         "process's environment); repeatable, printed with the results")
     ap.add_argument("--sdk-events", type=int, help="track calls of the sequential SDK client (default 5k; --quick 1k)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--debug", action="store_true", help="use (and build) the debug binaries")
