@@ -19,6 +19,9 @@ use crate::schema::names::snake_case;
 const MAX_PATHS: usize = 50_000;
 const MAX_BYTES: usize = 8 << 20;
 
+/// A key path and its column name, both shared.
+pub type Named = (Arc<str>, Arc<str>);
+
 /// Key paths and the column names they give.
 #[derive(Default)]
 pub struct Names {
@@ -28,13 +31,13 @@ pub struct Names {
     /// Bytes of the paths and names held.
     bytes: usize,
     /// The shared path and column name of each fixed column of a kind of table, looked up once.
-    fixed: HashMap<TableKind, Vec<(Arc<str>, Arc<str>)>, RandomState>,
+    fixed: HashMap<TableKind, Vec<Named>, RandomState>,
 }
 
 impl Names {
     /// The shared path and the column name of a flattened key path (`context.library.name` →
     /// `context_library_name`).
-    pub fn get(&mut self, path: &str) -> (Arc<str>, Arc<str>) {
+    pub fn get(&mut self, path: &str) -> Named {
         if let Some((p, c)) = self.paths.get_key_value(path) {
             return (p.clone(), c.clone());
         }
@@ -57,7 +60,7 @@ impl Names {
     }
 
     /// The shared path and column name of each fixed column of a `kind` table, as [`Names::get`] gives them.
-    pub fn fixed(&mut self, kind: TableKind) -> &[(Arc<str>, Arc<str>)] {
+    pub fn fixed(&mut self, kind: TableKind) -> &[Named] {
         if !self.fixed.contains_key(&kind) {
             let names = kind.fixed_names().map(|n| self.get(n)).collect();
             self.fixed.insert(kind, names);
