@@ -234,7 +234,7 @@ pub async fn commit(
     let mut lost = 0u32;
     let mut caught_up = false;
     if let Some(put) = state.as_ref().and_then(|s| s.contended) {
-        // This writer committed last: the others, who lost to it, go first.
+        // Shared with other writers: the ones this writer's last commit raced go first.
         tokio::time::sleep(put.mul_f64(fastrand::f64())).await;
     }
     if let Some(version) = state.as_ref().filter(|s| s.contended.is_some()).map(|s| s.version + 1)

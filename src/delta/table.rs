@@ -55,8 +55,8 @@ pub struct TableState {
     pub last_in_commit_timestamp: Option<i64>,
     /// The `delta.rowTracking` high-water mark (-1 when no row id was assigned yet), when the table tracks rows.
     pub row_id_high_water_mark: Option<i64>,
-    /// When this writer's last commit to the table lost a race (other writers are committing to it too): how long
-    /// its put took.
+    /// When this writer's last commit to the table lost a race, or found other writers' commits ahead of it (the
+    /// table is shared): how long its put took.
     pub contended: Option<std::time::Duration>,
 }
 
