@@ -406,24 +406,16 @@ impl Config {
         )?;
         let f = &mut c.flush;
         // Every request waits up to these: past a minute, clients and front ends would time out first.
-        let at_most_a_minute = |name: &'static str, d: Duration| {
+        let request_wait = |name: &'static str, default: Duration| {
+            let d = time(name, default, MS)?;
             if d > Duration::from_secs(60) {
-                Err(ConfigError::Invalid {
-                    name,
-                    message: format!("{d:?} is longer than a minute; every request would wait that long"),
-                })
+                Err(invalid(name, format!("{d:?} is longer than a minute; every request would wait that long")))
             } else {
                 Ok(d)
             }
         };
-        f.interval = at_most_a_minute(
-            "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
-            time("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval, MS)?,
-        )?;
-        f.min_interval = at_most_a_minute(
-            "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS",
-            time("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", f.min_interval, MS)?,
-        )?;
+        f.interval = request_wait("SEGMENT_DELTA_FLUSH_INTERVAL_MS", f.interval)?;
+        f.min_interval = request_wait("SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS", f.min_interval)?;
         f.max_events =
             positive("SEGMENT_DELTA_FLUSH_MAX_EVENTS", num(&get, "SEGMENT_DELTA_FLUSH_MAX_EVENTS", f.max_events)?)?;
         f.max_bytes = positive("SEGMENT_DELTA_FLUSH_MAX_BYTES", bytes("SEGMENT_DELTA_FLUSH_MAX_BYTES", f.max_bytes)?)?;
