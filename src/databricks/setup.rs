@@ -125,6 +125,7 @@ pub async fn run_for(
     let client = catalog.client();
     let name = &catalog.catalog;
     let mut out = Vec::new();
+    let via_cli = client.personal_owner() == Some(AZURE_CLI_ACCOUNT);
     // Reachability and credentials: any authenticated call answers both.
     let (caller, me) = match client.call(Method::GET, "/api/2.0/preview/scim/v2/Me", None).await {
         Ok(v) => {
@@ -144,7 +145,7 @@ pub async fn run_for(
             (me, v)
         }
         Err(e) if e.status() == Some(401) || e.status() == Some(403) => {
-            let fix = if client.personal_owner() == Some(AZURE_CLI_ACCOUNT) {
+            let fix = if via_cli {
                 "the Azure CLI's account is not a user of this workspace, or its token is for another tenant: run \
                  `az login --tenant <the workspace's tenant>` (or set AZURE_TENANT_ID)"
             } else {
@@ -155,7 +156,7 @@ pub async fn run_for(
             return out;
         }
         Err(ApiError::Auth(e)) => {
-            let fix = if client.personal_owner() == Some(AZURE_CLI_ACCOUNT) {
+            let fix = if via_cli {
                 "run `az login` (with `--tenant` or AZURE_TENANT_ID for the workspace's tenant), or choose another \
                  credential with DATABRICKS_AUTH_TYPE"
             } else {
@@ -581,25 +582,20 @@ async fn privilege_check(
             // A group Unity Catalog does not know (or does not let us read) conveys nothing we can see.
             Err(_) if i > 0 => continue,
             Err(e) => {
-                let fix = match &e {
-                    ApiError::Http { error_code, .. } if error_code == "PRINCIPAL_DOES_NOT_EXIST" => {
+                let problem = format!("cannot read the effective permissions of {p} on {what}: {e}");
+                let readers =
+                    format!("run setup as the owner of {what}, a metastore admin, or a principal with MANAGE on it");
+                return match &e {
+                    ApiError::Http { error_code, .. } if error_code == "PRINCIPAL_DOES_NOT_EXIST" => fail(
+                        problem,
                         format!(
                             "Unity Catalog does not know {p}: add the service principal to the Databricks account and the workspace"
-                        )
-                    }
-                    _ if refused(&e) => {
-                        return warn(
-                            format!("cannot read the effective permissions of {p} on {what}: {e}"),
-                            format!(
-                                "run setup as the owner of {what}, a metastore admin, or a principal with MANAGE on it"
-                            ),
-                        );
-                    }
-                    _ => {
-                        format!("run setup as the owner of {what}, a metastore admin, or a principal with MANAGE on it")
-                    }
+                        ),
+                    ),
+                    // Refused to the credentials at hand, not shown to lack anything.
+                    _ if refused(&e) => warn(problem, readers),
+                    _ => fail(problem, readers),
                 };
-                return fail(format!("cannot read the effective permissions of {p} on {what}: {e}"), fix);
             }
         };
         for a in answer["privilege_assignments"].as_array().into_iter().flatten() {
