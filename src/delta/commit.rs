@@ -233,16 +233,14 @@ pub async fn commit(
     let started = Instant::now();
     let mut lost = 0u32;
     let mut caught_up = false;
-    if let Some(put) = state.as_ref().and_then(|s| s.contended) {
+    if let Some((next, put)) = state.as_ref().and_then(|s| Some((s.version + 1, s.contended?))) {
         // Shared with other writers: the ones this writer's last commit raced go first.
         tokio::time::sleep(put.mul_f64(fastrand::f64())).await;
-    }
-    if let Some(version) = state.as_ref().filter(|s| s.contended.is_some()).map(|s| s.version + 1)
-        && let Some((w, latest)) = log::read_forward(log_store, version, &commit.token).await?
-    {
-        caught_up = true;
-        if let Some(own) = rebase(log_store, state, commit, judge, w, latest).await? {
-            return Ok(own);
+        if let Some((w, latest)) = log::read_forward(log_store, next, &commit.token).await? {
+            caught_up = true;
+            if let Some(own) = rebase(log_store, state, commit, judge, w, latest).await? {
+                return Ok(own);
+            }
         }
     }
     loop {
