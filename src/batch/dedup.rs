@@ -1,8 +1,9 @@
 //! Remembers which rows this process committed recently, so a repeated request is acknowledged without
 //! writing its rows again.
 
-use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
+
+use hashbrown::HashTable;
 
 /// A 128-bit keyed fingerprint of a row's identity (schema, table, row id, ...).
 pub type RowKey = u128;
@@ -24,32 +25,50 @@ impl Fingerprints {
     }
 }
 
-/// A bounded set: the oldest keys are forgotten first.
+/// A bounded set: the oldest keys are forgotten first. Each key is held once, in a ring in the order it was
+/// remembered, and found through a table of positions in that ring (a million keys take about 26 MiB).
 pub struct Recent {
-    set: HashSet<RowKey>,
-    order: VecDeque<RowKey>,
+    ring: Vec<RowKey>,
+    /// Where the next key goes once the ring is full: the oldest key's place.
+    next: usize,
+    index: HashTable<u32>,
     capacity: usize,
+}
+
+/// Where a key is looked up: keys are already keyed hashes no sender can choose, so their low half is the hash.
+fn slot(k: RowKey) -> u64 {
+    k as u64
 }
 
 impl Recent {
     pub fn new(capacity: usize) -> Self {
-        Recent { set: HashSet::new(), order: VecDeque::new(), capacity }
+        // Positions are 32-bit.
+        let capacity = capacity.min(u32::MAX as usize);
+        Recent { ring: Vec::new(), next: 0, index: HashTable::new(), capacity }
     }
 
     pub fn contains(&self, k: &RowKey) -> bool {
-        self.set.contains(k)
+        self.index.find(slot(*k), |&p| self.ring[p as usize] == *k).is_some()
     }
 
     pub fn insert(&mut self, k: RowKey) {
-        if self.capacity == 0 || !self.set.insert(k) {
+        if self.capacity == 0 || self.contains(&k) {
             return;
         }
-        self.order.push_back(k);
-        while self.order.len() > self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
+        let Recent { ring, next, index, capacity } = self;
+        let at = if ring.len() < *capacity {
+            ring.push(k);
+            ring.len() - 1
+        } else {
+            let at = *next;
+            if let Ok(oldest) = index.find_entry(slot(ring[at]), |&p| p as usize == at) {
+                oldest.remove();
             }
-        }
+            ring[at] = k;
+            *next = (at + 1) % *capacity;
+            at
+        };
+        index.insert_unique(slot(k), at as u32, |&p| slot(ring[p as usize]));
     }
 
     pub fn extend(&mut self, keys: impl IntoIterator<Item = RowKey>) {
@@ -59,11 +78,11 @@ impl Recent {
     }
 
     pub fn len(&self) -> usize {
-        self.set.len()
+        self.index.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.set.is_empty()
+        self.index.is_empty()
     }
 }
 
@@ -85,5 +104,23 @@ mod tests {
         r.insert(c);
         assert!(!r.contains(&a) && r.contains(&b) && r.contains(&c));
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn holds_exactly_the_last_keys_through_many_turns_of_the_ring() {
+        let f = Fingerprints::default();
+        let mut r = Recent::new(1000);
+        for i in 0..25_000u32 {
+            r.insert(f.key(i));
+            // A repeat of a key still held changes nothing.
+            r.insert(f.key(i.saturating_sub(500)));
+        }
+        assert_eq!(r.len(), 1000);
+        assert!((24_000..25_000u32).all(|i| r.contains(&f.key(i))));
+        assert!((0..24_000u32).all(|i| !r.contains(&f.key(i))));
+        assert!(Recent::new(0).is_empty());
+        let mut none = Recent::new(0);
+        none.insert(f.key(1));
+        assert!(!none.contains(&f.key(1)));
     }
 }
