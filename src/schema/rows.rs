@@ -9,7 +9,7 @@ use crate::layout::rows::{ByAddr, Row, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
 use crate::layout::value::{Micros, Scalar};
 use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
-use crate::schema::intern::{Names, with_names};
+use crate::schema::intern::{Named, Names, with_names};
 use crate::schema::names::snake_case;
 use crate::segment::event::{Event, EventType};
 
@@ -48,7 +48,8 @@ enum Source {
 struct Slot {
     index: usize,
     source: Source,
-    path: Arc<str>,
+    /// The place, in its source's list, of the key path that filled it.
+    leaf: usize,
 }
 
 /// A leaf of a flattened object: its key path, its column name (both shared, see [`intern`]) and its value.
@@ -65,9 +66,22 @@ struct RowBuilder<'a> {
     table: &'a str,
     received_at: Micros,
     discards: &'a mut Vec<Discard>,
+    fixed: &'a [Named],
+    context: &'a [Leaf],
+    payload: &'a [Leaf],
 }
 
-impl RowBuilder<'_> {
+impl<'a> RowBuilder<'a> {
+    /// The key path of a source's leaf.
+    fn path(&self, source: Source, leaf: usize) -> &'a Arc<str> {
+        let (fixed, context, payload) = (self.fixed, self.context, self.payload);
+        match source {
+            Source::Fixed => &fixed[leaf].0,
+            Source::Context => &context[leaf].0,
+            Source::Payload => &payload[leaf].0,
+        }
+    }
+
     fn discard(&mut self, column: &str, value: String, reason: String) {
         self.discards.push(Discard {
             row_id: self.id.to_string(),
@@ -80,7 +94,13 @@ impl RowBuilder<'_> {
         });
     }
 
-    fn put(&mut self, source: Source, path: &Arc<str>, column: &Arc<str>, value: Scalar) {
+    /// Puts the value of a context or payload leaf.
+    fn put(&mut self, source: Source, leaf: usize) {
+        let (path, column, value) = match source {
+            Source::Context => &self.context[leaf],
+            _ => &self.payload[leaf],
+        };
+        let (path, column, value) = (path.as_ref(), column, value.clone());
         if column.is_empty() {
             let reason = format!("{path:?} has no letter or digit to make a column name from");
             return self.discard(path, value.to_text(), reason);
@@ -91,7 +111,7 @@ impl RowBuilder<'_> {
         }
         let key = addr(column);
         let Some(slot) = self.slots.get(&key) else {
-            self.slots.insert(key, Slot { index: self.cols.len(), source, path: path.clone() });
+            self.slots.insert(key, Slot { index: self.cols.len(), source, leaf });
             self.cols.push((column.clone(), value));
             return;
         };
@@ -99,13 +119,14 @@ impl RowBuilder<'_> {
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
         let rank = |p: &str| (p == column, p.replace('.', "_") == column, std::cmp::Reverse(p.to_string()));
         let (slot_source, slot_index) = (slot.source, slot.index);
-        let new_wins = source == slot_source && rank(path) > rank(&slot.path);
+        let slot_path: &str = self.path(slot_source, slot.leaf);
+        let new_wins = source == slot_source && rank(path) > rank(slot_path);
         let (winner, loser_path, loser_value) = if new_wins {
-            let old_path = std::mem::replace(&mut self.slots.get_mut(&key).expect("slot").path, path.clone());
+            self.slots.get_mut(&key).expect("slot").leaf = leaf;
             let old = std::mem::replace(&mut self.cols[slot_index].1, value);
-            (path.to_string(), old_path.to_string(), old)
+            (path.to_string(), slot_path.to_string(), old)
         } else {
-            (slot.path.to_string(), path.to_string(), value)
+            (slot_path.to_string(), path.to_string(), value)
         };
         // The same value under both keys (analytics.js copies a page's name and category into its properties):
         // nothing is lost.
@@ -283,10 +304,13 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
             table: &table,
             received_at: event.received_at,
             discards: &mut out.discards,
+            fixed: names.fixed(table_kind),
+            context: &context,
+            payload: &payload,
         };
         // Every fixed column of the table is reserved, whether this event fills it or not.
-        for (path, column) in names.fixed(table_kind) {
-            b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, path: path.clone() });
+        for (leaf, (_, column)) in b.fixed.iter().enumerate() {
+            b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, leaf });
         }
         for (name, value) in &fixed {
             if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
@@ -294,12 +318,12 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
                 b.cols.push((name.clone(), v.clone()));
             }
         }
-        for (path, column, value) in &context {
-            b.put(Source::Context, path, column, value.clone());
+        for leaf in 0..context.len() {
+            b.put(Source::Context, leaf);
         }
         if with_payload {
-            for (path, column, value) in &payload {
-                b.put(Source::Payload, path, column, value.clone());
+            for leaf in 0..payload.len() {
+                b.put(Source::Payload, leaf);
             }
         }
         let cols = b.cols;

@@ -3,6 +3,7 @@
 //! — an integer outside the BIGINT range, a magnitude a double rounds to zero or infinity — is kept as its exact
 //! text, a string. Nesting deeper than 128 levels is refused, as before.
 
+use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
 /// How deep objects and arrays may nest.
@@ -27,7 +28,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     // One check of the whole document; its strings are then slices of it. Only a document that fails it has each
     // string checked on its own, to say which one is not UTF-8.
     let text = std::str::from_utf8(bytes).ok();
-    let mut p = Parser { b: bytes, text, i: 0, duplicates: Vec::new(), path: String::new() };
+    let mut p = Parser { b: bytes, text, i: 0, duplicates: Vec::new(), path: String::new(), members: Vec::new() };
     p.ws();
     let value = p.value(0)?;
     p.ws();
@@ -45,6 +46,8 @@ struct Parser<'a> {
     duplicates: Vec<Duplicate>,
     /// The dotted path of the object being read.
     path: String,
+    /// The members of the objects being read, innermost last: an object is built once it is whole, at its size.
+    members: Vec<(String, Value)>,
 }
 
 impl Parser<'_> {
@@ -88,11 +91,36 @@ impl Parser<'_> {
     fn object(&mut self, depth: usize) -> Result<Value, String> {
         self.nested(depth)?;
         self.i += 1;
-        let mut map = Map::new();
+        let base = self.members.len();
+        let result = self.members(depth);
+        let members = self.members.drain(base..);
+        result?;
+        let mut map = Map::with_capacity(members.len());
+        for (key, value) in members {
+            match map.entry(key) {
+                Entry::Vacant(slot) => {
+                    slot.insert(value);
+                }
+                // The later value takes the earlier one's place.
+                Entry::Occupied(mut slot) => {
+                    let path = match self.path.as_str() {
+                        "" => slot.key().clone(),
+                        outer => format!("{outer}.{}", slot.key()),
+                    };
+                    let earlier = slot.insert(value);
+                    self.duplicates.push(Duplicate { path, earlier: earlier.to_string() });
+                }
+            }
+        }
+        Ok(Value::Object(map))
+    }
+
+    /// Reads an object's members onto `members`, up to and including its closing brace.
+    fn members(&mut self, depth: usize) -> Result<(), String> {
         self.ws();
         if self.b.get(self.i) == Some(&b'}') {
             self.i += 1;
-            return Ok(Value::Object(map));
+            return Ok(());
         }
         loop {
             self.ws();
@@ -111,17 +139,15 @@ impl Parser<'_> {
                 self.path.push('.');
             }
             self.path.push_str(&key);
-            let value = self.value(depth)?;
-            if let Some(earlier) = map.insert(key, value) {
-                self.duplicates.push(Duplicate { path: self.path.clone(), earlier: earlier.to_string() });
-            }
+            let value = self.value(depth);
             self.path.truncate(outer);
+            self.members.push((key, value?));
             self.ws();
             match self.b.get(self.i) {
                 Some(b',') => self.i += 1,
                 Some(b'}') => {
                     self.i += 1;
-                    return Ok(Value::Object(map));
+                    return Ok(());
                 }
                 _ => return Err(self.error("expected ',' or '}'")),
             }

@@ -36,12 +36,14 @@ fn closing(mut res: ApiResponse) -> ApiResponse {
 }
 
 /// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read;
-/// past the limit or the deadline the rest is not read.
+/// past the limit or the deadline the rest is not read. A body whose length is `declared` is read into one
+/// allocation of that size (at most `limit`), made when its first bytes arrive; pages are touched only as bytes do.
 async fn read_body(
     state: &AppState,
     mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
     limit: usize,
     setting: &str,
+    declared: Option<usize>,
 ) -> Result<Vec<u8>, ApiResponse> {
     let timeout = state.config.connections.body_timeout;
     let deadline = tokio::time::Instant::now() + timeout;
@@ -83,6 +85,9 @@ async fn read_body(
                 Ok(Err(_)) => return Err(stopped()),
                 Err(_) => return Err(late()),
             }
+        }
+        if body.capacity() == 0 {
+            body.reserve(declared.unwrap_or(0).min(limit));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -163,7 +168,8 @@ async fn serve_one(
         answered(path, &res);
         return to_reply(if has_body { closing(res) } else { res });
     }
-    let body = match read_body(state, stream, limit, setting).await {
+    let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
+    let body = match read_body(state, stream, limit, setting, declared).await {
         Ok(b) => b,
         Err(res) => {
             answered(path, &res);
