@@ -37,7 +37,8 @@ fn closing(mut res: ApiResponse) -> ApiResponse {
 
 /// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read;
 /// past the limit or the deadline the rest is not read. A body whose length is `declared` is read into one
-/// allocation of that size (at most `limit`), made when its first bytes arrive; pages are touched only as bytes do.
+/// allocation of that size, made when its first bytes arrive (pages are touched only as bytes do); past the API's
+/// request limit (a host's invocation) it grows as it is read.
 async fn read_body(
     state: &AppState,
     mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
@@ -87,7 +88,7 @@ async fn read_body(
             }
         }
         if body.capacity() == 0 {
-            body.reserve(declared.unwrap_or(0).min(limit));
+            body.reserve(declared.unwrap_or(0).min(limit).min(state.config.limits.max_request_bytes));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
