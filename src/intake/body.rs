@@ -3,10 +3,10 @@
 use std::borrow::Cow;
 use std::io::Read;
 
+use crate::segment::json::Json;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use flate2::read::MultiGzDecoder;
-use serde_json::{Map, Value};
 
 use crate::config::Limits;
 use crate::segment::scan::{self, ScanError};
@@ -93,7 +93,7 @@ pub struct RawEvent<'a> {
     pub bytes: &'a [u8],
 }
 
-impl RawEvent<'_> {
+impl<'a> RawEvent<'a> {
     /// The raw text as it can be stored: UTF-8 as is, anything else as base64 so that nothing is lost.
     pub fn text(&self) -> String {
         match std::str::from_utf8(self.bytes) {
@@ -102,7 +102,7 @@ impl RawEvent<'_> {
         }
     }
 
-    pub fn parse(&self) -> Result<crate::segment::json::Parsed, String> {
+    pub fn parse(&self) -> Result<crate::segment::json::Parsed<'a>, String> {
         crate::segment::json::parse(self.bytes).map_err(|what| {
             if what.starts_with("recursion limit exceeded") {
                 "the event is nested more than 128 levels deep".to_string()
@@ -120,7 +120,7 @@ impl RawEvent<'_> {
 pub struct Parsed<'a> {
     pub events: Vec<RawEvent<'a>>,
     pub write_key: Option<String>,
-    pub context: Option<Map<String, Value>>,
+    pub context: Option<crate::segment::json::Object<'a>>,
     /// A batch body's `sentAt`, for the events that carry none of their own.
     pub sent_at: Option<crate::layout::value::Micros>,
 }
@@ -191,8 +191,8 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     }
     let context = match context_range {
         Some(r) => match crate::segment::json::parse(&body[r]).map(|p| p.value) {
-            Ok(Value::Object(map)) => Some(map),
-            Ok(Value::Null) => None,
+            Ok(Json::Object(map)) => Some(map),
+            Ok(Json::Null) => None,
             Ok(_) => return Err(BodyError::Shape("context must be an object".into())),
             Err(e) => return Err(BodyError::Shape(format!("context must be an object: {e}"))),
         },
@@ -274,7 +274,7 @@ mod tests {
             b"{\"batch\":[{\"a\":1},{\"b\":\"\xff\"},{\"c\":tru}],\"writeKey\":\"K\",\"context\":{\"ip\":\"1\"}}";
         let p = split(body, true, &Limits::default()).unwrap();
         assert_eq!(p.write_key.as_deref(), Some("K"));
-        assert_eq!(p.context.unwrap()["ip"], "1");
+        assert_eq!(crate::segment::json::get(&p.context.unwrap(), "ip").and_then(Json::as_str), Some("1"));
         assert!(p.events[0].parse().is_ok());
         assert!(p.events[1].parse().unwrap_err().contains("not valid UTF-8"));
         assert!(p.events[1].text().starts_with("base64:"));

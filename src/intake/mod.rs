@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::layout::rows::{Discard, Mapped};
 use crate::schema::rows::map_event;
 use crate::segment::event::{Arrival, Event, FieldProblem, Invalid};
-use crate::segment::json::Parsed;
+use crate::segment::json::{Json, Parsed};
 use body::RawEvent;
 
 /// Maps one raw event; anything that cannot be read lands whole in `discards`.
@@ -20,14 +20,18 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
         Err(reason) => return reject(reason),
     };
     // The single-event endpoints say the type; Segment takes it from the path.
-    if let (Some(t), Value::Object(o)) = (implied_type, &mut value) {
-        o.insert("type".into(), Value::String(t.to_string()));
+    if let (Some(t), Json::Object(o)) = (implied_type, &mut value) {
+        let t = Json::Str(t.to_string().into());
+        match o.iter_mut().find(|(k, _)| k == "type") {
+            Some((_, v)) => *v = t,
+            None => o.push(("type".into(), t)),
+        }
     }
     // A privacy delete (as Segment sends it to destinations) names a user to forget; it is not a row.
-    if value.get("type").and_then(Value::as_str) == Some("delete") {
+    if value.get("type").and_then(Json::as_str) == Some("delete") {
         return match value.get("userId") {
-            Some(Value::String(u)) if !u.trim().is_empty() => Mapped { forget: Some(u.clone()), ..Default::default() },
-            Some(Value::Number(n)) => Mapped { forget: Some(n.to_string()), ..Default::default() },
+            Some(Json::Str(u)) if !u.trim().is_empty() => Mapped { forget: Some(u.to_string()), ..Default::default() },
+            Some(Json::Number(n)) => Mapped { forget: Some(n.to_string()), ..Default::default() },
             _ => reject("a delete event needs the userId of the user to forget".into()),
         };
     }

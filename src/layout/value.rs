@@ -6,7 +6,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
-use serde_json::Value;
 
 /// Microseconds since the Unix epoch, UTC: the unit of every TIMESTAMP column.
 pub type Micros = i64;
@@ -115,25 +114,6 @@ impl fmt::Display for CastError {
 const EXACT_DOUBLE_INT: i64 = 1 << 53;
 
 impl Scalar {
-    /// Classifies a JSON leaf. Null gives `None`: it creates no column. Arrays and objects give their JSON text.
-    pub fn from_json(v: &Value) -> Option<Scalar> {
-        Some(match v {
-            Value::Null => return None,
-            Value::Bool(b) => Scalar::Bool(*b),
-            Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Scalar::Int(i)
-                } else if n.is_u64() {
-                    Scalar::BigInt(n.to_string().into())
-                } else {
-                    Scalar::Float(n.as_f64().unwrap_or(f64::NAN))
-                }
-            }
-            Value::String(s) => Scalar::from_string(s),
-            Value::Array(_) | Value::Object(_) => Scalar::Str(v.to_string().into()),
-        })
-    }
-
     /// A string value: a timestamp when it reads as one, text otherwise.
     pub fn from_string(s: &str) -> Scalar {
         match parse_timestamp(s) {
@@ -210,7 +190,7 @@ impl From<Micros> for Scalar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn ts(s: &str) -> Micros {
         parse_timestamp(s).unwrap_or_else(|| panic!("{s} should parse"))
@@ -252,8 +232,18 @@ mod tests {
         assert_eq!(parse_timestamp(&format_micros(t)), Some(t));
     }
 
+    /// The scalar an event's JSON leaf gives (as `segment::json` classifies it).
     fn s(v: Value) -> Scalar {
-        Scalar::from_json(&v).expect("non-null")
+        match v {
+            Value::Bool(b) => Scalar::Bool(b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => Scalar::Int(i),
+                None if n.is_u64() => Scalar::BigInt(n.to_string().into()),
+                None => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Value::String(s) => Scalar::from_string(&s),
+            other => Scalar::Str(other.to_string().into()),
+        }
     }
 
     #[test]
@@ -267,7 +257,6 @@ mod tests {
         assert_eq!(s(json!("2026-11-01")).natural_type(), ColumnType::String);
         assert_eq!(s(json!([1, 2])), Scalar::Str("[1,2]".into()));
         assert_eq!(s(json!(u64::MAX)).natural_type(), ColumnType::String);
-        assert_eq!(Scalar::from_json(&Value::Null), None);
     }
 
     #[test]

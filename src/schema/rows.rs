@@ -3,8 +3,6 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
-
 use crate::layout::rows::{ByAddr, Row, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
 use crate::layout::value::{Micros, Scalar};
@@ -12,6 +10,7 @@ use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
 use crate::schema::intern::{Named, Names, with_names};
 use crate::schema::names::snake_case;
 use crate::segment::event::{Event, EventType};
+use crate::segment::json::{Json, Object};
 
 /// The kind of table every event of a type lands in.
 fn table_kind(kind: EventType) -> TableKind {
@@ -154,13 +153,7 @@ struct OverLong {
 /// Flattens an object with `_` into leaves, in order; arrays are kept as JSON text. `path` holds the prefix. A path
 /// that grows longer than a column name can be is not followed: what is under it is set aside once, whole, so that
 /// a long key over many leaves costs one discard and no name.
-fn flatten(
-    names: &mut Names,
-    path: &mut String,
-    obj: &Map<String, Value>,
-    out: &mut Vec<Leaf>,
-    long: &mut Vec<OverLong>,
-) {
+fn flatten(names: &mut Names, path: &mut String, obj: &Object<'_>, out: &mut Vec<Leaf>, long: &mut Vec<OverLong>) {
     let prefix_len = path.len();
     for (k, v) in obj {
         if prefix_len > 0 {
@@ -171,9 +164,9 @@ fn flatten(
             long.push(OverLong { path: shortened(path), length: path.chars().count(), value: v.to_string() });
         } else {
             match v {
-                Value::Object(inner) => flatten(names, path, inner, out, long),
+                Json::Object(inner) => flatten(names, path, inner, out, long),
                 other => {
-                    if let Some(s) = Scalar::from_json(other) {
+                    if let Some(s) = other.scalar() {
                         let (p, c) = names.get(path);
                         out.push((p, c, s));
                     }
@@ -205,11 +198,11 @@ thread_local! {
 }
 
 /// Maps a validated event to its rows and discards.
-pub fn map_event(event: Event) -> Mapped {
+pub fn map_event(event: Event<'_>) -> Mapped {
     SCRATCH.with(|s| with_names(|names| map_event_with(event, names, &mut s.borrow_mut())))
 }
 
-fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Mapped {
+fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) -> Mapped {
     let mut out = Mapped::default();
     let kind = event.kind;
     let id: Arc<str> = event.message_id.as_str().into();
@@ -230,7 +223,7 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
                     out.discards.push(Discard {
                         row_id: event.message_id.clone(),
                         table_name: String::new(),
-                        column_name: k.clone(),
+                        column_name: k.to_string(),
                         column_value: v.to_string(),
                         reason: "property of an event with no table name".into(),
                         received_at: event.received_at,
@@ -347,13 +340,13 @@ fn map_event_with(event: Event, names: &mut Names, scratch: &mut Scratch) -> Map
 mod tests {
     use super::*;
     use crate::segment::event::Arrival;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const NOW: Micros = 1_793_534_460_000_000;
 
     fn map(v: Value) -> Mapped {
         let arrival = Arrival { received_at: NOW, context: None, keep_received_at: false, sent_at: None };
-        map_event(Event::from_json(v, &arrival).expect("valid"))
+        map_event(Event::from_json(Json::from(&v), &arrival).expect("valid"))
     }
 
     fn cols(m: &Mapped, table: &str) -> Vec<(String, Scalar)> {

@@ -1,6 +1,8 @@
 //! A Segment event, validated: its type, ids, times and the objects that become columns.
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use crate::segment::json::{Json, Object, get};
 
 use crate::layout::value::{Micros, parse_timestamp};
 use crate::segment::time::corrected_timestamp;
@@ -53,7 +55,7 @@ impl EventType {
 pub struct Arrival<'a> {
     pub received_at: Micros,
     /// Batch-level `context`, merged under each item's own.
-    pub context: Option<&'a Map<String, Value>>,
+    pub context: Option<&'a Object<'a>>,
     /// Backfills keep the `receivedAt` recorded in the file; live traffic uses the arrival time.
     pub keep_received_at: bool,
     /// A batch body's `sentAt`, which SDKs send once for all its events.
@@ -69,7 +71,7 @@ pub struct FieldProblem {
 }
 
 #[derive(Debug, Clone)]
-pub struct Event {
+pub struct Event<'a> {
     pub kind: EventType,
     pub message_id: String,
     pub user_id: Option<String>,
@@ -84,9 +86,9 @@ pub struct Event {
     pub category: Option<String>,
     pub group_id: Option<String>,
     pub previous_id: Option<String>,
-    pub context: Map<String, Value>,
+    pub context: Object<'a>,
     /// `properties` (track, page, screen) or `traits` (identify, group).
-    pub payload: Map<String, Value>,
+    pub payload: Object<'a>,
     pub problems: Vec<FieldProblem>,
 }
 
@@ -101,39 +103,44 @@ pub struct Invalid {
 }
 
 /// A JSON scalar id (`"u1"` or `42`) as text.
-fn id_text(v: &Value) -> Result<Option<String>, ()> {
+fn id_text(v: &Json<'_>) -> Result<Option<String>, ()> {
     match v {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => Ok(Some(s.clone())),
-        Value::Number(n) => Ok(Some(n.to_string())),
-        Value::Bool(_) | Value::Array(_) | Value::Object(_) => Err(()),
+        Json::Null => Ok(None),
+        Json::Str(s) if s.is_empty() => Ok(None),
+        Json::Str(s) => Ok(Some(s.to_string())),
+        Json::Number(n) => Ok(Some(n.to_string())),
+        Json::Bool(_) | Json::Array(_) | Json::Object(_) => Err(()),
     }
 }
 
-/// Deep-merges `base` under `over`: keys of `over` win, objects merge key by key.
-fn merge_under(over: &mut Map<String, Value>, base: &Map<String, Value>) {
+/// Deep-merges `base` under `over`: keys of `over` win, objects merge key by key, and keys only `base` has follow
+/// in its order.
+fn merge_under<'a>(over: &mut Object<'a>, base: &Object<'a>) {
+    // Large objects are looked up by hash: a batch context of many keys merged into many events of many keys.
+    let by_key: Option<std::collections::HashMap<String, usize, foldhash::fast::RandomState>> =
+        (over.len() > 16).then(|| over.iter().enumerate().map(|(i, (k, _))| (k.to_string(), i)).collect());
     for (k, bv) in base {
-        match over.get_mut(k) {
-            None => {
-                over.insert(k.clone(), bv.clone());
-            }
-            Some(Value::Object(o)) => {
-                if let Value::Object(b) = bv {
+        let found = match &by_key {
+            Some(by_key) => by_key.get(k.as_ref()).copied(),
+            None => over.iter().position(|(ok, _)| ok == k),
+        };
+        match found {
+            None => over.push((k.clone(), bv.clone())),
+            Some(i) => {
+                if let (Json::Object(o), Json::Object(b)) = (&mut over[i].1, bv) {
                     merge_under(o, b);
                 }
             }
-            Some(_) => {}
         }
     }
 }
 
-impl Event {
-    pub fn from_json(v: Value, arrival: &Arrival<'_>) -> Result<Event, Invalid> {
-        let Value::Object(mut obj) = v else {
+impl<'a> Event<'a> {
+    pub fn from_json(v: Json<'a>, arrival: &Arrival<'a>) -> Result<Event<'a>, Invalid> {
+        let Json::Object(mut obj) = v else {
             return Err(Invalid { reason: "an event must be a JSON object".into(), message_id: None, table: None });
         };
-        let message_id = match obj.get("messageId").map(id_text) {
+        let message_id = match get(&obj, "messageId").map(id_text) {
             Some(Ok(Some(id))) => Some(id),
             Some(Ok(None)) | None => None,
             Some(Err(())) => {
@@ -142,8 +149,8 @@ impl Event {
         };
         let invalid =
             |reason: String, table: Option<&'static str>| Invalid { reason, message_id: message_id.clone(), table };
-        let kind = match obj.get("type") {
-            Some(Value::String(t)) => EventType::parse(t).ok_or_else(|| {
+        let kind = match get(&obj, "type") {
+            Some(Json::Str(t)) => EventType::parse(t).ok_or_else(|| {
                 invalid(
                     format!("unknown event type {t:?}: expected track, identify, page, screen, group or alias"),
                     None,
@@ -157,7 +164,7 @@ impl Event {
             return Err(invalid(format!("messageId is longer than {MAX_MESSAGE_ID_CHARS} characters"), table));
         }
         let text_field = |name: &str| -> Result<Option<String>, Invalid> {
-            match obj.get(name).map(id_text) {
+            match get(&obj, name).map(id_text) {
                 None => Ok(None),
                 Some(Ok(v)) => Ok(v),
                 Some(Err(())) => Err(invalid(format!("{name} must be a string or a number"), table)),
@@ -183,14 +190,14 @@ impl Event {
             category: if screen_or_page { text_field("category")? } else { None },
             group_id: if kind == EventType::Group { text_field("groupId")? } else { None },
             previous_id: if kind == EventType::Alias { text_field("previousId")? } else { None },
-            context: Map::new(),
-            payload: Map::new(),
+            context: Object::new(),
+            payload: Object::new(),
             problems: Vec::new(),
         };
         match kind {
-            EventType::Track => match obj.get("event") {
-                Some(Value::String(e)) if !e.is_empty() => event.event = Some(e.clone()),
-                Some(Value::String(_)) | Some(Value::Null) | None => {
+            EventType::Track => match get(&obj, "event") {
+                Some(Json::Str(e)) if !e.is_empty() => event.event = Some(e.to_string()),
+                Some(Json::Str(_)) | Some(Json::Null) | None => {
                     return Err(invalid("a track event needs a non-empty event name".into(), table));
                 }
                 Some(_) => return Err(invalid("event must be a string".into(), table)),
@@ -210,10 +217,10 @@ impl Event {
             EventType::Alias => "",
         };
         for (key, value) in std::mem::take(&mut obj) {
-            match key.as_str() {
+            match key.as_ref() {
                 "type" | "messageId" | "userId" | "anonymousId" | "timestamp" | "originalTimestamp" | "sentAt"
                 | "receivedAt" => {
-                    obj.insert(key, value);
+                    obj.push((key, value));
                 }
                 "event" if kind == EventType::Track => {}
                 "name" | "category" if screen_or_page => {}
@@ -225,7 +232,7 @@ impl Event {
                 _ if value.is_null() => {}
                 _ => event.problems.push(FieldProblem {
                     reason: format!("{key:?} is not a field of a {} event", payload_key_type(kind)),
-                    field: key,
+                    field: key.into_owned(),
                     value: value.to_string(),
                 }),
             }
@@ -242,24 +249,24 @@ impl Event {
         Ok(event)
     }
 
-    fn take_object(&mut self, key: String, value: Value, slot: impl FnOnce(&mut Self) -> &mut Map<String, Value>) {
+    fn take_object(&mut self, key: Cow<'a, str>, value: Json<'a>, slot: impl FnOnce(&mut Self) -> &mut Object<'a>) {
         match value {
-            Value::Object(m) => *slot(self) = m,
-            Value::Null => {}
+            Json::Object(m) => *slot(self) = m,
+            Json::Null => {}
             other => self.problems.push(FieldProblem {
                 reason: format!("{key} must be a JSON object"),
-                field: key,
+                field: key.into_owned(),
                 value: other.to_string(),
             }),
         }
     }
 
     /// A time field; one that is present but not an ISO-8601 date-time is reported and left out.
-    fn time(&mut self, obj: &Map<String, Value>, field: &str) -> Option<Micros> {
-        match obj.get(field)? {
-            Value::Null => None,
-            Value::String(s) if s.is_empty() => None,
-            Value::String(s) if parse_timestamp(s).is_some() => parse_timestamp(s),
+    fn time(&mut self, obj: &Object<'_>, field: &str) -> Option<Micros> {
+        match get(obj, field)? {
+            Json::Null => None,
+            Json::Str(s) if s.is_empty() => None,
+            Json::Str(s) if parse_timestamp(s).is_some() => parse_timestamp(s),
             other => {
                 self.problems.push(FieldProblem {
                     field: field.to_string(),
@@ -286,7 +293,7 @@ fn payload_key_type(kind: EventType) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     const NOW: Micros = 1_793_534_460_000_000; // 2026-11-01T12:01:00Z
 
@@ -294,12 +301,12 @@ mod tests {
         Arrival { received_at: NOW, context: None, keep_received_at: false, sent_at: None }
     }
 
-    fn ok(v: Value) -> Event {
-        Event::from_json(v, &arrival()).expect("valid event")
+    fn ok(v: Value) -> Event<'static> {
+        Event::from_json(Json::from(&v), &arrival()).expect("valid event")
     }
 
     fn bad(v: Value) -> String {
-        Event::from_json(v, &arrival()).expect_err("invalid event").reason
+        Event::from_json(Json::from(&v), &arrival()).expect_err("invalid event").reason
     }
 
     #[test]
@@ -352,13 +359,29 @@ mod tests {
 
     #[test]
     fn batch_context_merges_under_the_event_context() {
-        let batch = json!({"library": {"name": "lib", "version": "1"}, "ip": "1.1.1.1"});
+        let batch = Json::from(&json!({"library": {"name": "lib", "version": "1"}, "ip": "1.1.1.1"}));
         let arrival = Arrival { received_at: NOW, context: batch.as_object(), keep_received_at: false, sent_at: None };
         let e = Event::from_json(
-            json!({"type": "identify", "userId": "u", "context": {"ip": "2.2.2.2", "library": {"version": "2"}}}),
+            Json::from(
+                &json!({"type": "identify", "userId": "u", "context": {"ip": "2.2.2.2", "library": {"version": "2"}}}),
+            ),
             &arrival,
         )
         .unwrap();
-        assert_eq!(Value::Object(e.context), json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}}));
+        assert_eq!(
+            Json::Object(e.context),
+            Json::from(&json!({"ip": "2.2.2.2", "library": {"version": "2", "name": "lib"}}))
+        );
+        // Many keys: merged by hash, with the same outcome.
+        let many: serde_json::Map<String, Value> = (0..40).map(|i| (format!("k{i}"), json!(i))).collect();
+        let mut event = json!({"type": "identify", "userId": "u", "context": many});
+        event["context"]["k5"] = json!({"own": true});
+        let base = Json::from(&json!({"k5": {"from_batch": 1}, "k7": "batch", "extra": "x"}));
+        let arrival = Arrival { received_at: NOW, context: base.as_object(), keep_received_at: false, sent_at: None };
+        let e = Event::from_json(Json::from(&event), &arrival).unwrap();
+        assert_eq!(e.context.len(), 41);
+        assert_eq!(get(&e.context, "k5"), Some(&Json::from(&json!({"own": true, "from_batch": 1}))));
+        assert_eq!(get(&e.context, "k7"), Some(&Json::from(&json!(7))));
+        assert_eq!(e.context[40], ("extra".into(), Json::from(&json!("x"))));
     }
 }

@@ -2,12 +2,151 @@
 //! later value is kept, the earlier one goes to `discards`), and a number a BIGINT or a DOUBLE cannot hold as sent
 //! — an integer outside the BIGINT range, a magnitude a double rounds to zero or infinity — is kept as its exact
 //! text, a string. Nesting deeper than 128 levels is refused, as before.
+//!
+//! Keys and strings that need no unescaping are borrowed from the document, and an object is its members in order:
+//! an event's few keys are found by comparing them, and only a large object is indexed while it is read.
 
-use serde_json::map::Entry;
-use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::fmt;
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
+use serde_json::Number;
+
+use crate::layout::value::Scalar;
 
 /// How deep objects and arrays may nest.
 pub const MAX_DEPTH: usize = 128;
+
+/// Objects with more members than this are indexed by hash while they are read; smaller ones are searched.
+const SEARCHED: usize = 16;
+
+/// A JSON value of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Json<'a> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'a, str>),
+    Array(Vec<Json<'a>>),
+    Object(Object<'a>),
+}
+
+/// An object's members in the order they were sent, each key once.
+pub type Object<'a> = Vec<(Cow<'a, str>, Json<'a>)>;
+
+/// The value of `key` in an object.
+pub fn get<'o, 'a>(object: &'o Object<'a>, key: &str) -> Option<&'o Json<'a>> {
+    object.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+impl<'a> Json<'a> {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_object(&self) -> Option<&Object<'a>> {
+        match self {
+            Json::Object(o) => Some(o),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Json::Null)
+    }
+
+    /// The scalar a leaf gives a column. Null gives `None`: it creates no column. Arrays and objects give their JSON
+    /// text.
+    pub fn scalar(&self) -> Option<Scalar> {
+        Some(match self {
+            Json::Null => return None,
+            Json::Bool(b) => Scalar::Bool(*b),
+            Json::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Scalar::Int(i)
+                } else if n.is_u64() {
+                    Scalar::BigInt(n.to_string().into())
+                } else {
+                    Scalar::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Json::Str(s) => Scalar::from_string(s),
+            Json::Array(_) | Json::Object(_) => Scalar::Str(self.to_string().into()),
+        })
+    }
+
+    /// The value of `key`, when this is an object that has it.
+    pub fn get(&self, key: &str) -> Option<&Json<'a>> {
+        self.as_object().and_then(|o| get(o, key))
+    }
+
+    /// The same value, owning its strings.
+    pub fn into_owned(self) -> Json<'static> {
+        match self {
+            Json::Null => Json::Null,
+            Json::Bool(b) => Json::Bool(b),
+            Json::Number(n) => Json::Number(n),
+            Json::Str(s) => Json::Str(Cow::Owned(s.into_owned())),
+            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
+            Json::Object(o) => {
+                Json::Object(o.into_iter().map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned())).collect())
+            }
+        }
+    }
+}
+
+/// Compact JSON text, written exactly as serde_json writes the same value.
+impl fmt::Display for Json<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = serde_json::to_string(self).map_err(|_| fmt::Error)?;
+        f.write_str(&text)
+    }
+}
+
+impl Serialize for Json<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Json::Null => serializer.serialize_unit(),
+            Json::Bool(b) => serializer.serialize_bool(*b),
+            Json::Number(n) => n.serialize(serializer),
+            Json::Str(s) => serializer.serialize_str(s),
+            Json::Array(items) => {
+                let mut seq = serializer.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+            Json::Object(members) => {
+                let mut map = serializer.serialize_map(Some(members.len()))?;
+                for (k, v) in members {
+                    map.serialize_entry(k.as_ref(), v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
+
+impl From<&serde_json::Value> for Json<'static> {
+    fn from(v: &serde_json::Value) -> Self {
+        use serde_json::Value;
+        match v {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Number(n) => Json::Number(n.clone()),
+            Value::String(s) => Json::Str(Cow::Owned(s.clone())),
+            Value::Array(items) => Json::Array(items.iter().map(Json::from).collect()),
+            Value::Object(o) => Json::Object(o.iter().map(|(k, v)| (Cow::Owned(k.clone()), Json::from(v))).collect()),
+        }
+    }
+}
 
 /// A key that appeared twice in one object: where (the dotted path of the key) and the value that lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,17 +157,26 @@ pub struct Duplicate {
 
 /// An event's JSON, and what reading it had to set aside.
 #[derive(Debug)]
-pub struct Parsed {
-    pub value: Value,
+pub struct Parsed<'a> {
+    pub value: Json<'a>,
     pub duplicates: Vec<Duplicate>,
 }
 
 /// Parses one JSON document.
-pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
+pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     // One check of the whole document; its strings are then slices of it. Only a document that fails it has each
     // string checked on its own, to say which one is not UTF-8.
     let text = std::str::from_utf8(bytes).ok();
-    let mut p = Parser { b: bytes, text, i: 0, duplicates: Vec::new(), path: String::new(), members: Vec::new() };
+    let mut p = Parser {
+        b: bytes,
+        text,
+        i: 0,
+        duplicates: Vec::new(),
+        path: String::new(),
+        members: Vec::new(),
+        index: HashTable::new(),
+        hasher: RandomState::default(),
+    };
     p.ws();
     let value = p.value(0)?;
     p.ws();
@@ -47,10 +195,13 @@ struct Parser<'a> {
     /// The dotted path of the object being read.
     path: String,
     /// The members of the objects being read, innermost last: an object is built once it is whole, at its size.
-    members: Vec<(String, Value)>,
+    members: Object<'a>,
+    /// Where each key of a large object being built is, by hash of the key.
+    index: HashTable<usize>,
+    hasher: RandomState,
 }
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn error(&self, what: &str) -> String {
         format!("{what} at byte {}", self.i)
     }
@@ -61,21 +212,21 @@ impl Parser<'_> {
         }
     }
 
-    fn value(&mut self, depth: usize) -> Result<Value, String> {
+    fn value(&mut self, depth: usize) -> Result<Json<'a>, String> {
         match self.b.get(self.i) {
             None => Err(self.error("EOF while parsing a value")),
             Some(b'{') => self.object(depth + 1),
             Some(b'[') => self.array(depth + 1),
-            Some(b'"') => Ok(Value::String(self.string()?)),
-            Some(b't') => self.literal("true", Value::Bool(true)),
-            Some(b'f') => self.literal("false", Value::Bool(false)),
-            Some(b'n') => self.literal("null", Value::Null),
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
             Some(b'-' | b'0'..=b'9') => self.number(),
             Some(_) => Err(self.error("expected value")),
         }
     }
 
-    fn literal(&mut self, word: &str, value: Value) -> Result<Value, String> {
+    fn literal(&mut self, word: &str, value: Json<'a>) -> Result<Json<'a>, String> {
         if self.b[self.i..].starts_with(word.as_bytes()) {
             self.i += word.len();
             Ok(value)
@@ -88,31 +239,48 @@ impl Parser<'_> {
         if depth > MAX_DEPTH { Err("recursion limit exceeded".into()) } else { Ok(()) }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Value, String> {
+    fn object(&mut self, depth: usize) -> Result<Json<'a>, String> {
         self.nested(depth)?;
         self.i += 1;
         let base = self.members.len();
-        let result = self.members(depth);
-        let members = self.members.drain(base..);
-        result?;
-        let mut map = Map::with_capacity(members.len());
-        for (key, value) in members {
-            match map.entry(key) {
-                Entry::Vacant(slot) => {
-                    slot.insert(value);
+        if let Err(e) = self.members(depth) {
+            self.members.truncate(base);
+            return Err(e);
+        }
+        let n = self.members.len() - base;
+        let mut object: Object<'a> = Vec::with_capacity(n);
+        let indexed = n > SEARCHED;
+        if indexed {
+            self.index.clear();
+        }
+        for (key, value) in self.members.drain(base..) {
+            let found = if indexed {
+                let hash = self.hasher.hash_one(key.as_ref());
+                match self.index.find(hash, |&at| object[at].0 == key) {
+                    Some(&at) => Some(at),
+                    None => {
+                        let hasher = &self.hasher;
+                        self.index.insert_unique(hash, object.len(), |&at| hasher.hash_one(object[at].0.as_ref()));
+                        None
+                    }
                 }
+            } else {
+                object.iter().position(|(k, _)| *k == key)
+            };
+            match found {
+                None => object.push((key, value)),
                 // The later value takes the earlier one's place.
-                Entry::Occupied(mut slot) => {
+                Some(at) => {
                     let path = match self.path.as_str() {
-                        "" => slot.key().clone(),
-                        outer => format!("{outer}.{}", slot.key()),
+                        "" => key.into_owned(),
+                        outer => format!("{outer}.{key}"),
                     };
-                    let earlier = slot.insert(value);
+                    let earlier = std::mem::replace(&mut object[at].1, value);
                     self.duplicates.push(Duplicate { path, earlier: earlier.to_string() });
                 }
             }
         }
-        Ok(Value::Object(map))
+        Ok(Json::Object(object))
     }
 
     /// Reads an object's members onto `members`, up to and including its closing brace.
@@ -154,14 +322,14 @@ impl Parser<'_> {
         }
     }
 
-    fn array(&mut self, depth: usize) -> Result<Value, String> {
+    fn array(&mut self, depth: usize) -> Result<Json<'a>, String> {
         self.nested(depth)?;
         self.i += 1;
         let mut items = Vec::new();
         self.ws();
         if self.b.get(self.i) == Some(&b']') {
             self.i += 1;
-            return Ok(Value::Array(items));
+            return Ok(Json::Array(items));
         }
         // Keys inside arrays are not columns: their repeats stay in the array's text.
         let path = std::mem::take(&mut self.path);
@@ -177,7 +345,7 @@ impl Parser<'_> {
                 Some(b',') => self.i += 1,
                 Some(b']') => {
                     self.i += 1;
-                    break Ok(Value::Array(items));
+                    break Ok(Json::Array(items));
                 }
                 _ => break Err(self.error("expected ',' or ']'")),
             }
@@ -187,42 +355,45 @@ impl Parser<'_> {
         result
     }
 
-    /// A string token, unescaped. Plain strings are taken as they are; escapes are left to serde_json.
-    fn string(&mut self) -> Result<String, String> {
+    /// A string token, unescaped. Plain strings are borrowed from the document; escapes are left to serde_json.
+    fn string(&mut self) -> Result<Cow<'a, str>, String> {
+        let b: &'a [u8] = self.b;
         let start = self.i;
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            let Some(at) = self.b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
-                self.i = self.b.len();
+            let Some(at) = b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+                self.i = b.len();
                 return Err(self.error("EOF while parsing a string"));
             };
             j += at;
-            if self.b[j] == b'"' {
+            if b[j] == b'"' {
                 break;
             }
             escaped = true;
             j += 2;
         }
-        let token = &self.b[start..=j];
+        let token = &b[start..=j];
         if let Some(at) = token.iter().position(|c| *c < 0x20) {
             self.i = start + at;
             return Err(self.error("control character (\\u0000-\\u001F) found while parsing a string"));
         }
         self.i = j + 1;
         if escaped {
-            return serde_json::from_slice(token).map_err(|e| format!("{e} in a string at byte {start}"));
+            return serde_json::from_slice::<String>(token)
+                .map(Cow::Owned)
+                .map_err(|e| format!("{e} in a string at byte {start}"));
         }
         // Quotes are ASCII, so both ends are character boundaries of a valid document.
         match self.text {
-            Some(text) => Ok(text[start + 1..j].to_string()),
+            Some(text) => Ok(Cow::Borrowed(&text[start + 1..j])),
             None => std::str::from_utf8(&token[1..token.len() - 1])
-                .map(str::to_string)
+                .map(Cow::Borrowed)
                 .map_err(|_| format!("invalid unicode code point at byte {start}")),
         }
     }
 
-    fn number(&mut self) -> Result<Value, String> {
+    fn number(&mut self) -> Result<Json<'a>, String> {
         let start = self.i;
         let b = self.b;
         let mut j = start;
@@ -267,33 +438,37 @@ impl Parser<'_> {
         }
         self.i = j;
         // ASCII digits and signs only: always UTF-8.
-        let text = std::str::from_utf8(&b[start..j]).unwrap_or_default();
+        let text: &'a str = std::str::from_utf8(&b[start..j]).unwrap_or_default();
         if integral {
             if let Ok(n) = text.parse::<i64>() {
-                return Ok(Value::Number(n.into()));
+                return Ok(Json::Number(n.into()));
             }
             if let Ok(n) = text.parse::<u64>() {
-                return Ok(Value::Number(n.into()));
+                return Ok(Json::Number(n.into()));
             }
-            return Ok(Value::String(text.to_string()));
+            return Ok(Json::Str(Cow::Borrowed(text)));
         }
         let f: f64 = text.parse().map_err(|_| self.error("invalid number"))?;
         let mantissa_nonzero =
             text.split(['e', 'E']).next().is_some_and(|m| m.bytes().any(|c| (b'1'..=b'9').contains(&c)));
         if !f.is_finite() || (f == 0.0 && mantissa_nonzero) {
-            return Ok(Value::String(text.to_string()));
+            return Ok(Json::Str(Cow::Borrowed(text)));
         }
-        Ok(Number::from_f64(f).map_or_else(|| Value::String(text.to_string()), Value::Number))
+        Ok(Number::from_f64(f).map_or(Json::Str(Cow::Borrowed(text)), Json::Number))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
-    fn value(s: &str) -> Value {
+    fn value(s: &str) -> Json<'_> {
         parse(s.as_bytes()).unwrap_or_else(|e| panic!("{s}: {e}")).value
+    }
+
+    fn j(v: Value) -> Json<'static> {
+        Json::from(&v)
     }
 
     #[test]
@@ -306,20 +481,22 @@ mod tests {
             "-0.0",
             "1E+2",
         ] {
-            assert_eq!(value(s), serde_json::from_str::<Value>(s).unwrap(), "{s}");
+            let theirs: Value = serde_json::from_str(s).unwrap();
+            assert_eq!(value(s), j(theirs.clone()), "{s}");
+            assert_eq!(value(s).to_string(), theirs.to_string(), "{s}");
         }
     }
 
     #[test]
     fn numbers_a_column_cannot_hold_are_kept_as_text() {
-        assert_eq!(value("123456789012345678901234567890"), json!("123456789012345678901234567890"));
-        assert_eq!(value("-9223372036854775809"), json!("-9223372036854775809"));
-        assert_eq!(value("18446744073709551615"), json!(18446744073709551615u64));
-        assert_eq!(value("-9223372036854775808"), json!(i64::MIN));
-        assert_eq!(value("1e-400"), json!("1e-400"));
-        assert_eq!(value("1e400"), json!("1e400"));
-        assert_eq!(value("0e-400"), json!(0.0));
-        assert_eq!(value("2.5"), json!(2.5));
+        assert_eq!(value("123456789012345678901234567890"), j(json!("123456789012345678901234567890")));
+        assert_eq!(value("-9223372036854775809"), j(json!("-9223372036854775809")));
+        assert_eq!(value("18446744073709551615"), j(json!(18446744073709551615u64)));
+        assert_eq!(value("-9223372036854775808"), j(json!(i64::MIN)));
+        assert_eq!(value("1e-400"), j(json!("1e-400")));
+        assert_eq!(value("1e400"), j(json!("1e400")));
+        assert_eq!(value("0e-400"), j(json!(0.0)));
+        assert_eq!(value("2.5"), j(json!(2.5)));
     }
 
     #[test]
@@ -328,8 +505,8 @@ mod tests {
             br#"{"properties": {"plan": "a", "plan": {"x": 1}}, "userId": 1, "userId": 2, "l": [{"k": 1, "k": 2}]}"#,
         )
         .unwrap();
-        assert_eq!(p.value["properties"]["plan"], json!({"x": 1}));
-        assert_eq!(p.value["userId"], json!(2));
+        assert_eq!(p.value.get("properties").and_then(|p| p.get("plan")), Some(&j(json!({"x": 1}))));
+        assert_eq!(p.value.get("userId"), Some(&j(json!(2))));
         assert_eq!(
             p.duplicates,
             vec![
@@ -337,6 +514,37 @@ mod tests {
                 Duplicate { path: "userId".into(), earlier: "1".into() }
             ]
         );
+        // A large object is indexed while it is read: the same outcome, and the order of first appearance.
+        let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        let many = format!("{{{}, \"k3\": \"again\", \"k39\": null}}", keys.join(", "));
+        let p = parse(many.as_bytes()).unwrap();
+        let o = p.value.as_object().unwrap();
+        assert_eq!(o.len(), 40);
+        assert_eq!(o[3], ("k3".into(), j(json!("again"))));
+        assert_eq!(o[39], ("k39".into(), Json::Null));
+        assert_eq!(
+            o.iter().map(|(k, _)| k.to_string()).collect::<Vec<_>>(),
+            (0..40).map(|i| format!("k{i}")).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            p.duplicates,
+            vec![
+                Duplicate { path: "k3".into(), earlier: "3".into() },
+                Duplicate { path: "k39".into(), earlier: "39".into() }
+            ]
+        );
+    }
+
+    #[test]
+    fn leaves_become_scalars() {
+        assert_eq!(value("null").scalar(), None);
+        assert_eq!(value("true").scalar(), Some(Scalar::Bool(true)));
+        assert_eq!(value("-42").scalar(), Some(Scalar::Int(-42)));
+        assert_eq!(value("18446744073709551615").scalar(), Some(Scalar::BigInt("18446744073709551615".into())));
+        assert_eq!(value("4.5").scalar(), Some(Scalar::Float(4.5)));
+        assert_eq!(value("\"hi\"").scalar(), Some(Scalar::Str("hi".into())));
+        assert!(matches!(value("\"2026-11-01T00:00:00Z\"").scalar(), Some(Scalar::Timestamp(..))));
+        assert_eq!(value(r#"[1, {"b": "\u00e9"}]"#).scalar(), Some(Scalar::Str(r#"[1,{"b":"é"}]"#.into())));
     }
 
     #[test]
