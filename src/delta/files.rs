@@ -16,7 +16,9 @@ use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::Compression;
+use deltalake::parquet::file::metadata::ParquetMetaData;
 use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::statistics::Statistics;
 use deltalake::{DeltaTableError, ObjectStore, Path};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Map, Value, json};
@@ -239,8 +241,6 @@ async fn write_one(
         .collect();
     let physical = Arc::new(Schema::new(fields));
     let data = RecordBatch::try_new(physical.clone(), keep.iter().map(|&i| batch.column(i).clone()).collect())?;
-    let stats = statistics(layout, batch, &keep);
-
     let props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
         .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string())
@@ -248,7 +248,8 @@ async fn write_one(
     let mut buffer = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buffer, physical, Some(props))?;
     writer.write(&data)?;
-    writer.close()?;
+    let written = writer.close()?;
+    let stats = statistics(layout, batch, &keep, &written);
     let size = buffer.len() as i64;
     let name = format!("part-00000-{}-c000.snappy.parquet", uuid::Uuid::new_v4());
     let relative = format!("{}{name}", partition_dir(&partition_values));
@@ -271,11 +272,12 @@ async fn write_one(
 const STATS_STRING_PREFIX: usize = 32;
 
 /// `numRecords`, and `minValues` / `maxValues` / `nullCount` of the columns that get statistics, keyed by
-/// physical name. Timestamps are kept to the millisecond: minima rounded down, maxima up.
-fn statistics(layout: &FileLayout, batch: &RecordBatch, columns: &[usize]) -> Value {
+/// physical name. Timestamps are kept to the millisecond: minima rounded down, maxima up. The bounds of text are
+/// the ones the Parquet writer found (`written`, whose columns are `columns` in order), rather than found again.
+fn statistics(layout: &FileLayout, batch: &RecordBatch, columns: &[usize], written: &ParquetMetaData) -> Value {
     let (mut min, mut max, mut nulls) = (Map::new(), Map::new(), Map::new());
     let schema = batch.schema();
-    for &i in columns {
+    for (leaf, &i) in columns.iter().enumerate() {
         let name = schema.field(i).name();
         if !layout.columns.get(name.as_str()).is_some_and(|c| c.stats) {
             continue;
@@ -283,7 +285,10 @@ fn statistics(layout: &FileLayout, batch: &RecordBatch, columns: &[usize]) -> Va
         let physical = layout.physical(name).to_string();
         let array = batch.column(i);
         nulls.insert(physical.clone(), json!(array.null_count()));
-        let (lo, hi) = bounds(array);
+        let (lo, hi) = match array.as_any().downcast_ref::<StringArray>() {
+            Some(_) => text_bounds(written, leaf),
+            None => bounds(array),
+        };
         if let Some(lo) = lo {
             min.insert(physical.clone(), lo);
         }
@@ -309,12 +314,31 @@ fn bounds(array: &ArrayRef) -> (Option<Value>, Option<Value>) {
         let hi = compute::max(a).map(|v| json!(format_micros((v + ms - 1).div_euclid(ms) * ms)));
         return (lo, hi);
     }
-    if let Some(a) = any.downcast_ref::<StringArray>() {
-        let lo = compute::min_string(a).map(|s| json!(s.chars().take(STATS_STRING_PREFIX).collect::<String>()));
-        let hi = compute::max_string(a).filter(|s| s.chars().count() <= STATS_STRING_PREFIX).map(|s| json!(s));
-        return (lo, hi);
-    }
     (None, None)
+}
+
+/// The bounds of a text column from the Parquet writer's statistics of each row group: the minimum cut to its
+/// first characters (still a lower bound), and the maximum only when the writer kept it whole and it is short.
+/// A row group without statistics leaves the column without bounds.
+fn text_bounds<'a>(written: &'a ParquetMetaData, leaf: usize) -> (Option<Value>, Option<Value>) {
+    let (mut lo, mut hi): (Option<&'a [u8]>, Option<&'a [u8]>) = (None, None);
+    let mut hi_exact = true;
+    for group in written.row_groups() {
+        let Some(Statistics::ByteArray(s)) = group.column(leaf).statistics() else {
+            return (None, None);
+        };
+        if let Some(v) = s.min_opt().map(|v| v.data()) {
+            lo = Some(lo.map_or(v, |lo| lo.min(v)));
+        }
+        if let Some(v) = s.max_opt().map(|v| v.data()) {
+            hi = Some(hi.map_or(v, |hi| hi.max(v)));
+            hi_exact &= s.max_is_exact();
+        }
+    }
+    let text = |v: Option<&'a [u8]>| v.and_then(|v| std::str::from_utf8(v).ok());
+    let lo = text(lo).map(|s| json!(s.chars().take(STATS_STRING_PREFIX).collect::<String>()));
+    let hi = text(hi).filter(|s| hi_exact && s.chars().count() <= STATS_STRING_PREFIX).map(|s| json!(s));
+    (lo, hi)
 }
 
 /// The table's logical schema as Arrow.
@@ -436,7 +460,7 @@ mod tests {
             columns.insert(n.to_string(), PhysicalColumn { physical: p.into(), field_id: Some(1), stats: true });
         }
         let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
-        let s = statistics(&layout, &batch, &[0, 1, 2]);
+        let s = statistics(&layout, &batch, &[0, 1, 2], &written(&batch));
         assert_eq!(s["numRecords"], 3);
         assert_eq!((s["minValues"]["col-n"].clone(), s["maxValues"]["col-n"].clone()), (json!(-1), json!(3)));
         assert_eq!(s["nullCount"]["col-n"], 1);
@@ -444,5 +468,46 @@ mod tests {
         assert!(s["maxValues"].get("col-s").is_none(), "a maximum longer than the prefix is left out");
         assert_eq!(s["minValues"]["col-t"], "1970-01-01T00:00:01Z");
         assert_eq!(s["maxValues"]["col-t"], "1970-01-01T00:00:02.001Z");
+    }
+
+    /// The metadata of `batch` written as Parquet in row groups of `rows`.
+    fn written_in(batch: &RecordBatch, rows: usize) -> ParquetMetaData {
+        let props = WriterProperties::builder().set_max_row_group_row_count(Some(rows)).build();
+        let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props)).unwrap();
+        writer.write(batch).unwrap();
+        writer.close().unwrap()
+    }
+
+    fn written(batch: &RecordBatch) -> ParquetMetaData {
+        written_in(batch, 1 << 20)
+    }
+
+    #[test]
+    fn text_bounds_are_those_of_every_value() {
+        let values = vec![None, Some("m"), Some("zz"), Some("é"), Some(""), Some("b"), None, Some("zy")];
+        let batch =
+            RecordBatch::try_from_iter([("s", Arc::new(StringArray::from(values.clone())) as ArrayRef)]).unwrap();
+        // The bounds agree with a plain comparison of every value, over one row group or several.
+        let present: Vec<&str> = values.iter().flatten().copied().collect();
+        let (lo, hi) = (present.iter().min().unwrap(), present.iter().max().unwrap());
+        assert_eq!((*lo, *hi), ("", "é"));
+        for rows in [1 << 20, 3, 1] {
+            let (min, max) = text_bounds(&written_in(&batch, rows), 0);
+            assert_eq!((min, max), (Some(json!(lo)), Some(json!(hi))), "row groups of {rows}");
+        }
+        // A long minimum is cut to its first characters; a long or cut maximum is left out.
+        let long_min = format!("{}b", "é".repeat(40));
+        let batch = RecordBatch::try_from_iter([(
+            "s",
+            Arc::new(StringArray::from(vec![long_min.as_str(), &*"ü".repeat(100)])) as ArrayRef,
+        )])
+        .unwrap();
+        let (min, max) = text_bounds(&written(&batch), 0);
+        let cut: String = long_min.chars().take(STATS_STRING_PREFIX).collect();
+        assert_eq!((min, max), (Some(json!(cut)), None));
+        // Nothing but nulls: no bounds.
+        let batch = RecordBatch::try_from_iter([("s", Arc::new(StringArray::from(vec![None::<&str>; 3])) as ArrayRef)])
+            .unwrap();
+        assert_eq!(text_bounds(&written(&batch), 0), (None, None));
     }
 }
