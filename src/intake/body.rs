@@ -121,6 +121,8 @@ pub struct Parsed<'a> {
     pub events: Vec<RawEvent<'a>>,
     pub write_key: Option<String>,
     pub context: Option<crate::segment::json::Object<'a>>,
+    /// Keys repeated in that context: the later value is every event's, the earlier one is kept in `discards`.
+    pub context_repeats: Vec<crate::segment::json::Duplicate>,
     /// A batch body's `sentAt`, for the events that carry none of their own.
     pub sent_at: Option<crate::layout::value::Micros>,
 }
@@ -142,7 +144,7 @@ pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, 
             return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
         }
         let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
-        return Ok(Parsed { events, write_key: None, context: None, sent_at: None });
+        return Ok(Parsed { events, write_key: None, context: None, context_repeats: Vec::new(), sent_at: None });
     }
     let batch = scan::top_level_object(body)?.get("batch").is_some();
     split(body, batch, limits)
@@ -159,7 +161,8 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
         if body.len() > limits.max_event_bytes {
             return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
         }
-        return Ok(Parsed { events: vec![RawEvent { bytes: body }], write_key, context: None, sent_at: None });
+        let events = vec![RawEvent { bytes: body }];
+        return Ok(Parsed { events, write_key, context: None, context_repeats: Vec::new(), sent_at: None });
     }
     let Some(range) = top.get("batch") else {
         return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
@@ -189,14 +192,14 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
             return Err(BodyError::ContextTooLarge { context: context_len, events: items.len(), total, limit });
         }
     }
-    let context = match context_range {
-        Some(r) => match crate::segment::json::parse(&body[r]).map(|p| p.value) {
-            Ok(Json::Object(map)) => Some(map),
-            Ok(Json::Null) => None,
+    let (context, context_repeats) = match context_range {
+        Some(r) => match crate::segment::json::parse(&body[r]).map(|p| (p.value, p.duplicates)) {
+            Ok((Json::Object(map), repeats)) => (Some(map), repeats),
+            Ok((Json::Null, _)) => (None, Vec::new()),
             Ok(_) => return Err(BodyError::Shape("context must be an object".into())),
             Err(e) => return Err(BodyError::Shape(format!("context must be an object: {e}"))),
         },
-        None => None,
+        None => (None, Vec::new()),
     };
     let sent_at = match top.get("sentAt") {
         Some(r) => match field::<Option<String>>(body, r, "sentAt must be a string")? {
@@ -209,7 +212,7 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
         None => None,
     };
     let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
-    Ok(Parsed { events, write_key, context, sent_at })
+    Ok(Parsed { events, write_key, context, context_repeats, sent_at })
 }
 
 /// Splits a body that the API's size limits do not apply to (a backfill line, an Event Hub event): a
@@ -222,6 +225,7 @@ pub fn split_unlimited(text: &[u8]) -> Parsed<'_> {
         events: vec![RawEvent { bytes: text }],
         write_key: None,
         context: None,
+        context_repeats: Vec::new(),
         sent_at: None,
     })
 }

@@ -7,6 +7,7 @@ pub mod body;
 use serde_json::{Value, json};
 
 use crate::layout::rows::{Discard, Mapped};
+use crate::layout::value::Micros;
 use crate::schema::rows::map_event;
 use crate::segment::event::{Arrival, Event, FieldProblem, Invalid};
 use crate::segment::json::{Json, Parsed};
@@ -49,6 +50,24 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
     }
 }
 
+/// The keys a batch body's `context` repeats: that context is every event's, so each earlier value is kept once per
+/// body in `discards`, with the first event's rows (`events` are the body's events, mapped).
+pub fn keep_context_repeats(parsed: &body::Parsed<'_>, received_at: Micros, events: &mut [Mapped]) {
+    let Some(first) = events.first_mut() else { return };
+    first.discards.extend(parsed.context_repeats.iter().map(|d| Discard {
+        row_id: String::new(),
+        table_name: String::new(),
+        column_name: format!("context.{}", d.path),
+        column_value: d.earlier.clone(),
+        reason: format!(
+            "\"context.{}\" appears twice in the batch's context; the later value is every event's",
+            d.path
+        ),
+        received_at,
+        offset: None,
+    }));
+}
+
 /// An event that could not be read at all: kept whole in `discards`, with the reason.
 fn rejected(invalid: Invalid, raw: &RawEvent<'_>, arrival: &Arrival<'_>) -> Mapped {
     Mapped {
@@ -69,4 +88,39 @@ fn rejected(invalid: Invalid, raw: &RawEvent<'_>, arrival: &Arrival<'_>) -> Mapp
 /// The `Outputs`/`Logs`/`ReturnValue` answer the host expects.
 pub fn invocation_answer(outputs: Value, logs: Vec<String>) -> Value {
     json!({"Outputs": outputs, "Logs": logs, "ReturnValue": null})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Limits;
+    use crate::layout::value::Scalar;
+
+    #[test]
+    fn a_key_repeated_in_the_batch_context_is_kept_once_per_body() {
+        let text = br#"{"batch": [{"type": "track", "event": "A", "userId": "u", "messageId": "m1"},
+            {"type": "identify", "userId": "u", "messageId": "m2"}],
+            "context": {"ip": "1.1.1.1", "library": {"name": "a", "name": "b"}, "ip": "2.2.2.2"}}"#;
+        let parsed = body::split(text, true, &Limits::default()).unwrap();
+        let arrival =
+            Arrival { received_at: 7, context: parsed.context.as_ref(), keep_received_at: false, sent_at: None };
+        let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, None)).collect();
+        keep_context_repeats(&parsed, 7, &mut events);
+        // The later values are every event's.
+        for m in &events {
+            for r in &m.rows {
+                let get = |c: &str| r.row.cols.iter().find(|(n, _)| &**n == c).map(|(_, v)| v.clone());
+                assert_eq!(get("context_ip"), Some(Scalar::Str("2.2.2.2".into())), "{}", r.table);
+                assert_eq!(get("context_library_name"), Some(Scalar::Str("b".into())), "{}", r.table);
+            }
+        }
+        // The earlier ones are in discards, once for the body.
+        let kept: Vec<(&str, &str)> = events
+            .iter()
+            .flat_map(|m| &m.discards)
+            .map(|d| (d.column_name.as_str(), d.column_value.as_str()))
+            .collect();
+        assert_eq!(kept, vec![("context.library.name", "\"a\""), ("context.ip", "\"1.1.1.1\"")]);
+        assert!(events[0].discards.iter().all(|d| d.reason.contains("appears twice in the batch's context")));
+    }
 }

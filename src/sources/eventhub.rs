@@ -157,6 +157,7 @@ pub fn map_delivery(
             .entry(schema.to_string())
             .or_insert_with(|| Submission { schema: schema.to_string(), ..Default::default() });
         bucket.bytes += d.body.len();
+        let mut mapped_events = Vec::with_capacity(events.len());
         for raw in events {
             let mapped = if unknown_key {
                 Mapped {
@@ -175,8 +176,12 @@ pub fn map_delivery(
             } else {
                 map_raw(raw, &arrival, None)
             };
-            bucket.events.push(mapped.with_offset(offset.clone()));
+            mapped_events.push(mapped);
         }
+        if !unknown_key {
+            crate::intake::keep_context_repeats(&parsed, received_at, &mut mapped_events);
+        }
+        bucket.events.extend(mapped_events.into_iter().map(|m| m.with_offset(offset.clone())));
     }
     Ok(out)
 }

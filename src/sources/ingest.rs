@@ -144,9 +144,11 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
     }
     let parsed = body::split_unlimited(text);
     let a = arrival(parsed.context.as_ref(), parsed.sent_at);
+    let from = out.len();
     for raw in &parsed.events {
         out.push(map_raw(raw, &a, None));
     }
+    crate::intake::keep_context_repeats(&parsed, received_at, &mut out[from..]);
 }
 
 /// A file's identity as a stream: its content's SHA-1. Loading the same content again (a re-run, or a run resumed

@@ -1,6 +1,7 @@
 """Values are stored as sent or set aside with a reason, never silently changed: numbers no BIGINT or DOUBLE can
 hold keep their digits as STRING, dates outside years 1-9999 stay text, a key sent twice leaves its earlier value
-in `discards`, and clock-skew correction never produces a time readers cannot hold."""
+in `discards` (once per body for a batch's shared context), and clock-skew correction never produces a time
+readers cannot hold."""
 
 import pyarrow as pa
 import pytest
@@ -69,6 +70,21 @@ def test_a_key_sent_twice_keeps_the_later_value_and_discards_the_earlier(landed)
     assert found["properties.nested.k"]["column_value"] == "1"
     # Event-level problems are filed under the table of the event type.
     assert all("appears twice" in d["reason"] and d["table_name"] == "tracks" for d in found.values())
+
+
+def test_a_key_sent_twice_in_a_batch_context_is_kept_once_per_body(landed):
+    body = (
+        '{"batch":[{"type":"track","userId":"u1","event":"Shared","messageId":"ctx-1"},'
+        '{"type":"track","userId":"u1","event":"Shared","messageId":"ctx-2"}],'
+        '"context":{"locale":"de-DE","locale":"en-US"}}'
+    )
+    r = landed.post("/v1/batch", body.encode())
+    assert r.status_code == 200, r.text
+    rows = rows_by_id(landed.read("shared"))
+    assert [rows[i]["context_locale"] for i in ("ctx-1", "ctx-2")] == ["en-US", "en-US"]
+    found = [d for d in read_discards(landed.lake) if d["column_name"] == "context.locale"]
+    assert [d["column_value"] for d in found] == ['"de-DE"'], found
+    assert "appears twice in the batch's context" in found[0]["reason"]
 
 
 def test_skew_correction_never_leaves_the_timestamp_range(landed):

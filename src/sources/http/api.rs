@@ -305,7 +305,8 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
         Endpoint::Event(t) => Some(t),
         _ => None,
     };
-    let events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
+    let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
+    crate::intake::keep_context_repeats(&parsed, received_at, &mut events);
     let forget = crate::sources::users_to_forget(&events);
     let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
     let n = events.len();
