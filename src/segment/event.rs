@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 
-use crate::segment::json::{Json, Object, get};
+use crate::segment::json::{Json, Keys, Object, get};
 
 use crate::layout::value::{Micros, parse_timestamp};
 use crate::segment::time::corrected_timestamp;
@@ -116,16 +116,12 @@ fn id_text(v: &Json<'_>) -> Result<Option<String>, ()> {
 /// Deep-merges `base` under `over`: keys of `over` win, objects merge key by key, and keys only `base` has follow
 /// in its order.
 fn merge_under<'a>(over: &mut Object<'a>, base: &Object<'a>) {
-    // Large objects are looked up by hash: a batch context of many keys merged into many events of many keys.
-    let by_key: Option<std::collections::HashMap<String, usize, foldhash::fast::RandomState>> =
-        (over.len() > 16).then(|| over.iter().enumerate().map(|(i, (k, _))| (k.to_string(), i)).collect());
+    // A batch context of many keys merged into many events of many keys: large objects are looked up by hash.
+    let mut keys = Keys::default();
+    keys.start(over, over.len());
     for (k, bv) in base {
-        let found = match &by_key {
-            Some(by_key) => by_key.get(k.as_ref()).copied(),
-            None => over.iter().position(|(ok, _)| ok == k),
-        };
-        match found {
-            None => over.push((k.clone(), bv.clone())),
+        match keys.find(over, k) {
+            None => keys.push(over, k.clone(), bv.clone()),
             Some(i) => {
                 if let (Json::Object(o), Json::Object(b)) = (&mut over[i].1, bv) {
                     merge_under(o, b);

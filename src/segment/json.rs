@@ -42,6 +42,49 @@ pub fn get<'o, 'a>(object: &'o Object<'a>, key: &str) -> Option<&'o Json<'a>> {
     object.iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
+/// Finds the members of an object being built by key: by comparing keys while it is small, through a table of
+/// positions hashed with a per-process seed once it has more than `SEARCHED` members, so that an object of many
+/// keys (which a sender chooses) costs no more per key.
+#[derive(Default)]
+pub struct Keys {
+    table: HashTable<usize>,
+    hasher: RandomState,
+    indexed: bool,
+}
+
+impl Keys {
+    /// Starts on `object`, which will have `len` members once built.
+    pub fn start(&mut self, object: &Object<'_>, len: usize) {
+        self.table.clear();
+        self.indexed = len > SEARCHED;
+        for at in 0..object.len() {
+            self.index(object, at);
+        }
+    }
+
+    /// Where `key` is in `object`.
+    pub fn find(&self, object: &Object<'_>, key: &str) -> Option<usize> {
+        if !self.indexed {
+            return object.iter().position(|(k, _)| k == key);
+        }
+        self.table.find(self.hasher.hash_one(key), |&at| object[at].0 == key).copied()
+    }
+
+    /// Adds a member whose key `object` does not have yet.
+    pub fn push<'a>(&mut self, object: &mut Object<'a>, key: Cow<'a, str>, value: Json<'a>) {
+        object.push((key, value));
+        self.index(object, object.len() - 1);
+    }
+
+    fn index(&mut self, object: &Object<'_>, at: usize) {
+        if self.indexed {
+            let hasher = &self.hasher;
+            let hash = hasher.hash_one(object[at].0.as_ref());
+            self.table.insert_unique(hash, at, |&i| hasher.hash_one(object[i].0.as_ref()));
+        }
+    }
+}
+
 impl<'a> Json<'a> {
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -84,20 +127,6 @@ impl<'a> Json<'a> {
     /// The value of `key`, when this is an object that has it.
     pub fn get(&self, key: &str) -> Option<&Json<'a>> {
         self.as_object().and_then(|o| get(o, key))
-    }
-
-    /// The same value, owning its strings.
-    pub fn into_owned(self) -> Json<'static> {
-        match self {
-            Json::Null => Json::Null,
-            Json::Bool(b) => Json::Bool(b),
-            Json::Number(n) => Json::Number(n),
-            Json::Str(s) => Json::Str(Cow::Owned(s.into_owned())),
-            Json::Array(items) => Json::Array(items.into_iter().map(Json::into_owned).collect()),
-            Json::Object(o) => {
-                Json::Object(o.into_iter().map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned())).collect())
-            }
-        }
     }
 }
 
@@ -174,8 +203,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, String> {
         duplicates: Vec::new(),
         path: String::new(),
         members: Vec::new(),
-        index: HashTable::new(),
-        hasher: RandomState::default(),
+        keys: Keys::default(),
     };
     p.ws();
     let value = p.value(0)?;
@@ -196,9 +224,8 @@ struct Parser<'a> {
     path: String,
     /// The members of the objects being read, innermost last: an object is built once it is whole, at its size.
     members: Object<'a>,
-    /// Where each key of a large object being built is, by hash of the key.
-    index: HashTable<usize>,
-    hasher: RandomState,
+    /// The keys of the object being built.
+    keys: Keys,
 }
 
 impl<'a> Parser<'a> {
@@ -249,26 +276,10 @@ impl<'a> Parser<'a> {
         }
         let n = self.members.len() - base;
         let mut object: Object<'a> = Vec::with_capacity(n);
-        let indexed = n > SEARCHED;
-        if indexed {
-            self.index.clear();
-        }
+        self.keys.start(&object, n);
         for (key, value) in self.members.drain(base..) {
-            let found = if indexed {
-                let hash = self.hasher.hash_one(key.as_ref());
-                match self.index.find(hash, |&at| object[at].0 == key) {
-                    Some(&at) => Some(at),
-                    None => {
-                        let hasher = &self.hasher;
-                        self.index.insert_unique(hash, object.len(), |&at| hasher.hash_one(object[at].0.as_ref()));
-                        None
-                    }
-                }
-            } else {
-                object.iter().position(|(k, _)| *k == key)
-            };
-            match found {
-                None => object.push((key, value)),
+            match self.keys.find(&object, &key) {
+                None => self.keys.push(&mut object, key, value),
                 // The later value takes the earlier one's place.
                 Some(at) => {
                     let path = match self.path.as_str() {
