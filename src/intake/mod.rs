@@ -7,7 +7,6 @@ pub mod body;
 use serde_json::{Value, json};
 
 use crate::layout::rows::{Discard, Mapped};
-use crate::layout::value::Micros;
 use crate::schema::rows::map_event;
 use crate::segment::event::{Arrival, Event, FieldProblem, Invalid};
 use crate::segment::json::{Json, Parsed};
@@ -50,22 +49,25 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
     }
 }
 
-/// The keys a batch body's `context` repeats: that context is every event's, so each earlier value is kept once per
-/// body in `discards`, with the first event's rows (`events` are the body's events, mapped).
-pub fn keep_context_repeats(parsed: &body::Parsed<'_>, received_at: Micros, events: &mut [Mapped]) {
-    let Some(first) = events.first_mut() else { return };
-    first.discards.extend(parsed.context_repeats.iter().map(|d| Discard {
-        row_id: String::new(),
-        table_name: String::new(),
-        column_name: format!("context.{}", d.path),
-        column_value: d.earlier.clone(),
-        reason: format!(
-            "\"context.{}\" appears twice in the batch's context; the later value is every event's",
-            d.path
-        ),
-        received_at,
-        offset: None,
-    }));
+/// Maps every event of a split body. The keys its shared `context` repeats are kept once per body: that context is
+/// every event's, so each earlier value goes to `discards` with the first event's.
+pub fn map_body(parsed: &body::Parsed<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Vec<Mapped> {
+    let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, arrival, implied_type)).collect();
+    if let Some(first) = events.first_mut() {
+        first.discards.extend(parsed.context_repeats.iter().map(|d| Discard {
+            row_id: String::new(),
+            table_name: String::new(),
+            column_name: format!("context.{}", d.path),
+            column_value: d.earlier.clone(),
+            reason: format!(
+                "\"context.{}\" appears twice in the batch's context; the later value is every event's",
+                d.path
+            ),
+            received_at: arrival.received_at,
+            offset: None,
+        }));
+    }
+    events
 }
 
 /// An event that could not be read at all: kept whole in `discards`, with the reason.
@@ -104,8 +106,7 @@ mod tests {
         let parsed = body::split(text, true, &Limits::default()).unwrap();
         let arrival =
             Arrival { received_at: 7, context: parsed.context.as_ref(), keep_received_at: false, sent_at: None };
-        let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, None)).collect();
-        keep_context_repeats(&parsed, 7, &mut events);
+        let events = map_body(&parsed, &arrival, None);
         // The later values are every event's.
         for m in &events {
             for r in &m.rows {

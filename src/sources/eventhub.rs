@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::batch::{Submission, SubmitError};
 use crate::config::Sources;
-use crate::intake::{body, invocation_answer, map_raw};
+use crate::intake::{body, invocation_answer, map_body};
 use crate::layout::rows::{Discard, Mapped, Offset};
 use crate::layout::value::{Micros, now_micros, parse_timestamp};
 use crate::segment::event::Arrival;
@@ -157,10 +157,10 @@ pub fn map_delivery(
             .entry(schema.to_string())
             .or_insert_with(|| Submission { schema: schema.to_string(), ..Default::default() });
         bucket.bytes += d.body.len();
-        let mut mapped_events = Vec::with_capacity(events.len());
-        for raw in events {
-            let mapped = if unknown_key {
-                Mapped {
+        let mapped_events = if unknown_key {
+            events
+                .iter()
+                .map(|raw| Mapped {
                     rows: Vec::new(),
                     discards: vec![Discard {
                         row_id: String::new(),
@@ -172,15 +172,11 @@ pub fn map_delivery(
                         offset: None,
                     }],
                     forget: None,
-                }
-            } else {
-                map_raw(raw, &arrival, None)
-            };
-            mapped_events.push(mapped);
-        }
-        if !unknown_key {
-            crate::intake::keep_context_repeats(&parsed, received_at, &mut mapped_events);
-        }
+                })
+                .collect()
+        } else {
+            map_body(&parsed, &arrival, None)
+        };
         bucket.events.extend(mapped_events.into_iter().map(|m| m.with_offset(offset.clone())));
     }
     Ok(out)

@@ -13,7 +13,7 @@ use futures::stream::FuturesUnordered;
 use crate::batch::{Batcher, Submission, Totals};
 use crate::config::Config;
 use crate::intake::body::{self, RawEvent};
-use crate::intake::map_raw;
+use crate::intake::{map_body, map_raw};
 use crate::layout::rows::{Mapped, Offset};
 use crate::layout::value::now_micros;
 use crate::segment::event::Arrival;
@@ -144,11 +144,7 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
     }
     let parsed = body::split_unlimited(text);
     let a = arrival(parsed.context.as_ref(), parsed.sent_at);
-    let from = out.len();
-    for raw in &parsed.events {
-        out.push(map_raw(raw, &a, None));
-    }
-    crate::intake::keep_context_repeats(&parsed, received_at, &mut out[from..]);
+    out.extend(map_body(&parsed, &a, None));
 }
 
 /// A file's identity as a stream: its content's SHA-1. Loading the same content again (a re-run, or a run resumed

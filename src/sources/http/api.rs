@@ -6,8 +6,7 @@ use serde_json::{Value, json};
 use crate::app::AppState;
 use crate::batch::{Submission, SubmitError};
 use crate::intake::body::{self, BodyError};
-use crate::intake::map_raw;
-use crate::layout::rows::Mapped;
+use crate::intake::map_body;
 use crate::layout::value::now_micros;
 use crate::segment::event::Arrival;
 
@@ -305,8 +304,7 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
         Endpoint::Event(t) => Some(t),
         _ => None,
     };
-    let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, &arrival, implied_type)).collect();
-    crate::intake::keep_context_repeats(&parsed, received_at, &mut events);
+    let events = map_body(&parsed, &arrival, implied_type);
     let forget = crate::sources::users_to_forget(&events);
     let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
     let n = events.len();
