@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::TableKind;
-use super::value::{Micros, Scalar};
+use super::value::{Micros, Scalar, Text};
 
 /// Where a row came from in an ordered stream (an Event Hub partition): written with the commit as a Delta
 /// `txn` action so that a redelivered event is recognised and skipped.
@@ -19,7 +19,7 @@ pub struct Offset {
 /// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
-    pub id: Arc<str>,
+    pub id: Text,
     pub cols: Vec<(Arc<str>, Scalar)>,
     pub offset: Option<Offset>,
 }
@@ -97,13 +97,13 @@ impl Mapped {
     /// About how many bytes the rows and discards of this event hold in memory: what a request costs the buffer,
     /// which its body size alone can understate (a batch context merged into every event, many small values).
     pub fn size_estimate(&self) -> usize {
-        const PER_VALUE: usize = 48;
+        const PER_VALUE: usize = std::mem::size_of::<(Arc<str>, Scalar)>();
         const PER_ROW: usize = 96;
         let value = |v: &Scalar| {
             PER_VALUE
                 + match v {
-                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, s) => s.len(),
-                    Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) => 0,
+                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, s) if s.is_heap_allocated() => s.len(),
+                    _ => 0,
                 }
         };
         let rows: usize =

@@ -3,7 +3,6 @@
 //! as an ISO-8601 date-time.
 
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
 
@@ -83,6 +82,10 @@ impl fmt::Display for ColumnType {
     }
 }
 
+/// The text of a value: up to 23 bytes held in place (most values of an event: names, versions, addresses, short
+/// ids), longer ones in one shared allocation, so that the tables of one event hold one copy.
+pub type Text = smol_str::SmolStr;
+
 /// One non-null value of a row, with the type it would give a new column.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Scalar {
@@ -90,11 +93,10 @@ pub enum Scalar {
     Int(i64),
     Float(f64),
     /// An integer outside the BIGINT range, kept as its decimal text.
-    BigInt(Arc<str>),
+    BigInt(Text),
     /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards.
-    Timestamp(Micros, Arc<str>),
-    /// Shared, so that the tables of one event hold one copy.
-    Str(Arc<str>),
+    Timestamp(Micros, Text),
+    Str(Text),
 }
 
 /// Why a value could not go into its column.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::layout::rows::{ByAddr, Row, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
-use crate::layout::value::{Micros, Scalar};
+use crate::layout::value::{Micros, Scalar, Text};
 use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
 use crate::schema::intern::{Named, Names, with_names};
 use crate::schema::names::snake_case;
@@ -205,7 +205,7 @@ pub fn map_event(event: Event<'_>) -> Mapped {
 fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) -> Mapped {
     let mut out = Mapped::default();
     let kind = event.kind;
-    let id: Arc<str> = event.message_id.as_str().into();
+    let id: Text = event.message_id.as_str().into();
     let own_table = match (&event.event, kind) {
         (Some(name), EventType::Track) => match event_table(name) {
             Ok(t) => Some(t),

@@ -11,7 +11,6 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -20,8 +19,8 @@ use segment_delta::config::storage;
 use segment_delta::delta::{Lakehouse, TableWrite};
 use segment_delta::layout::TableKind;
 use segment_delta::layout::rows::Row;
-use segment_delta::layout::value::Scalar;
 use segment_delta::layout::value::now_micros;
+use segment_delta::layout::value::{Scalar, Text};
 
 #[derive(Parser)]
 struct Args {
@@ -43,12 +42,12 @@ fn rows(writer: usize, n: usize, start: usize) -> Vec<Row> {
     let received = now_micros();
     (0..n)
         .map(|i| {
-            let id: Arc<str> = format!("w{writer}-{}", start + i).into();
+            let id: Text = format!("w{writer}-{}", start + i).into();
             let text = |s: &str| Scalar::Str(s.into());
             Row {
                 id: id.clone(),
                 cols: vec![
-                    ("id".into(), Scalar::Str(id.as_ref().into())),
+                    ("id".into(), Scalar::Str(id.clone())),
                     ("user_id".into(), text(&format!("u{}", i % 997))),
                     ("received_at".into(), Scalar::from(received)),
                     ("timestamp".into(), Scalar::from(received)),
