@@ -9,6 +9,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::layout::TableKind;
@@ -19,14 +20,15 @@ use crate::schema::names::snake_case;
 const MAX_PATHS: usize = 50_000;
 const MAX_BYTES: usize = 8 << 20;
 
-/// A key path and its column name, both shared.
-pub type Named = (Arc<str>, Arc<str>);
+/// A key path and its column name, both shared: the path only within the thread that flattens events, the name by
+/// every row.
+pub type Named = (Rc<str>, Arc<str>);
 
 /// Key paths and the column names they give.
 #[derive(Default)]
 pub struct Names {
     /// Path → (the path, shared; its column name).
-    paths: HashMap<Arc<str>, Arc<str>, RandomState>,
+    paths: HashMap<Rc<str>, Arc<str>, RandomState>,
     columns: HashSet<Arc<str>, RandomState>,
     /// Bytes of the paths and names held.
     bytes: usize,
@@ -42,7 +44,7 @@ impl Names {
             return (p.clone(), c.clone());
         }
         let column = self.column(&snake_case(path));
-        let path: Arc<str> = path.into();
+        let path: Rc<str> = path.into();
         self.bytes += path.len();
         self.paths.insert(path.clone(), column.clone());
         (path, column)
@@ -101,7 +103,7 @@ mod tests {
         let (p1, c1) = n.get("context.library.name");
         let (p2, c2) = n.get("context.library.name");
         assert_eq!((&*p1, &*c1), ("context.library.name", "context_library_name"));
-        assert!(Arc::ptr_eq(&p1, &p2) && Arc::ptr_eq(&c1, &c2));
+        assert!(Rc::ptr_eq(&p1, &p2) && Arc::ptr_eq(&c1, &c2));
         // Two paths, one column: one allocation.
         let (_, a) = n.get("Plan Name");
         let (_, b) = n.get("plan_name");
@@ -111,6 +113,6 @@ mod tests {
         // A fixed column is the same allocation as the column a key path of the same name gives.
         let (path, column) = n.fixed(TableKind::Tracks).iter().find(|(p, _)| &**p == "user_id").cloned().unwrap();
         let (p, c) = n.get("user_id");
-        assert!(Arc::ptr_eq(&path, &p) && Arc::ptr_eq(&column, &c));
+        assert!(Rc::ptr_eq(&path, &p) && Arc::ptr_eq(&column, &c));
     }
 }

@@ -1,6 +1,7 @@
 //! An event becomes rows: one per table it lands in, with flattened, snake_cased columns, and a discard for
 //! every value that cannot be stored as sent.
 
+use std::rc::Rc;
 use std::sync::Arc;
 
 use crate::layout::rows::{ByAddr, Row, addr};
@@ -52,7 +53,7 @@ struct Slot {
 }
 
 /// A leaf of a flattened object: its key path, its column name (both shared, see [`intern`]) and its value.
-type Leaf = (Arc<str>, Arc<str>, Scalar);
+type Leaf = (Rc<str>, Arc<str>, Scalar);
 
 /// Builds one row's columns, resolving name collisions deterministically: a column filled by an earlier source
 /// (fixed, then context, then properties/traits) keeps its value; within one source the key already spelled
@@ -72,7 +73,7 @@ struct RowBuilder<'a> {
 
 impl<'a> RowBuilder<'a> {
     /// The key path of a source's leaf.
-    fn path(&self, source: Source, leaf: usize) -> &'a Arc<str> {
+    fn path(&self, source: Source, leaf: usize) -> &'a Rc<str> {
         let (fixed, context, payload) = (self.fixed, self.context, self.payload);
         match source {
             Source::Fixed => &fixed[leaf].0,
