@@ -10,7 +10,7 @@ use deltalake::arrow::array::{
     UInt32Array, new_null_array,
 };
 use deltalake::arrow::compute::{self, take};
-use deltalake::arrow::datatypes::{Field, Schema};
+use deltalake::arrow::datatypes::{DataType, Field, Schema};
 use deltalake::kernel::{Add, StructType};
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::arrow::ProjectionMask;
@@ -19,11 +19,13 @@ use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::metadata::ParquetMetaData;
 use deltalake::parquet::file::properties::WriterProperties;
 use deltalake::parquet::file::statistics::Statistics;
+use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::{DeltaTableError, ObjectStore, Path};
 use object_store::{ObjectStoreExt, PutPayload};
 use serde_json::{Map, Value, json};
 
 use super::protocol::ColumnMapping;
+use crate::layout::UUID_TS;
 use crate::layout::value::format_micros;
 
 /// One column of the table as data files hold it.
@@ -241,10 +243,15 @@ async fn write_one(
         .collect();
     let physical = Arc::new(Schema::new(fields));
     let data = RecordBatch::try_new(physical.clone(), keep.iter().map(|&i| batch.column(i).clone()).collect())?;
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::SNAPPY)
-        .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string())
-        .build();
+        .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string());
+    for (j, &i) in keep.iter().enumerate() {
+        if !dictionary_encoded(schema.field(i)) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(physical.field(j).name().as_str()), false);
+        }
+    }
+    let props = props.build();
     let mut buffer = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buffer, physical, Some(props))?;
     writer.write(&data)?;
@@ -266,6 +273,15 @@ async fn write_one(
         stats: Some(stats.to_string()),
         ..Default::default()
     })
+}
+
+/// Whether a column's values are written with a dictionary, as Parquet writers do by default. Not the row id nor
+/// event times other than `uuid_ts` (one value a file): their values are nearly all distinct, so a dictionary of
+/// them costs time to build and makes the file larger.
+pub fn dictionary_encoded(field: &Field) -> bool {
+    let distinct =
+        field.name() == "id" || (matches!(field.data_type(), DataType::Timestamp(..)) && field.name() != UUID_TS);
+    !distinct
 }
 
 /// Longest string kept in statistics; longer minima are cut (still a lower bound), longer maxima left out.
@@ -480,6 +496,38 @@ mod tests {
 
     fn written(batch: &RecordBatch) -> ParquetMetaData {
         written_in(batch, 1 << 20)
+    }
+
+    #[tokio::test]
+    async fn distinct_columns_are_written_without_a_dictionary() {
+        let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+        let batch = RecordBatch::try_from_iter([
+            ("id", Arc::new(StringArray::from(vec!["m1", "m2", "m3"])) as ArrayRef),
+            ("event", Arc::new(StringArray::from(vec!["a", "a", "b"])) as ArrayRef),
+            ("timestamp", ts(vec![1_000_000, 2_000_000, 3_000_000])),
+            ("uuid_ts", ts(vec![9_000_000; 3])),
+        ])
+        .unwrap();
+        let mut columns = HashMap::new();
+        for (i, n) in ["id", "event", "timestamp", "uuid_ts"].into_iter().enumerate() {
+            let physical = format!("col-{i}");
+            columns.insert(n.to_string(), PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true });
+        }
+        let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
+        let store = object_store::memory::InMemory::new();
+        let add = write_one(&store, &layout, &batch, vec![], true).await.unwrap();
+        let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let chunks = reader.metadata().row_group(0).columns().to_vec();
+        let dictionary: Vec<(String, bool)> =
+            chunks.iter().map(|c| (c.column_path().string(), c.dictionary_page_offset().is_some())).collect();
+        let want = [("col-0", false), ("col-1", true), ("col-2", false), ("col-3", true)];
+        assert_eq!(dictionary, want.map(|(c, d)| (c.to_string(), d)));
+        // Read back, the values are those written.
+        let read = reader.build().unwrap().next().unwrap().unwrap();
+        assert_eq!(read.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(2), "m3");
+        let t = read.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
+        assert_eq!(t.values().to_vec(), vec![1_000_000, 2_000_000, 3_000_000]);
     }
 
     #[test]
