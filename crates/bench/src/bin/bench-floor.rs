@@ -19,16 +19,18 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
+use deltalake::kernel::{StructField, StructType};
 use deltalake::parquet::arrow::ArrowWriter;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::properties::WriterProperties;
-use segment_delta::config::Limits;
-use segment_delta::delta::arrow;
+use deltalake::parquet::schema::types::ColumnPath;
+use segment_delta::config::{Config, Limits};
+use segment_delta::delta::plan::{Plan, kernel_type};
+use segment_delta::delta::{arrow, files};
 use segment_delta::intake::body;
 use segment_delta::intake::map_raw;
 use segment_delta::layout::TableKind;
 use segment_delta::layout::rows::Row;
-use segment_delta::layout::value::ColumnType;
 use segment_delta::layout::value::now_micros;
 use segment_delta::segment::event::Arrival;
 
@@ -74,22 +76,21 @@ struct Counts {
     encode_s: f64,
 }
 
-/// The columns a table has so far: its fixed ones, then new ones in order of first appearance with the type of
-/// their first value, as the handler widens a table.
-fn widen(columns: &mut Vec<(String, ColumnType)>, rows: &[Row]) {
-    let mut known: std::collections::HashSet<String> = columns.iter().map(|(n, _)| n.clone()).collect();
-    for row in rows {
-        for (name, value) in &row.cols {
-            if !known.contains(name.as_ref()) {
-                known.insert(name.to_string());
-                columns.push((name.to_string(), value.natural_type()));
-            }
-        }
-    }
+/// The columns a table has after an append: those the handler's plan gave it, as Delta fields.
+fn widened(plan: &Plan) -> anyhow::Result<StructType> {
+    let fields = plan.columns.iter().map(|(n, t)| StructField::new(n.clone(), kernel_type(*t), true));
+    Ok(StructType::try_new(fields)?)
 }
 
 fn encode(batch: &deltalake::arrow::record_batch::RecordBatch) -> anyhow::Result<usize> {
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    // The handler's encoding: Snappy, and a dictionary for the columns it gives one.
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for field in batch.schema().fields() {
+        if !files::dictionary_encoded(field) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
+        }
+    }
+    let props = props.build();
     let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
     writer.write(batch)?;
     Ok(writer.into_inner()?.len())
@@ -114,17 +115,20 @@ fn thread_cpu() -> f64 {
 /// Writes one chunk: one Parquet file per table.
 fn flush(
     tables: &mut HashMap<String, (TableKind, Vec<Row>)>,
-    schemas: &mut HashMap<String, Vec<(String, ColumnType)>>,
+    schemas: &mut HashMap<String, StructType>,
     counts: &mut Counts,
 ) -> anyhow::Result<()> {
     let uuid_ts = now_micros();
+    let max_columns = Config::default().max_columns;
     for (table, (kind, rows)) in tables.drain() {
-        let columns = schemas
-            .entry(table.clone())
-            .or_insert_with(|| kind.fixed_columns().into_iter().map(|(n, t)| (n.to_string(), t)).collect());
         let t = thread_cpu();
-        widen(columns, &rows);
-        let (batch, discards) = arrow::build(&table, columns, rows.iter(), uuid_ts, |_| None)?;
+        // The columns as the handler plans an append: the table's own, then the rows' new ones.
+        let refs: Vec<&Row> = rows.iter().collect();
+        let plan = Plan::new(&table, schemas.get(&table), kind, &refs, max_columns);
+        let unplaced = |name: &str| plan.unplaced(&table, name, max_columns);
+        let (batch, discards) = arrow::build(&table, &plan.columns, rows.iter(), uuid_ts, unplaced)?;
+        schemas.insert(table, widened(&plan)?);
+        drop(refs);
         drop(rows);
         let t = lap(&mut counts.build_s, t);
         counts.rows += batch.num_rows() as u64;
@@ -140,7 +144,7 @@ fn work(bodies: &[&[u8]], chunk_events: usize) -> anyhow::Result<Counts> {
     let limits = Limits::default();
     let mut counts = Counts::default();
     let mut tables: HashMap<String, (TableKind, Vec<Row>)> = HashMap::new();
-    let mut schemas: HashMap<String, Vec<(String, ColumnType)>> = HashMap::new();
+    let mut schemas: HashMap<String, StructType> = HashMap::new();
     let mut discards = Vec::new();
     let mut in_chunk = 0;
     for text in bodies {
