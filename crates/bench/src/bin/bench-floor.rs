@@ -1,6 +1,7 @@
 //! The floor under the handler's throughput: the same per-event work — split the `/v1/batch` body, parse and
-//! validate each event, map it to its tables' rows, build the Arrow batch of each table and encode it as a
-//! Snappy Parquet file in memory — with no HTTP, no micro-batch bookkeeping and no Delta log. `bench/run.py`
+//! validate each event, map it to its tables' rows, plan each table's columns, build its Arrow batch and encode it
+//! as a Snappy Parquet file in memory, all as the handler does — with no HTTP, no micro-batch bookkeeping and no
+//! Delta log. `bench/run.py`
 //! compares the handler with it.
 //!
 //! cargo run --release -p segment-delta-bench --bin bench-floor -- --threads 2 batches.jsonl
