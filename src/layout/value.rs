@@ -192,7 +192,6 @@ impl From<Micros> for Scalar {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
 
     fn ts(s: &str) -> Micros {
         parse_timestamp(s).unwrap_or_else(|| panic!("{s} should parse"))
@@ -232,56 +231,5 @@ mod tests {
     fn format_round_trips() {
         let t = ts("2026-11-01T12:00:00.123Z");
         assert_eq!(parse_timestamp(&format_micros(t)), Some(t));
-    }
-
-    /// The scalar an event's JSON leaf gives (as `segment::json` classifies it).
-    fn s(v: Value) -> Scalar {
-        match v {
-            Value::Bool(b) => Scalar::Bool(b),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => Scalar::Int(i),
-                None if n.is_u64() => Scalar::BigInt(n.to_string().into()),
-                None => Scalar::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Value::String(s) => Scalar::from_string(&s),
-            other => Scalar::Str(other.to_string().into()),
-        }
-    }
-
-    #[test]
-    fn first_value_fixes_the_type() {
-        assert_eq!(s(json!(true)).natural_type(), ColumnType::Boolean);
-        assert_eq!(s(json!(42)).natural_type(), ColumnType::BigInt);
-        assert_eq!(s(json!(-42)).natural_type(), ColumnType::BigInt);
-        assert_eq!(s(json!(4.5)).natural_type(), ColumnType::Double);
-        assert_eq!(s(json!("hi")).natural_type(), ColumnType::String);
-        assert_eq!(s(json!("2026-11-01T00:00:00Z")).natural_type(), ColumnType::Timestamp);
-        assert_eq!(s(json!("2026-11-01")).natural_type(), ColumnType::String);
-        assert_eq!(s(json!([1, 2])), Scalar::Str("[1,2]".into()));
-        assert_eq!(s(json!(u64::MAX)).natural_type(), ColumnType::String);
-    }
-
-    #[test]
-    fn lossless_casts_only() {
-        assert_eq!(s(json!(3)).as_double(), Ok(3.0));
-        assert!(s(json!(9_007_199_254_740_993_i64)).as_double().is_err());
-        assert_eq!(s(json!(3.0)).as_bigint(), Ok(3));
-        assert!(s(json!(3.5)).as_bigint().is_err());
-        assert!(s(json!("3")).as_bigint().is_err());
-        assert!(s(json!(1)).as_bool().is_err());
-        assert!(s(json!("yesterday")).as_timestamp().is_err());
-        assert!(s(json!(u64::MAX)).as_bigint().is_err());
-        let e = s(json!("abc")).as_double().unwrap_err();
-        assert_eq!(e.to_string(), "a STRING value cannot be stored in a DOUBLE column without loss");
-    }
-
-    #[test]
-    fn anything_becomes_text() {
-        assert_eq!(s(json!(true)).to_text(), "true");
-        assert_eq!(s(json!(12)).to_text(), "12");
-        assert_eq!(s(json!(1.5)).to_text(), "1.5");
-        assert_eq!(s(json!(u64::MAX)).to_text(), "18446744073709551615");
-        assert_eq!(s(json!("2026-11-01T00:00:00.000Z")).to_text(), "2026-11-01T00:00:00.000Z");
-        assert_eq!(s(json!({"a": [1]})).to_text(), r#"{"a":[1]}"#);
     }
 }
