@@ -137,22 +137,26 @@ pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, 
     let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
     if body.get(start) == Some(&b'[') {
         let items = scan::array_items(body, start..body.len())?;
-        if items.len() > limits.max_batch_events {
-            return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
-        }
-        if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
-            return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
-        }
-        let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
-        return Ok(Parsed { events, write_key: None, context: None, context_repeats: Vec::new(), sent_at: None });
+        check_items(&items, limits)?;
+        return Ok(Parsed::whole(items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect(), None));
     }
-    let batch = scan::top_level_object(body)?.get("batch").is_some();
-    split(body, batch, limits)
+    let top = scan::top_level_object(body, Some("batch"))?;
+    let batch = top.get("batch").is_some();
+    split_top(body, top, batch, limits)
 }
 
 /// Splits a `/v1/batch` body (`{"batch": [...], "context": {...}, "writeKey": "..."}`) or a single-event body.
 pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<'a>, BodyError> {
-    let top = scan::top_level_object(body)?;
+    split_top(body, scan::top_level_object(body, batch.then_some("batch"))?, batch, limits)
+}
+
+/// [`split`], given the body's top level (with the batch's items when `batch`).
+fn split_top<'a>(
+    body: &'a [u8],
+    mut top: scan::TopLevel,
+    batch: bool,
+    limits: &Limits,
+) -> Result<Parsed<'a>, BodyError> {
     let write_key = match top.get("writeKey") {
         Some(r) => field::<Option<String>>(body, r, "writeKey must be a string")?,
         None => None,
@@ -161,22 +165,15 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
         if body.len() > limits.max_event_bytes {
             return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
         }
-        let events = vec![RawEvent { bytes: body }];
-        return Ok(Parsed { events, write_key, context: None, context_repeats: Vec::new(), sent_at: None });
+        return Ok(Parsed::whole(vec![RawEvent { bytes: body }], write_key));
     }
-    let Some(range) = top.get("batch") else {
+    if top.get("batch").is_none() {
         return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
-    };
-    if body.get(range.start) != Some(&b'[') {
+    }
+    let Some(items) = top.items.take() else {
         return Err(BodyError::Shape("\"batch\" must be an array".into()));
-    }
-    let items = scan::array_items(body, range)?;
-    if items.len() > limits.max_batch_events {
-        return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
-    }
-    if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
-        return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
-    }
+    };
+    check_items(&items, limits)?;
     // The batch context is merged into every event: the merged events are held to the event limit, and all of them
     // together to a multiple of the request limit, so that a small body cannot make a large request.
     let context_range = top.get("context");
@@ -215,19 +212,36 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
     Ok(Parsed { events, write_key, context, context_repeats, sent_at })
 }
 
+/// Holds a body's events to the limits on their number and their size.
+fn check_items(items: &[std::ops::Range<usize>], limits: &Limits) -> Result<(), BodyError> {
+    if items.len() > limits.max_batch_events {
+        return Err(BodyError::TooManyEvents { count: items.len(), limit: limits.max_batch_events });
+    }
+    if let Some((index, r)) = items.iter().enumerate().find(|(_, r)| r.len() > limits.max_event_bytes) {
+        return Err(BodyError::EventTooLarge { index, size: r.len(), limit: limits.max_event_bytes });
+    }
+    Ok(())
+}
+
+impl<'a> Parsed<'a> {
+    /// Events that share nothing but the write key.
+    fn whole(events: Vec<RawEvent<'a>>, write_key: Option<String>) -> Parsed<'a> {
+        Parsed { events, write_key, context: None, context_repeats: Vec::new(), sent_at: None }
+    }
+}
+
 /// Splits a body that the API's size limits do not apply to (a backfill line, an Event Hub event): a
 /// `{"batch": [...]}` body item by item, any other JSON object as one event. Anything that cannot be split is one
 /// event, so that it is discarded whole with its reason.
 pub fn split_unlimited(text: &[u8]) -> Parsed<'_> {
     let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
-    let is_batch = scan::top_level_object(text).is_ok_and(|top| top.get("batch").is_some());
-    split(text, is_batch, &unlimited).unwrap_or_else(|_| Parsed {
-        events: vec![RawEvent { bytes: text }],
-        write_key: None,
-        context: None,
-        context_repeats: Vec::new(),
-        sent_at: None,
-    })
+    scan::top_level_object(text, Some("batch"))
+        .ok()
+        .and_then(|top| {
+            let is_batch = top.get("batch").is_some();
+            split_top(text, top, is_batch, &unlimited).ok()
+        })
+        .unwrap_or_else(|| Parsed::whole(vec![RawEvent { bytes: text }], None))
 }
 
 #[cfg(test)]

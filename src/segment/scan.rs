@@ -16,6 +16,9 @@ pub struct ScanError {
 #[derive(Debug, Default)]
 pub struct TopLevel {
     pub fields: Vec<(String, Range<usize>)>,
+    /// The byte ranges of the items of the array under the key asked for (its last occurrence), found in the same
+    /// pass; `None` when that field is missing or not an array.
+    pub items: Option<Vec<Range<usize>>>,
 }
 
 impl TopLevel {
@@ -93,8 +96,9 @@ pub fn skip_value(b: &[u8], i: usize) -> Result<usize, ScanError> {
     }
 }
 
-/// Splits a top-level JSON object into its fields.
-pub fn top_level_object(b: &[u8]) -> Result<TopLevel, ScanError> {
+/// Splits a top-level JSON object into its fields, and the array under the key `items_of` into its items: one pass
+/// over a batch body.
+pub fn top_level_object(b: &[u8], items_of: Option<&str>) -> Result<TopLevel, ScanError> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return err(i, "expected a JSON object");
@@ -115,7 +119,18 @@ pub fn top_level_object(b: &[u8]) -> Result<TopLevel, ScanError> {
             return err(i, "expected ':' after a field name");
         }
         let value_start = skip_ws(b, i + 1);
-        let value_end = skip_value(b, value_start)?;
+        let value_end = if items_of == Some(key.as_str()) {
+            if b.get(value_start) == Some(&b'[') {
+                let (items, end) = items_from(b, value_start)?;
+                out.items = Some(items);
+                end
+            } else {
+                out.items = None;
+                skip_value(b, value_start)?
+            }
+        } else {
+            skip_value(b, value_start)?
+        };
         out.fields.push((key, value_start..value_end));
         i = skip_ws(b, value_end);
         match b.get(i) {
@@ -136,14 +151,19 @@ fn finish(b: &[u8], i: usize, out: TopLevel) -> Result<TopLevel, ScanError> {
 
 /// Splits a JSON array (the bytes of `range`) into the byte ranges of its items.
 pub fn array_items(b: &[u8], range: Range<usize>) -> Result<Vec<Range<usize>>, ScanError> {
-    let mut i = skip_ws(b, range.start);
+    let i = skip_ws(b, range.start);
     if b.get(i) != Some(&b'[') || i >= range.end {
         return err(i, "expected a JSON array");
     }
-    i = skip_ws(b, i + 1);
+    items_from(b, i).map(|(items, _)| items)
+}
+
+/// The items of the array whose `[` is at `open`, and the index just past its `]`.
+fn items_from(b: &[u8], open: usize) -> Result<(Vec<Range<usize>>, usize), ScanError> {
+    let mut i = skip_ws(b, open + 1);
     let mut items = Vec::new();
     if b.get(i) == Some(&b']') {
-        return Ok(items);
+        return Ok((items, i + 1));
     }
     loop {
         let end = skip_value(b, i)?;
@@ -151,7 +171,8 @@ pub fn array_items(b: &[u8], range: Range<usize>) -> Result<Vec<Range<usize>>, S
         i = skip_ws(b, end);
         match b.get(i) {
             Some(b',') => i = skip_ws(b, i + 1),
-            Some(b']') => return Ok(items),
+            Some(b']') => return Ok((items, i + 1)),
+            None => return err(open, "unclosed object or array"),
             _ => return err(i, "expected ',' or ']' in an array"),
         }
     }
@@ -161,19 +182,31 @@ pub fn array_items(b: &[u8], range: Range<usize>) -> Result<Vec<Range<usize>>, S
 mod tests {
     use super::*;
 
+    /// The batch's items, found in the pass over the whole body and checked against a split of the array alone.
     fn items(body: &str) -> Vec<&str> {
-        let top = top_level_object(body.as_bytes()).unwrap();
+        let top = top_level_object(body.as_bytes(), Some("batch")).unwrap();
+        let one_pass = top.items.clone().unwrap();
         let r = top.get("batch").unwrap();
-        array_items(body.as_bytes(), r).unwrap().into_iter().map(|r| &body[r]).collect()
+        assert_eq!(array_items(body.as_bytes(), r).unwrap(), one_pass);
+        one_pass.into_iter().map(|r| &body[r]).collect()
     }
 
     #[test]
     fn splits_batch_items() {
         let body = r#" {"batch": [ {"a":"x]}\"{"} , [1,[2]],"s", 12 ,true,null ], "writeKey":"k"} "#;
         assert_eq!(items(body), vec![r#"{"a":"x]}\"{"}"#, "[1,[2]]", r#""s""#, "12", "true", "null"]);
-        let top = top_level_object(body.as_bytes()).unwrap();
+        let top = top_level_object(body.as_bytes(), None).unwrap();
         assert_eq!(&body[top.get("writeKey").unwrap()], r#""k""#);
+        assert_eq!(top.items, None);
         assert!(items(r#"{"batch":[]}"#).is_empty());
+    }
+
+    #[test]
+    fn the_last_field_of_the_name_gives_the_items() {
+        let top = |body: &str| top_level_object(body.as_bytes(), Some("batch")).unwrap().items;
+        assert_eq!(items(r#"{"batch":{"x":[1]},"batch":[1, "2"]}"#), vec!["1", r#""2""#]);
+        assert_eq!(top(r#"{"batch":[1],"batch":{"x":[1]}}"#), None);
+        assert_eq!(top(r#"{"context":[1]}"#), None);
     }
 
     #[test]
@@ -191,19 +224,22 @@ mod tests {
             ("", "expected a JSON object"),
             ("[1]", "expected a JSON object"),
             (r#"{"batch": [1, 2"#, "unclosed object or array"),
+            (r#"{"batch": [{"a":1} "#, "unclosed object or array"),
             (r#"{"batch": [1 2]}"#, "expected ',' or ']' in an array"),
             (r#"{"a": "unterminated}"#, "unterminated string"),
             (r#"{"a": 1} x"#, "unexpected data after the JSON object"),
             (r#"{"a": [1}]}"#, "mismatched bracket"),
             (r#"{a: 1}"#, "expected a field name"),
         ] {
-            let e = top_level_object(body.as_bytes())
+            let e = top_level_object(body.as_bytes(), None)
                 .and_then(|t| match t.get("batch") {
                     Some(r) => array_items(body.as_bytes(), r).map(|_| ()),
                     None => Ok(()),
                 })
                 .unwrap_err();
             assert_eq!(e.what, what, "{body}");
+            let one_pass = top_level_object(body.as_bytes(), Some("batch")).unwrap_err();
+            assert_eq!(one_pass.what, what, "{body}, in one pass");
         }
     }
 }
