@@ -237,6 +237,8 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         _ => None,
     };
 
+    // The `event` column is the event's table name as it was before a reserved name was prefixed.
+    let event_column: Option<Scalar> = own_table.as_deref().map(|t| Scalar::Str(t.trim_start_matches('_').into()));
     let mut tables = vec![(kind.table().to_string(), table_kind(kind), kind != EventType::Track)];
     if let Some(t) = own_table {
         tables.push((t, TableKind::Event, true));
@@ -244,7 +246,6 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
 
     // Everything the tables of this event share is computed once.
     let text = |s: &str| Scalar::Str(s.into());
-    let event_column = event.event.as_deref().and_then(|e| event_table(e).ok());
     let fixed: [(&str, Option<Scalar>); 13] = [
         ("id", Some(Scalar::Str(id.clone()))),
         ("anonymous_id", event.anonymous_id.as_deref().map(text)),
@@ -253,7 +254,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         ("sent_at", event.sent_at.map(Scalar::from)),
         ("timestamp", Some(event.timestamp.into())),
         ("original_timestamp", event.original_timestamp.map(Scalar::from)),
-        ("event", event_column.as_deref().map(|t| text(t.trim_start_matches('_')))),
+        ("event", event_column),
         ("event_text", event.event.as_deref().map(text)),
         ("name", event.name.as_deref().filter(|_| matches!(kind, EventType::Page | EventType::Screen)).map(text)),
         (
