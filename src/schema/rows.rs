@@ -290,8 +290,10 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         });
     }
 
+    // A track event's own table has the fixed columns of `tracks`, so its row is the `tracks` row (and that row's
+    // discards, under its own name) with the properties added.
+    let mut before_payload: Option<(Vec<(Arc<str>, Scalar)>, std::ops::Range<usize>)> = None;
     for (table, table_kind, with_payload) in tables {
-        scratch.slots.clear();
         let mut b = RowBuilder {
             cols: Vec::with_capacity(fixed.len() + context.len() + if with_payload { payload.len() } else { 0 }),
             slots: &mut scratch.slots,
@@ -303,23 +305,38 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             context: &context,
             payload: &payload,
         };
-        // Every fixed column of the table is reserved, whether this event fills it or not.
-        for (leaf, (_, column)) in b.fixed.iter().enumerate() {
-            b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, leaf });
-        }
-        for (name, value) in &fixed {
-            if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
-                slot.index = b.cols.len();
-                b.cols.push((name.clone(), v.clone()));
+        let first_discard = b.discards.len();
+        match before_payload.take() {
+            Some((cols, discarded)) => {
+                b.cols.extend(cols);
+                for at in discarded {
+                    let again = Discard { table_name: table.clone(), ..b.discards[at].clone() };
+                    b.discards.push(again);
+                }
             }
-        }
-        for leaf in 0..context.len() {
-            b.put(Source::Context, leaf);
+            None => {
+                b.slots.clear();
+                // Every fixed column of the table is reserved, whether this event fills it or not.
+                for (leaf, (_, column)) in b.fixed.iter().enumerate() {
+                    b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, leaf });
+                }
+                for (name, value) in &fixed {
+                    if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
+                        slot.index = b.cols.len();
+                        b.cols.push((name.clone(), v.clone()));
+                    }
+                }
+                for leaf in 0..context.len() {
+                    b.put(Source::Context, leaf);
+                }
+            }
         }
         if with_payload {
             for leaf in 0..payload.len() {
                 b.put(Source::Payload, leaf);
             }
+        } else if table_kind == TableKind::Tracks {
+            before_payload = Some((b.cols.clone(), first_discard..b.discards.len()));
         }
         let cols = b.cols;
         out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols, offset: None } });
@@ -428,6 +445,32 @@ mod tests {
         let m = map(json!({"type": "identify", "userId": "u", "traits": {"a": {"b": 1}, "a_b": 2}}));
         assert_eq!(get(&m, "identifies", "a_b"), Some(Scalar::Int(2)));
         assert_eq!(m.discards.len(), 1);
+    }
+
+    #[test]
+    fn a_track_events_tables_share_its_context_and_each_reports_its_collisions() {
+        let m = map(json!({"type": "track", "event": "Signed Up", "userId": "u", "messageId": "m",
+            "context": {"userAgent": "b", "user_agent": "a", "ip": "1.1.1.1"},
+            "properties": {"plan": "pro", "context_ip": "9"}}));
+        let tracks = cols(&m, "tracks");
+        let own = cols(&m, "signed_up");
+        assert_eq!(own[..tracks.len()], tracks[..], "the event's table starts with the tracks row");
+        assert_eq!(own[tracks.len()..], [("plan".to_string(), Scalar::Str("pro".into()))]);
+        assert_eq!(get(&m, "tracks", "context_user_agent"), Some(Scalar::Str("a".into())));
+        let lost: Vec<(&str, &str, &str)> = m
+            .discards
+            .iter()
+            .map(|d| (d.table_name.as_str(), d.column_name.as_str(), d.column_value.as_str()))
+            .collect();
+        assert_eq!(
+            lost,
+            vec![
+                ("tracks", "context_user_agent", "b"),
+                ("signed_up", "context_user_agent", "b"),
+                ("signed_up", "context_ip", "9"),
+            ]
+        );
+        assert!(m.discards[1].reason.contains("\"context.userAgent\" and \"context.user_agent\" both become"));
     }
 
     #[test]
