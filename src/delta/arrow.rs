@@ -138,6 +138,10 @@ pub fn build<'r>(
     let mut discards = Vec::new();
     // Only names of rows borrowed for this whole call are keys, so an address is one name throughout.
     let mut by_addr: ByAddr<usize> = ByAddr::default();
+    // Rows of events of one kind list their columns in the same order: the address and column (or `NONE`) at each
+    // place of the row before are tried first.
+    const NONE: usize = usize::MAX;
+    let mut by_place: Vec<(usize, usize)> = Vec::new();
     for (i, row) in rows.enumerate() {
         let received_at = received_col
             .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
@@ -155,19 +159,28 @@ pub fn build<'r>(
             })
         };
         let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
-        for (name, value) in &row.cols {
-            // Rows share their names' allocations, so most lookups are by address.
-            let found = match by_addr.get(&addr(name)) {
-                Some(&c) => Some(c),
-                None => {
-                    let c = index.get(name.as_ref()).copied();
-                    if let Some(c) = c {
-                        by_addr.insert(addr(name), c);
+        for (place, (name, value)) in row.cols.iter().enumerate() {
+            let a = addr(name);
+            let found = match by_place.get(place) {
+                Some(&(known, c)) if known == a => c,
+                _ => {
+                    // Rows share their names' allocations, so most lookups are by address.
+                    let c = match by_addr.get(&a) {
+                        Some(&c) => c,
+                        None => {
+                            let c = index.get(name.as_ref()).copied().unwrap_or(NONE);
+                            by_addr.insert(a, c);
+                            c
+                        }
+                    };
+                    match by_place.get_mut(place) {
+                        Some(slot) => *slot = (a, c),
+                        None => by_place.push((a, c)),
                     }
                     c
                 }
             };
-            let Some(c) = found else {
+            if found == NONE {
                 match unplaced(name) {
                     Some(Unplaced::PastCap(reason)) => {
                         let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
@@ -177,7 +190,8 @@ pub fn build<'r>(
                     None => discard(name, value.to_text(), format!("column {name} is not in table {table}")),
                 }
                 continue;
-            };
+            }
+            let c = found;
             if Some(c) == uuid_col {
                 continue;
             }
