@@ -295,7 +295,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
     let mut before_payload: Option<(Vec<(Arc<str>, Scalar)>, std::ops::Range<usize>)> = None;
     for (table, table_kind, with_payload) in tables {
         let mut b = RowBuilder {
-            cols: Vec::with_capacity(fixed.len() + context.len() + if with_payload { payload.len() } else { 0 }),
+            cols: Vec::new(),
             slots: &mut scratch.slots,
             id: &event.message_id,
             table: &table,
@@ -308,13 +308,14 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         let first_discard = b.discards.len();
         match before_payload.take() {
             Some((cols, discarded)) => {
-                b.cols.extend(cols);
+                b.cols = cols;
                 for at in discarded {
                     let again = Discard { table_name: table.clone(), ..b.discards[at].clone() };
                     b.discards.push(again);
                 }
             }
             None => {
+                b.cols.reserve_exact(fixed.len() + context.len() + if with_payload { payload.len() } else { 0 });
                 b.slots.clear();
                 // Every fixed column of the table is reserved, whether this event fills it or not.
                 for (leaf, (_, column)) in b.fixed.iter().enumerate() {
@@ -336,7 +337,9 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                 b.put(Source::Payload, leaf);
             }
         } else if table_kind == TableKind::Tracks {
-            before_payload = Some((b.cols.clone(), first_discard..b.discards.len()));
+            let mut cols = Vec::with_capacity(b.cols.len() + payload.len());
+            cols.extend(b.cols.iter().cloned());
+            before_payload = Some((cols, first_discard..b.discards.len()));
         }
         let cols = b.cols;
         out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols, offset: None } });
