@@ -263,19 +263,22 @@ mod tests {
             ),
             row("b", vec![("n", Scalar::Str("two".into())), ("s", Scalar::Float(1.5)), ("extra", Scalar::Int(9))]),
             row("c", vec![]),
+            row("d", vec![("n", Scalar::Int(5)), ("x", Scalar::Str("y".into())), ("n", Scalar::Int(6))]),
         ];
         let (batch, discards) = build("t", &columns, rows.iter(), 77, |_| None).unwrap();
-        assert_eq!(batch.num_rows(), 3);
+        assert_eq!(batch.num_rows(), 4);
         let n = batch.column(1).as_primitive::<Int64Type>();
-        assert_eq!((n.value(0), n.is_null(1), n.is_null(2)), (1, true, true));
+        assert_eq!((n.value(0), n.is_null(1), n.is_null(2), n.value(3)), (1, true, true, 5));
+        assert!(batch.column(2).is_null(3));
         assert_eq!(batch.column(2).as_primitive::<Float64Type>().value(0), 2.0);
         let s = batch.column(3).as_string::<i32>();
         assert_eq!((s.value(0), s.value(1)), ("true", "1.5"));
         let u = batch.column(4).as_primitive::<TimestampMicrosecondType>();
-        assert!((0..3).all(|i| u.value(i) == 77));
+        assert!((0..4).all(|i| u.value(i) == 77));
         let got: Vec<_> =
             discards.iter().map(|d| (d.row_id.as_str(), d.column_name.as_str(), d.column_value.as_str())).collect();
-        assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9")]);
+        assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9"), ("d", "x", "y"), ("d", "n", "6")]);
         assert!(discards[0].reason.contains("STRING value cannot be stored in a BIGINT column"));
+        assert!(discards[3].reason.contains("appears twice in one row"));
     }
 }
