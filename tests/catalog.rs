@@ -75,7 +75,7 @@ impl Catalog for Fake {
 fn row(id: &str, cols: &[(&str, Scalar)]) -> Row {
     let mut all = vec![("id".into(), Scalar::Str(id.into())), ("user_id".into(), Scalar::Str("u".into()))];
     all.extend(cols.iter().map(|(n, v)| ((*n).into(), v.clone())));
-    Row { id: id.into(), cols: all, offset: None }
+    Row::new(id.into(), all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

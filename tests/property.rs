@@ -235,7 +235,7 @@ fn check(event: &Value, tokens: &[String], raw: &str, mapped: &Mapped) -> Result
     let values: Vec<String> = mapped
         .rows
         .iter()
-        .flat_map(|r| r.row.cols.iter().map(|(_, v)| v.to_text()))
+        .flat_map(|r| r.row.columns().map(|(_, v)| v.to_text()))
         .chain(mapped.discards.iter().map(|d| d.column_value.clone()))
         .collect();
     for token in tokens {

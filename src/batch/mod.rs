@@ -553,11 +553,10 @@ mod tests {
 
     fn event(table: &str, id: &str, offset: Option<i64>, discard: bool) -> Mapped {
         let offset = offset.map(|seq| Offset { app_id: "hub/p0".into(), seq });
-        let row = Row {
-            id: id.into(),
-            cols: vec![("id".into(), Scalar::Str(id.into())), ("user_id".into(), Scalar::Str("u".into()))],
-            offset: None,
-        };
+        let row = Row::new(
+            id.into(),
+            vec![("id".into(), Scalar::Str(id.into())), ("user_id".into(), Scalar::Str("u".into()))],
+        );
         let discards = if discard {
             vec![Discard {
                 row_id: id.into(),

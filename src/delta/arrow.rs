@@ -144,7 +144,7 @@ pub fn build<'r>(
     let mut by_place: Vec<(usize, usize)> = Vec::new();
     for (i, row) in rows.enumerate() {
         let received_at = received_col
-            .and_then(|c| row.cols.iter().find(|(n, _)| n.as_ref() == columns[c].0))
+            .and_then(|c| row.columns().find(|(n, _)| n.as_ref() == columns[c].0))
             .and_then(|(_, v)| v.as_timestamp().ok())
             .unwrap_or(uuid_ts);
         let mut discard = |column: &str, value: String, reason: String| {
@@ -159,7 +159,7 @@ pub fn build<'r>(
             })
         };
         let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
-        for (place, (name, value)) in row.cols.iter().enumerate() {
+        for (place, (name, value)) in row.columns().enumerate() {
             let a = addr(name);
             let found = match by_place.get(place) {
                 Some(&(known, c)) if known == a => c,
@@ -236,7 +236,7 @@ mod tests {
     use deltalake::arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 
     fn row(id: &str, cols: Vec<(&str, Scalar)>) -> Row {
-        Row { id: id.into(), cols: cols.into_iter().map(|(n, v)| (n.into(), v)).collect(), offset: None }
+        Row::new(id.into(), cols.into_iter().map(|(n, v)| (n.into(), v)).collect())
     }
 
     #[test]

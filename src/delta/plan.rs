@@ -91,7 +91,7 @@ impl Plan {
         // rows are borrowed for the whole loop, so an address is one name throughout.
         let mut by_addr: ByAddr<()> = ByAddr::default();
         for row in rows {
-            for (name, value) in &row.cols {
+            for (name, value) in row.columns() {
                 if by_addr.insert(addr(name), ()).is_some() || !seen.insert(name.to_string()) {
                     continue;
                 }
@@ -158,7 +158,7 @@ mod tests {
     use crate::layout::value::Scalar;
 
     fn row(cols: &[(&str, Scalar)]) -> Row {
-        Row { id: "r".into(), cols: cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect(), offset: None }
+        Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect())
     }
 
     #[test]

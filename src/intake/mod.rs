@@ -110,7 +110,7 @@ mod tests {
         // The later values are every event's.
         for m in &events {
             for r in &m.rows {
-                let get = |c: &str| r.row.cols.iter().find(|(n, _)| &**n == c).map(|(_, v)| v.clone());
+                let get = |c: &str| r.row.columns().find(|(n, _)| &**n == c).map(|(_, v)| v.clone());
                 assert_eq!(get("context_ip"), Some(Scalar::Str("2.2.2.2".into())), "{}", r.table);
                 assert_eq!(get("context_library_name"), Some(Scalar::Str("b".into())), "{}", r.table);
             }

@@ -16,12 +16,38 @@ pub struct Offset {
     pub seq: i64,
 }
 
+/// Columns that two rows of one event share: a track event's `tracks` row and its own table's row have the same
+/// fixed columns and context, held once.
+pub type Shared = Arc<[(Arc<str>, Scalar)]>;
+
 /// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Row {
     pub id: Text,
+    /// The columns this row shares with another row of its event; they come first.
+    pub shared: Option<Shared>,
+    /// The row's own columns.
     pub cols: Vec<(Arc<str>, Scalar)>,
     pub offset: Option<Offset>,
+}
+
+impl Row {
+    /// A row of its own columns only.
+    pub fn new(id: Text, cols: Vec<(Arc<str>, Scalar)>) -> Row {
+        Row { id, shared: None, cols, offset: None }
+    }
+
+    /// Every column of the row and its value, the shared ones first.
+    pub fn columns(&self) -> impl Iterator<Item = &(Arc<str>, Scalar)> {
+        self.shared.as_deref().unwrap_or_default().iter().chain(&self.cols)
+    }
+}
+
+/// Rows are equal when their ids, columns in order and offsets are, whichever of their columns are shared.
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        self.id == other.id && self.offset == other.offset && self.columns().eq(other.columns())
+    }
 }
 
 /// A value, or a whole event, that could not be stored as sent.
@@ -41,10 +67,9 @@ impl Discard {
     /// A whole row set aside: its values as one JSON object of text, under `column` (or none), with the reason.
     pub fn whole_row(row: &Row, table: &str, column: &str, reason: String) -> Discard {
         let whole: serde_json::Map<String, serde_json::Value> =
-            row.cols.iter().map(|(n, v)| (n.to_string(), serde_json::Value::String(v.to_text()))).collect();
+            row.columns().map(|(n, v)| (n.to_string(), serde_json::Value::String(v.to_text()))).collect();
         let received_at = row
-            .cols
-            .iter()
+            .columns()
             .find(|(n, _)| n.as_ref() == "received_at")
             .and_then(|(_, v)| v.as_timestamp().ok())
             .unwrap_or_default();
@@ -63,6 +88,7 @@ impl Discard {
         let text = |s: String| Scalar::Str(s.into());
         Row {
             id: self.row_id.clone().into(),
+            shared: None,
             cols: vec![
                 ("row_id".into(), text(self.row_id)),
                 ("table_name".into(), text(self.table_name)),
@@ -106,8 +132,19 @@ impl Mapped {
                     _ => 0,
                 }
         };
-        let rows: usize =
-            self.rows.iter().map(|r| PER_ROW + r.row.cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>()).sum();
+        let values = |cols: &[(Arc<str>, Scalar)]| cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>();
+        // Columns shared by rows are counted once.
+        let mut counted: Option<&Shared> = None;
+        let mut rows = 0;
+        for r in &self.rows {
+            rows += PER_ROW + values(&r.row.cols);
+            if let Some(shared) = &r.row.shared
+                && !counted.is_some_and(|c| Arc::ptr_eq(c, shared))
+            {
+                rows += values(shared);
+                counted = Some(shared);
+            }
+        }
         let discards: usize = self
             .discards
             .iter()

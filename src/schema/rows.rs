@@ -4,7 +4,7 @@
 use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::layout::rows::{ByAddr, Row, addr};
+use crate::layout::rows::{ByAddr, Row, Shared, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
 use crate::layout::value::{Micros, Scalar, Text};
 use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
@@ -59,6 +59,8 @@ type Leaf = (Rc<str>, Arc<str>, Scalar);
 /// (fixed, then context, then properties/traits) keeps its value; within one source the key already spelled
 /// like the column wins, then the smaller original key. Every losing value becomes a discard.
 struct RowBuilder<'a> {
+    /// Columns shared with the row built before, which this one continues; their places come first.
+    prefix: &'a [(Arc<str>, Scalar)],
     cols: Vec<(Arc<str>, Scalar)>,
     /// By the address of the shared column name: equal names are one allocation within an event.
     slots: &'a mut ByAddr<Slot>,
@@ -79,6 +81,14 @@ impl<'a> RowBuilder<'a> {
             Source::Fixed => &fixed[leaf].0,
             Source::Context => &context[leaf].0,
             Source::Payload => &payload[leaf].0,
+        }
+    }
+
+    /// The column at `place` of the row, counting the shared ones first.
+    fn col(&self, place: usize) -> Option<&(Arc<str>, Scalar)> {
+        match place.checked_sub(self.prefix.len()) {
+            None => self.prefix.get(place),
+            Some(own) => self.cols.get(own),
         }
     }
 
@@ -111,7 +121,7 @@ impl<'a> RowBuilder<'a> {
         }
         let key = addr(column);
         let Some(slot) = self.slots.get(&key) else {
-            self.slots.insert(key, Slot { index: self.cols.len(), source, leaf });
+            self.slots.insert(key, Slot { index: self.prefix.len() + self.cols.len(), source, leaf });
             self.cols.push((column.clone(), value));
             return;
         };
@@ -123,14 +133,16 @@ impl<'a> RowBuilder<'a> {
         let new_wins = source == slot_source && rank(path) > rank(slot_path);
         let (winner, loser_path, loser_value) = if new_wins {
             self.slots.get_mut(&key).expect("slot").leaf = leaf;
-            let old = std::mem::replace(&mut self.cols[slot_index].1, value);
+            // Only a slot of the same source is taken over, and shared columns are of the sources before.
+            let own = slot_index - self.prefix.len();
+            let old = std::mem::replace(&mut self.cols[own].1, value);
             (path.to_string(), slot_path.to_string(), old)
         } else {
             (slot_path.to_string(), path.to_string(), value)
         };
         // The same value under both keys (analytics.js copies a page's name and category into its properties):
         // nothing is lost.
-        if self.cols.get(slot_index).is_some_and(|(c, v)| c.as_ref() == column && *v == loser_value) {
+        if self.col(slot_index).is_some_and(|(c, v)| c.as_ref() == column && *v == loser_value) {
             return;
         }
         let reason = if slot_source == Source::Fixed && !new_wins {
@@ -290,11 +302,13 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         });
     }
 
-    // A track event's own table has the fixed columns of `tracks`, so its row is the `tracks` row (and that row's
-    // discards, under its own name) with the properties added.
-    let mut before_payload: Option<(Vec<(Arc<str>, Scalar)>, std::ops::Range<usize>)> = None;
+    // A track event's own table has the fixed columns of `tracks`, so its row is the `tracks` row, held once by
+    // both, and its properties; the `tracks` row's discards are its own too, under its own name.
+    let mut tracks: Option<(Shared, std::ops::Range<usize>)> = None;
     for (table, table_kind, with_payload) in tables {
+        let prefix = tracks.as_ref().map(|(shared, _)| shared.clone());
         let mut b = RowBuilder {
+            prefix: prefix.as_deref().unwrap_or_default(),
             cols: Vec::new(),
             slots: &mut scratch.slots,
             id: &event.message_id,
@@ -306,16 +320,15 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             payload: &payload,
         };
         let first_discard = b.discards.len();
-        match before_payload.take() {
-            Some((cols, discarded)) => {
-                b.cols = cols;
+        match tracks.take() {
+            Some((_, discarded)) => {
                 for at in discarded {
                     let again = Discard { table_name: table.clone(), ..b.discards[at].clone() };
                     b.discards.push(again);
                 }
             }
             None => {
-                b.cols.reserve_exact(fixed.len() + context.len() + if with_payload { payload.len() } else { 0 });
+                b.cols.reserve_exact(fixed.len() + context.len());
                 b.slots.clear();
                 // Every fixed column of the table is reserved, whether this event fills it or not.
                 for (leaf, (_, column)) in b.fixed.iter().enumerate() {
@@ -333,16 +346,20 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             }
         }
         if with_payload {
+            b.cols.reserve_exact(payload.len());
             for leaf in 0..payload.len() {
                 b.put(Source::Payload, leaf);
             }
-        } else if table_kind == TableKind::Tracks {
-            let mut cols = Vec::with_capacity(b.cols.len() + payload.len());
-            cols.extend(b.cols.iter().cloned());
-            before_payload = Some((cols, first_discard..b.discards.len()));
         }
-        let cols = b.cols;
-        out.rows.push(TableRow { table, kind: table_kind, row: Row { id: id.clone(), cols, offset: None } });
+        let (cols, discarded) = (b.cols, first_discard..b.discards.len());
+        let row = if !with_payload && table_kind == TableKind::Tracks {
+            let shared: Shared = cols.into();
+            tracks = Some((shared.clone(), discarded));
+            Row { id: id.clone(), shared: Some(shared), cols: Vec::new(), offset: None }
+        } else {
+            Row { id: id.clone(), shared: prefix, cols, offset: None }
+        };
+        out.rows.push(TableRow { table, kind: table_kind, row });
     }
     for p in event.problems {
         out.discards.push(Discard {
@@ -373,7 +390,7 @@ mod tests {
 
     fn cols(m: &Mapped, table: &str) -> Vec<(String, Scalar)> {
         let r = m.rows.iter().find(|r| r.table == table).unwrap_or_else(|| panic!("no row for {table}"));
-        r.row.cols.iter().map(|(n, v)| (n.to_string(), v.clone())).collect()
+        r.row.columns().map(|(n, v)| (n.to_string(), v.clone())).collect()
     }
 
     fn get(m: &Mapped, table: &str, col: &str) -> Option<Scalar> {
@@ -459,6 +476,12 @@ mod tests {
         let own = cols(&m, "signed_up");
         assert_eq!(own[..tracks.len()], tracks[..], "the event's table starts with the tracks row");
         assert_eq!(own[tracks.len()..], [("plan".to_string(), Scalar::Str("pro".into()))]);
+        let (t, o) = (&m.rows[0].row, &m.rows[1].row);
+        assert!(t.shared.as_ref().zip(o.shared.as_ref()).is_some_and(|(a, b)| Arc::ptr_eq(a, b)), "held once");
+        // Held once, counted once: the event costs the buffer its columns once, and the property.
+        let single = Mapped { rows: m.rows[..1].to_vec(), ..Default::default() }.size_estimate();
+        let both = Mapped { rows: m.rows.clone(), ..Default::default() }.size_estimate();
+        assert!(both - single < single / 2, "{single} then {both}");
         assert_eq!(get(&m, "tracks", "context_user_agent"), Some(Scalar::Str("a".into())));
         let lost: Vec<(&str, &str, &str)> = m
             .discards

@@ -61,7 +61,7 @@ impl Preview {
             for r in m.rows {
                 let entry = self.tables.entry(r.table).or_default();
                 entry.0 += 1;
-                for (name, _) in &r.row.cols {
+                for (name, _) in r.row.columns() {
                     if !entry.1.contains(name.as_ref()) {
                         entry.1.insert(name.to_string());
                     }

@@ -44,9 +44,9 @@ fn rows(writer: usize, n: usize, start: usize) -> Vec<Row> {
         .map(|i| {
             let id: Text = format!("w{writer}-{}", start + i).into();
             let text = |s: &str| Scalar::Str(s.into());
-            Row {
-                id: id.clone(),
-                cols: vec![
+            Row::new(
+                id.clone(),
+                vec![
                     ("id".into(), Scalar::Str(id.clone())),
                     ("user_id".into(), text(&format!("u{}", i % 997))),
                     ("received_at".into(), Scalar::from(received)),
@@ -57,8 +57,7 @@ fn rows(writer: usize, n: usize, start: usize) -> Vec<Row> {
                     ("context_ip".into(), text("203.0.113.9")),
                     ("context_page_url".into(), text("https://www.example.com/checkout")),
                 ],
-                offset: None,
-            }
+            )
         })
         .collect()
 }
