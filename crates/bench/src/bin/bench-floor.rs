@@ -118,9 +118,9 @@ fn flush(
     tables: &mut HashMap<String, (TableKind, Vec<Row>)>,
     schemas: &mut HashMap<String, StructType>,
     counts: &mut Counts,
+    max_columns: usize,
 ) -> anyhow::Result<()> {
     let uuid_ts = now_micros();
-    let max_columns = Config::default().max_columns;
     for (table, (kind, rows)) in tables.drain() {
         let t = thread_cpu();
         // The columns as the handler plans an append: the table's own, then the rows' new ones.
@@ -143,6 +143,7 @@ fn flush(
 
 fn work(bodies: &[&[u8]], chunk_events: usize) -> anyhow::Result<Counts> {
     let limits = Limits::default();
+    let max_columns = Config::default().max_columns;
     let mut counts = Counts::default();
     let mut tables: HashMap<String, (TableKind, Vec<Row>)> = HashMap::new();
     let mut schemas: HashMap<String, StructType> = HashMap::new();
@@ -172,7 +173,7 @@ fn work(bodies: &[&[u8]], chunk_events: usize) -> anyhow::Result<Counts> {
                 let rows = std::mem::take(&mut discards).into_iter().map(|d| d.into_row()).collect();
                 tables.insert("discards".into(), (TableKind::Discards, rows));
             }
-            flush(&mut tables, &mut schemas, &mut counts)?;
+            flush(&mut tables, &mut schemas, &mut counts, max_columns)?;
             in_chunk = 0;
         }
     }
@@ -180,7 +181,7 @@ fn work(bodies: &[&[u8]], chunk_events: usize) -> anyhow::Result<Counts> {
         let rows = discards.into_iter().map(|d| d.into_row()).collect();
         tables.insert("discards".into(), (TableKind::Discards, rows));
     }
-    flush(&mut tables, &mut schemas, &mut counts)?;
+    flush(&mut tables, &mut schemas, &mut counts, max_columns)?;
     Ok(counts)
 }
 
