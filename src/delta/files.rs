@@ -17,7 +17,7 @@ use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::metadata::ParquetMetaData;
-use deltalake::parquet::file::properties::WriterProperties;
+use deltalake::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::{DeltaTableError, ObjectStore, Path};
@@ -243,15 +243,10 @@ async fn write_one(
         .collect();
     let physical = Arc::new(Schema::new(fields));
     let data = RecordBatch::try_new(physical.clone(), keep.iter().map(|&i| batch.column(i).clone()).collect())?;
-    let mut props = WriterProperties::builder()
-        .set_compression(Compression::SNAPPY)
-        .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string());
-    for (j, &i) in keep.iter().enumerate() {
-        if !dictionary_encoded(schema.field(i)) {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(physical.field(j).name().as_str()), false);
-        }
-    }
-    let props = props.build();
+    let columns = keep.iter().enumerate().map(|(j, &i)| (schema.field(i), physical.field(j).name().as_str()));
+    let props = writer_properties(columns)
+        .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string())
+        .build();
     let mut buffer = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buffer, physical, Some(props))?;
     writer.write(&data)?;
@@ -275,10 +270,22 @@ async fn write_one(
     })
 }
 
+/// How a data file is encoded: Snappy, and a dictionary for every column but the nearly distinct ones. `columns`
+/// gives each column's field in the table, which decides, with its name in the file.
+pub fn writer_properties<'f>(columns: impl IntoIterator<Item = (&'f Field, &'f str)>) -> WriterPropertiesBuilder {
+    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    for (field, name) in columns {
+        if !dictionary_encoded(field) {
+            props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
+        }
+    }
+    props
+}
+
 /// Whether a column's values are written with a dictionary, as Parquet writers do by default. Not the row id nor
 /// event times other than `uuid_ts` (one value a file): their values are nearly all distinct, so a dictionary of
 /// them costs time to build and makes the file larger.
-pub fn dictionary_encoded(field: &Field) -> bool {
+fn dictionary_encoded(field: &Field) -> bool {
     let distinct =
         field.name() == "id" || (matches!(field.data_type(), DataType::Timestamp(..)) && field.name() != UUID_TS);
     !distinct

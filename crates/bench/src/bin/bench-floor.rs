@@ -22,9 +22,6 @@ use std::time::Instant;
 use clap::Parser;
 use deltalake::kernel::{StructField, StructType};
 use deltalake::parquet::arrow::ArrowWriter;
-use deltalake::parquet::basic::Compression;
-use deltalake::parquet::file::properties::WriterProperties;
-use deltalake::parquet::schema::types::ColumnPath;
 use segment_delta::config::{Config, Limits};
 use segment_delta::delta::plan::{Plan, kernel_type};
 use segment_delta::delta::{arrow, files};
@@ -84,14 +81,8 @@ fn widened(plan: &Plan) -> anyhow::Result<StructType> {
 }
 
 fn encode(batch: &deltalake::arrow::record_batch::RecordBatch) -> anyhow::Result<usize> {
-    // The handler's encoding: Snappy, and a dictionary for the columns it gives one.
-    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
-    for field in batch.schema().fields() {
-        if !files::dictionary_encoded(field) {
-            props = props.set_column_dictionary_enabled(ColumnPath::from(field.name().as_str()), false);
-        }
-    }
-    let props = props.build();
+    let schema = batch.schema();
+    let props = files::writer_properties(schema.fields().iter().map(|f| (f.as_ref(), f.name().as_str()))).build();
     let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
     writer.write(batch)?;
     Ok(writer.into_inner()?.len())
