@@ -161,7 +161,7 @@ pub fn build<'r>(
         let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
         for (place, (name, value)) in row.columns().enumerate() {
             let a = addr(name);
-            let found = match by_place.get(place) {
+            let c = match by_place.get(place) {
                 Some(&(known, c)) if known == a => c,
                 _ => {
                     // Rows share their names' allocations, so most lookups are by address.
@@ -180,7 +180,7 @@ pub fn build<'r>(
                     c
                 }
             };
-            if found == NONE {
+            if c == NONE {
                 match unplaced(name) {
                     Some(Unplaced::PastCap(reason)) => {
                         let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
@@ -191,7 +191,6 @@ pub fn build<'r>(
                 }
                 continue;
             }
-            let c = found;
             if Some(c) == uuid_col {
                 continue;
             }
