@@ -4,6 +4,7 @@ fault proxy, which delays every storage request (30 ms by default, about what AD
 
     scripts/setup > /dev/null   # the venv and Azurite
     .venv/bin/python bench/writers_latency.py --writers 1,4,16,32,64 --seconds 5 --delay-ms 30
+    .venv/bin/python bench/writers_latency.py --writers 1,4,16,32,64 --seconds 5 --rate 10000
 
 Builds the release `bench-writers` (honouring CARGO_TARGET_DIR) unless `--no-build`, starts Azurite
 (AZURITE_BLOB_BIN) and the proxy on 127.0.0.1, and prints bench-writers' table.
@@ -31,6 +32,8 @@ def main() -> None:
     ap.add_argument("--writers", default="1,4,16,32,64", help="writer counts, in order")
     ap.add_argument("--seconds", type=int, default=5, help="seconds per writer count")
     ap.add_argument("--batch", type=int, default=500, help="events per commit")
+    ap.add_argument("--rate", type=float, help="events/s offered to the table, split across the writers, each "
+                    "committing what arrived at most once per 200 ms (bench-writers --rate)")
     ap.add_argument("--delay-ms", type=float, default=30.0, help="delay the proxy adds to every storage request")
     ap.add_argument("--no-build", action="store_true", help="use the release bench-writers already built")
     args = ap.parse_args()
@@ -50,7 +53,8 @@ def main() -> None:
             env = dict(os.environ, SEGMENT_DELTA_STORAGE_EMULATOR="true", AZURITE_BLOB_STORAGE_URL=proxy.url)
             print(f"Azurite behind a proxy adding {args.delay_ms:g} ms to every storage request", flush=True)
             subprocess.run([str(exe), "--lake", "az://bench/writers", "--writers", args.writers,
-                            "--seconds", str(args.seconds), "--batch", str(args.batch)], env=env, check=True)
+                            "--seconds", str(args.seconds), "--batch", str(args.batch),
+                            *(["--rate", str(args.rate)] if args.rate else [])], env=env, check=True)
         finally:
             azurite.stop()
 
