@@ -90,9 +90,18 @@ impl Plan {
         // Rows share their names' allocations: most names are known by address, without hashing the text. The
         // rows are borrowed for the whole loop, so an address is one name throughout.
         let mut by_addr: ByAddr<()> = ByAddr::default();
+        // Rows of events of one kind list their columns in the same order: a name at the same place as in the row
+        // before was seen there.
+        let mut before: Vec<usize> = Vec::new();
         for row in rows {
-            for (name, value) in row.columns() {
-                if by_addr.insert(addr(name), ()).is_some() || !seen.insert(name.to_string()) {
+            for (place, (name, value)) in row.columns().enumerate() {
+                let a = addr(name);
+                match before.get_mut(place) {
+                    Some(known) if *known == a => continue,
+                    Some(known) => *known = a,
+                    None => before.push(a),
+                }
+                if by_addr.insert(a, ()).is_some() || !seen.insert(name.to_string()) {
                     continue;
                 }
                 if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
@@ -159,6 +168,34 @@ mod tests {
 
     fn row(cols: &[(&str, Scalar)]) -> Row {
         Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect())
+    }
+
+    #[test]
+    fn new_columns_in_order_of_first_appearance_whichever_place_they_have() {
+        // Rows share their names' allocations, as mapped rows do.
+        let [id, a, b, c, d]: [std::sync::Arc<str>; 5] = ["id", "a", "b", "c", "d"].map(Into::into);
+        let row = |cols: &[(&std::sync::Arc<str>, Scalar)]| {
+            Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).clone(), v.clone())).collect())
+        };
+        let rows = [
+            row(&[(&id, Scalar::Str("1".into())), (&a, Scalar::Int(1)), (&b, Scalar::Bool(true))]),
+            row(&[(&id, Scalar::Str("2".into())), (&a, Scalar::Int(2)), (&c, Scalar::Float(0.5))]),
+            row(&[(&c, Scalar::Float(1.5)), (&id, Scalar::Str("3".into())), (&d, Scalar::Int(3))]),
+            row(&[(&c, Scalar::Float(2.5)), (&id, Scalar::Str("4".into())), (&b, Scalar::Bool(false))]),
+        ];
+        let refs: Vec<&Row> = rows.iter().collect();
+        let plan = Plan::new("t", None, TableKind::Event, &refs, 1000);
+        let fixed = TableKind::Event.fixed_columns().len();
+        assert_eq!(
+            plan.columns[fixed..].iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(),
+            [
+                ("a", ColumnType::BigInt),
+                ("b", ColumnType::Boolean),
+                ("c", ColumnType::Double),
+                ("d", ColumnType::BigInt)
+            ]
+        );
+        assert_eq!(plan.new_columns, ["a", "b", "c", "d"]);
     }
 
     #[test]
