@@ -258,7 +258,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
 
     // Everything the tables of this event share is computed once.
     let text = |s: &str| Scalar::Str(s.into());
-    let fixed: [(&str, Option<Scalar>); 13] = [
+    let mut fixed: [(&str, Option<Scalar>); 13] = [
         ("id", Some(Scalar::Str(id.clone()))),
         ("anonymous_id", event.anonymous_id.as_deref().map(text)),
         ("user_id", event.user_id.as_deref().map(text)),
@@ -276,7 +276,6 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
         ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
     ];
-    let fixed: Vec<(Arc<str>, Option<Scalar>)> = fixed.into_iter().map(|(n, v)| (names.column(n), v)).collect();
     let mut context = Vec::with_capacity(32);
     let mut long = Vec::new();
     scratch.path.clear();
@@ -328,17 +327,21 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                 }
             }
             None => {
-                b.cols.reserve_exact(fixed.len() + context.len());
+                let table_fixed = b.fixed;
+                b.cols.reserve_exact(table_fixed.len() + context.len());
                 b.slots.clear();
-                // Every fixed column of the table is reserved, whether this event fills it or not.
-                for (leaf, (_, column)) in b.fixed.iter().enumerate() {
-                    b.slots.insert(addr(column), Slot { index: usize::MAX, source: Source::Fixed, leaf });
-                }
-                for (name, value) in &fixed {
-                    if let (Some(v), Some(slot)) = (value, b.slots.get_mut(&addr(name))) {
-                        slot.index = b.cols.len();
-                        b.cols.push((name.clone(), v.clone()));
-                    }
+                // Every fixed column of the table is reserved, whether this event fills it or not. The first row
+                // of an event takes its fixed values.
+                for (leaf, (path, column)) in table_fixed.iter().enumerate() {
+                    let value = fixed.iter_mut().find(|(n, _)| *n == path.as_ref()).and_then(|(_, v)| v.take());
+                    let index = match value {
+                        Some(v) => {
+                            b.cols.push((column.clone(), v));
+                            b.cols.len() - 1
+                        }
+                        None => usize::MAX,
+                    };
+                    b.slots.insert(addr(column), Slot { index, source: Source::Fixed, leaf });
                 }
                 for leaf in 0..context.len() {
                     b.put(Source::Context, leaf);
