@@ -89,7 +89,7 @@ impl Builder {
             Builder::Bool(b) => v.as_bool().map(|x| b.append_value(x)),
             Builder::Str(b) => {
                 match v {
-                    Scalar::Str(s) | Scalar::Timestamp(_, s) | Scalar::BigInt(s) => b.append_value(s),
+                    Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) | Scalar::BigInt(s) => b.append_value(s),
                     other => b.append_value(other.to_text()),
                 }
                 Ok(())

@@ -128,7 +128,9 @@ impl Mapped {
         let value = |v: &Scalar| {
             PER_VALUE
                 + match v {
-                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, s) if s.is_heap_allocated() => s.len(),
+                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, Some(s)) if s.is_heap_allocated() => {
+                        s.len()
+                    }
                     _ => 0,
                 }
         };

@@ -87,16 +87,39 @@ impl fmt::Display for ColumnType {
 pub type Text = smol_str::SmolStr;
 
 /// One non-null value of a row, with the type it would give a new column.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Scalar {
     Bool(bool),
     Int(i64),
     Float(f64),
     /// An integer outside the BIGINT range, kept as its decimal text.
     BigInt(Text),
-    /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards.
-    Timestamp(Micros, Text),
+    /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards. A timestamp
+    /// the pipeline made itself has no text: [`format_micros`] gives it when one is needed.
+    Timestamp(Micros, Option<Text>),
     Str(Text),
+}
+
+/// Values are equal when they are the same value with the same text; a timestamp without text has the text
+/// [`format_micros`] gives it.
+impl PartialEq for Scalar {
+    fn eq(&self, other: &Scalar) -> bool {
+        match (self, other) {
+            (Scalar::Bool(a), Scalar::Bool(b)) => a == b,
+            (Scalar::Int(a), Scalar::Int(b)) => a == b,
+            (Scalar::Float(a), Scalar::Float(b)) => a == b,
+            (Scalar::BigInt(a), Scalar::BigInt(b)) | (Scalar::Str(a), Scalar::Str(b)) => a == b,
+            (Scalar::Timestamp(a, x), Scalar::Timestamp(b, y)) => {
+                a == b
+                    && match (x, y) {
+                        (Some(x), Some(y)) => x == y,
+                        (None, None) => true,
+                        (Some(text), None) | (None, Some(text)) => *text == format_micros(*a),
+                    }
+            }
+            _ => false,
+        }
+    }
 }
 
 /// Why a value could not go into its column.
@@ -119,7 +142,7 @@ impl Scalar {
     /// A string value: a timestamp when it reads as one, text otherwise.
     pub fn from_string(s: &str) -> Scalar {
         match parse_timestamp(s) {
-            Some(t) => Scalar::Timestamp(t, s.into()),
+            Some(t) => Scalar::Timestamp(t, Some(s.into())),
             None => Scalar::Str(s.into()),
         }
     }
@@ -141,7 +164,8 @@ impl Scalar {
             Scalar::Bool(b) => b.to_string(),
             Scalar::Int(i) => i.to_string(),
             Scalar::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()),
-            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, s) => s.to_string(),
+            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) => s.to_string(),
+            Scalar::Timestamp(t, None) => format_micros(*t),
         }
     }
 
@@ -185,7 +209,7 @@ impl Scalar {
 impl From<Micros> for Scalar {
     /// A timestamp the pipeline made itself (received_at, uuid_ts, corrected timestamps).
     fn from(t: Micros) -> Self {
-        Scalar::Timestamp(t, format_micros(t).into())
+        Scalar::Timestamp(t, None)
     }
 }
 
@@ -225,6 +249,20 @@ mod tests {
         ] {
             assert_eq!(parse_timestamp(s), None, "{s}");
         }
+    }
+
+    #[test]
+    fn a_timestamp_the_pipeline_made_has_its_text_when_asked_and_equals_the_same_text_sent() {
+        let t = ts("2026-11-01T12:00:00.123Z");
+        let made = Scalar::from(t);
+        assert_eq!(made.to_text(), "2026-11-01T12:00:00.123Z");
+        assert_eq!(made.as_timestamp(), Ok(t));
+        assert_eq!(made, Scalar::from_string("2026-11-01T12:00:00.123Z"));
+        assert_eq!(Scalar::from_string("2026-11-01T12:00:00.123Z"), made);
+        // The same instant sent as other text is another value, as it was before its text was made on demand.
+        assert_ne!(made, Scalar::from_string("2026-11-01T14:00:00.123+02:00"));
+        assert_ne!(made, Scalar::from(t + 1));
+        assert_ne!(made, Scalar::Str("2026-11-01T12:00:00.123Z".into()));
     }
 
     #[test]
