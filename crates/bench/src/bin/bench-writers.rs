@@ -136,6 +136,10 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate.is_finite() && rate > 0.0, "--rate must be a positive number of events per second");
+    }
+    anyhow::ensure!(args.max_events > 0, "--max-events must be at least 1");
     let lake = Lake::parse(&args.lake)?;
     let env = |k: &str| std::env::var(k).ok();
     let storage = storage::from_lookup(&lake, &env)?;
