@@ -11,7 +11,7 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::layout::UUID_TS;
-use crate::layout::rows::{ByAddr, Discard, Row, addr};
+use crate::layout::rows::{ByPlace, Discard, Row};
 use crate::layout::value::{CastError, ColumnType, Micros, Scalar};
 
 /// The Arrow type of a warehouse type; TIMESTAMP is UTC microseconds, which Delta calls `timestamp`.
@@ -136,12 +136,10 @@ pub fn build<'r>(
     let uuid_col = index.get(UUID_TS).copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
-    // Only names of rows borrowed for this whole call are keys, so an address is one name throughout.
-    let mut by_addr: ByAddr<usize> = ByAddr::default();
-    // Rows of events of one kind list their columns in the same order: the address and column (or `NONE`) at each
-    // place of the row before are tried first.
+    // The column (or `NONE`) of each name. Only names of rows borrowed for this whole call are looked up, so an
+    // address is one name throughout.
     const NONE: usize = usize::MAX;
-    let mut by_place: Vec<(usize, usize)> = Vec::new();
+    let mut by_place: ByPlace<usize> = ByPlace::default();
     for (i, row) in rows.enumerate() {
         let received_at = received_col
             .and_then(|c| row.columns().find(|(n, _)| n.as_ref() == columns[c].0))
@@ -160,26 +158,7 @@ pub fn build<'r>(
         };
         let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
         for (place, (name, value)) in row.columns().enumerate() {
-            let a = addr(name);
-            let c = match by_place.get(place) {
-                Some(&(known, c)) if known == a => c,
-                _ => {
-                    // Rows share their names' allocations, so most lookups are by address.
-                    let c = match by_addr.get(&a) {
-                        Some(&c) => c,
-                        None => {
-                            let c = index.get(name.as_ref()).copied().unwrap_or(NONE);
-                            by_addr.insert(a, c);
-                            c
-                        }
-                    };
-                    match by_place.get_mut(place) {
-                        Some(slot) => *slot = (a, c),
-                        None => by_place.push((a, c)),
-                    }
-                    c
-                }
-            };
+            let (c, _) = by_place.get(place, name, || index.get(name.as_ref()).copied().unwrap_or(NONE));
             if c == NONE {
                 match unplaced(name) {
                     Some(Unplaced::PastCap(reason)) => {

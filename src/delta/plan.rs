@@ -8,7 +8,7 @@ use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, Str
 
 use super::arrow::Unplaced;
 use super::protocol::ColumnMapping;
-use crate::layout::rows::{ByAddr, Row, addr};
+use crate::layout::rows::{ByPlace, Row};
 use crate::layout::value::ColumnType;
 use crate::layout::{TableKind, UUID_TS};
 
@@ -87,21 +87,13 @@ impl Plan {
         let mut seen: HashSet<String> =
             plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
         let lower: HashMap<String, String> = seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
-        // Rows share their names' allocations: most names are known by address, without hashing the text. The
-        // rows are borrowed for the whole loop, so an address is one name throughout.
-        let mut by_addr: ByAddr<()> = ByAddr::default();
-        // Rows of events of one kind list their columns in the same order: a name at the same place as in the row
-        // before was seen there.
-        let mut before: Vec<usize> = Vec::new();
+        // Rows share their names' allocations: most names are known by place or address, without hashing the
+        // text. The rows are borrowed for the whole loop, so an address is one name throughout.
+        let mut names: ByPlace<()> = ByPlace::default();
         for row in rows {
             for (place, (name, value)) in row.columns().enumerate() {
-                let a = addr(name);
-                match before.get_mut(place) {
-                    Some(known) if *known == a => continue,
-                    Some(known) => *known = a,
-                    None => before.push(a),
-                }
-                if by_addr.insert(a, ()).is_some() || !seen.insert(name.to_string()) {
+                let ((), first) = names.get(place, name, || ());
+                if !first || !seen.insert(name.to_string()) {
                     continue;
                 }
                 if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {

@@ -209,3 +209,45 @@ pub type ByAddr<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 pub fn addr(name: &Arc<str>) -> usize {
     Arc::as_ptr(name).cast::<u8>() as usize
 }
+
+/// What the column names of a run of rows stand for, found cheaply: rows of events of one kind list their columns
+/// in the same order, so the name at the same place of the row before is tried first, then the name's address.
+/// Only names of rows borrowed for as long as it is used may be looked up, so that an address is one name
+/// throughout.
+pub struct ByPlace<V> {
+    /// The address at each place of the row before, and what it stands for.
+    places: Vec<(usize, V)>,
+    by_addr: ByAddr<V>,
+}
+
+impl<V> Default for ByPlace<V> {
+    fn default() -> Self {
+        ByPlace { places: Vec::new(), by_addr: ByAddr::default() }
+    }
+}
+
+impl<V: Copy> ByPlace<V> {
+    /// What the name at `place` of a row (whose places are looked up in order) stands for, from `first` when its
+    /// allocation is seen for the first time; and whether it was.
+    pub fn get(&mut self, place: usize, name: &Arc<str>, first: impl FnOnce() -> V) -> (V, bool) {
+        let a = addr(name);
+        if let Some(&(known, v)) = self.places.get(place)
+            && known == a
+        {
+            return (v, false);
+        }
+        let (v, new) = match self.by_addr.get(&a) {
+            Some(&v) => (v, false),
+            None => {
+                let v = first();
+                self.by_addr.insert(a, v);
+                (v, true)
+            }
+        };
+        match self.places.get_mut(place) {
+            Some(slot) => *slot = (a, v),
+            None => self.places.push((a, v)),
+        }
+        (v, new)
+    }
+}
