@@ -184,21 +184,29 @@ pub fn map_delivery(
 
 /// Handles `POST /eventhub`: answers 200 once every event is committed (or was already), 500 otherwise so that
 /// the host's retry policy sends the batch again.
-pub async fn invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
+pub async fn invocation(state: &AppState, payload: Vec<u8>) -> (u16, Value) {
     let fail = |message: String| {
         tracing::error!(error = %message, "event hub invocation failed");
         (500, invocation_answer(json!({}), vec![message]))
     };
-    let delivery = match parse_invocation(payload) {
+    let delivery = match parse_invocation(&payload) {
         Ok(d) => d,
         Err(e) => return fail(e),
     };
+    drop(payload);
     let config = &state.config;
     let by_schema = match map_delivery(&delivery, &config.sources, config.eventhub_schema.as_deref()) {
         Ok(m) => m,
         Err(e) => return fail(e),
     };
     let n = delivery.events.len();
+    let seqs: Vec<i64> = delivery.events.iter().filter_map(|e| e.seq).collect();
+    let range = match (seqs.iter().min(), seqs.iter().max()) {
+        (Some(a), Some(b)) => format!(" (sequence numbers {a}..={b})"),
+        _ => String::new(),
+    };
+    // The delivery's text is freed before the wait for the commit: the rows hold what they need.
+    drop(delivery);
     let deletes: Vec<(String, Vec<String>)> = by_schema
         .values()
         .map(|s| (s.schema.clone(), super::users_to_forget(&s.events)))
@@ -217,11 +225,6 @@ pub async fn invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
             return fail(format!("{e}; the batch will be delivered again"));
         }
     }
-    let seqs: Vec<i64> = delivery.events.iter().filter_map(|e| e.seq).collect();
-    let range = match (seqs.iter().min(), seqs.iter().max()) {
-        (Some(a), Some(b)) => format!(" (sequence numbers {a}..={b})"),
-        _ => String::new(),
-    };
     (200, invocation_answer(json!({}), vec![format!("committed {n} events{range}")]))
 }
 

@@ -251,38 +251,49 @@ fn settings(state: &AppState, key: &str, header: Header<'_>) -> ApiResponse {
 }
 
 pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
-    let res = handle_events(state, &req).await;
-    cors(state, req.header, res)
+    let header = req.header;
+    let res = match accept(state, req) {
+        Ok(accepted) => commit(state, accepted).await,
+        Err(res) => res,
+    };
+    cors(state, header, res)
 }
 
-async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
+/// A request's events, mapped, and what answering it needs once they are committed. It holds none of the
+/// request's bytes: those are freed before the wait for the commit, which at saturation is most of a request's life.
+struct Accepted {
+    submission: Submission,
+    schema: String,
+    forget: Vec<String>,
+    source: &'static str,
+}
+
+/// Checks, reads and maps a request; an answer when it goes no further.
+fn accept(state: &AppState, req: ApiRequest<'_>) -> Result<Accepted, ApiResponse> {
     let (endpoint, header_key) = match gate(state, req.method, req.path, req.header) {
-        Route::Answer(res) => return res,
+        Route::Answer(res) => return Err(res),
         Route::Events { endpoint, header_key } => (endpoint, header_key),
     };
     let limits = &state.config.limits;
     let raw_len = req.body.len();
     if raw_len > limits.max_request_bytes {
-        return body_error(BodyError::TooLarge { limit: limits.max_request_bytes });
+        return Err(body_error(BodyError::TooLarge { limit: limits.max_request_bytes }));
     }
-    let data = match body::decode((req.header)("content-encoding").as_deref(), &req.body, limits.max_request_bytes) {
-        Ok(d) => d,
-        Err(e) => return body_error(e),
-    };
+    let data = body::decode((req.header)("content-encoding").as_deref(), &req.body, limits.max_request_bytes)
+        .map_err(body_error)?;
     let parsed = match endpoint {
         Endpoint::Event(_) => body::split(&data, false, limits),
         Endpoint::Batch => body::split(&data, true, limits),
         Endpoint::Webhook => body::split_webhook(&data, limits),
-    };
-    let parsed = match parsed {
-        Ok(p) => p,
-        Err(e) => return body_error(e),
-    };
+    }
+    .map_err(body_error)?;
     // Segment signs what it forwards with the shared secret, which is the source's write key.
     let signed = match (endpoint, (req.header)("x-signature")) {
         (Endpoint::Webhook, Some(signature)) => match signed_by(state, &req.body, &data, &signature) {
             Some(key) => Some(key),
-            None => return ApiResponse::error(401, "X-Signature is not the HMAC-SHA1 of the body with a write key"),
+            None => {
+                return Err(ApiResponse::error(401, "X-Signature is not the HMAC-SHA1 of the body with a write key"));
+            }
         },
         _ => None,
     };
@@ -293,7 +304,7 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
         } else {
             "missing write key: send it as the Basic user name or as writeKey"
         };
-        return ApiResponse::error(401, message);
+        return Err(ApiResponse::error(401, message));
     };
 
     let received_at = now_micros();
@@ -307,15 +318,21 @@ async fn handle_events(state: &AppState, req: &ApiRequest<'_>) -> ApiResponse {
     let events = map_body(&parsed, &arrival, implied_type);
     let forget = crate::sources::users_to_forget(&events);
     let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
-    let n = events.len();
+    let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
+    Ok(Accepted { submission, schema: schema.to_string(), forget, source })
+}
+
+/// Waits for the commit of an accepted request's rows, then forgets the users it asked to forget.
+async fn commit(state: &AppState, accepted: Accepted) -> ApiResponse {
+    let Accepted { submission, schema, forget, source } = accepted;
+    let n = submission.events.len();
     crate::metrics::received(source, n);
     let started = std::time::Instant::now();
-    let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
     if let Err(e) = state.batcher.submit(submission).await {
         return submit_error(&e);
     }
     crate::metrics::accepted(source, n, started.elapsed());
-    match crate::sources::apply_deletes(&state.config, schema, &forget).await {
+    match crate::sources::apply_deletes(&state.config, &schema, &forget).await {
         Ok(done) if !forget.is_empty() => {
             let mut res = ApiResponse::ok();
             res.body["deleted"] =

@@ -48,39 +48,47 @@ fn request_path(d: &HttpData) -> String {
 }
 
 /// Handles `POST /segment` with `Data.req`, answering with `Outputs.res`.
-pub async fn http_invocation(state: &AppState, payload: &[u8]) -> (u16, Value) {
-    let invocation: Value = match serde_json::from_slice(payload) {
-        Ok(v) => v,
-        Err(e) => {
-            return (400, json!({"success": false, "error": format!("invocation is not valid JSON: {e}")}));
-        }
+pub async fn http_invocation(state: &AppState, payload: Vec<u8>) -> (u16, Value) {
+    // The invocation is read and freed before the request is handled, which waits for the commit.
+    let HttpRequest { method, path, headers, body } = match http_request(payload) {
+        Ok(r) => r,
+        Err(error) => return (400, json!({"success": false, "error": error})),
     };
-    let Some(req) = invocation.pointer("/Data/req") else {
-        return (400, json!({"success": false, "error": "invocation has no Data.req"}));
-    };
+    let lookup = |name: &str| headers.get(name).cloned();
+    let res = api::handle(state, ApiRequest { method: &method, path: &path, header: &lookup, body }).await;
+    (200, invocation_answer(json!({"res": http_output(&res)}), vec![format!("{method} {path} -> {}", res.status)]))
+}
+
+/// The request an HTTP invocation carries.
+struct HttpRequest {
+    method: String,
+    path: String,
+    /// By lower-case name.
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn http_request(payload: Vec<u8>) -> Result<HttpRequest, String> {
+    let mut invocation: Value =
+        serde_json::from_slice(&payload).map_err(|e| format!("invocation is not valid JSON: {e}"))?;
+    drop(payload);
+    let req = invocation.pointer_mut("/Data/req").ok_or("invocation has no Data.req")?.take();
+    drop(invocation);
     // The host may double-encode values it cannot turn into objects.
     let req = match req {
-        Value::String(s) => serde_json::from_str(s).unwrap_or(Value::Null),
-        other => other.clone(),
+        Value::String(s) => serde_json::from_str(&s).unwrap_or(Value::Null),
+        other => other,
     };
-    let data: HttpData = match serde_json::from_value(req) {
-        Ok(d) => d,
-        Err(e) => {
-            return (400, json!({"success": false, "error": format!("Data.req: {e}")}));
-        }
-    };
-    let headers: HashMap<String, String> =
-        data.headers.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_text(v)?))).collect();
-    let body = match &data.body {
+    let mut data: HttpData = serde_json::from_value(req).map_err(|e| format!("Data.req: {e}"))?;
+    let headers = data.headers.iter().filter_map(|(k, v)| Some((k.to_ascii_lowercase(), header_text(v)?))).collect();
+    let body = match data.body.take() {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => s.clone().into_bytes(),
+        Some(Value::String(s)) => s.into_bytes(),
         Some(other) => other.to_string().into_bytes(),
     };
     let path = request_path(&data);
     let method = if data.method.is_empty() { "POST".to_string() } else { data.method.to_ascii_uppercase() };
-    let lookup = |name: &str| headers.get(name).cloned();
-    let res = api::handle(state, ApiRequest { method: &method, path: &path, header: &lookup, body }).await;
-    (200, invocation_answer(json!({"res": http_output(&res)}), vec![format!("{method} {path} -> {}", res.status)]))
+    Ok(HttpRequest { method, path, headers, body })
 }
 
 fn http_output(res: &ApiResponse) -> Value {

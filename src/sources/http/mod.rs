@@ -179,11 +179,11 @@ async fn serve_one(
     };
     if invocation {
         let (status, answer) = if function.eq_ignore_ascii_case(functions::HTTP_FUNCTION) {
-            functions::http_invocation(state, &body).await
+            functions::http_invocation(state, body).await
         } else if function.eq_ignore_ascii_case(functions::MAINTAIN_FUNCTION) {
             functions::maintain_invocation(state).await
         } else {
-            crate::sources::eventhub::invocation(state, &body).await
+            crate::sources::eventhub::invocation(state, body).await
         };
         return reply(status, answer.to_string(), &[]);
     }
