@@ -1,29 +1,57 @@
 //! Remembers which rows this process committed recently, so a repeated request is acknowledged without
 //! writing its rows again.
 
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, Hash, Hasher, RandomState};
 
 use hashbrown::HashTable;
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 /// A 128-bit keyed fingerprint of a row's identity (schema, table, row id, ...).
 pub type RowKey = u128;
 
+/// Makes row fingerprints: SipHash-1-3 with a 128-bit output, in one pass, under keys drawn for the process, so
+/// that no sender can make two rows collide.
 pub struct Fingerprints {
-    a: RandomState,
-    b: RandomState,
+    keys: (u64, u64),
 }
 
 impl Default for Fingerprints {
     fn default() -> Self {
-        Fingerprints { a: RandomState::new(), b: RandomState::new() }
+        let random = RandomState::new();
+        Fingerprints { keys: (random.hash_one(0u8), random.hash_one(1u8)) }
     }
 }
 
 impl Fingerprints {
-    pub fn key(&self, parts: impl Hash + Copy) -> RowKey {
-        ((self.a.hash_one(parts) as u128) << 64) | self.b.hash_one(parts) as u128
+    pub fn key(&self, parts: impl Hash) -> RowKey {
+        let mut h = SipHasher13::new_with_keys(self.keys.0, self.keys.1);
+        parts.hash(&mut h);
+        h.finish128().into()
     }
 }
+
+/// Hashes a set of row keys by their low half: they are already keyed hashes no sender can choose.
+#[derive(Default, Clone, Copy)]
+pub struct ByKey(u64);
+
+impl Hasher for ByKey {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, k: u128) {
+        self.0 = k as u64;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A set of row keys.
+pub type KeySet = std::collections::HashSet<RowKey, std::hash::BuildHasherDefault<ByKey>>;
 
 /// A bounded set: the oldest keys are forgotten first. Each key is held once, in a ring in the order it was
 /// remembered, and found through a table of positions in that ring (a million keys take about 26 MiB).
@@ -89,6 +117,20 @@ impl Recent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_tells_where_each_part_ends_and_its_keys_are_drawn_not_fixed() {
+        let f = Fingerprints::default();
+        assert_ne!(f.key(("s", "ab", "c")), f.key(("s", "a", "bc")));
+        assert_ne!(f.key(("s", "t", "1")), f.key(("s", "t", "1 ")));
+        assert_eq!(f.key(("s", "t", "1")), f.key(("s", "t", "1")));
+        assert_ne!(f.key(("s", "t", "1")), Fingerprints::default().key(("s", "t", "1")), "each draws its own keys");
+        // The set of keys hashes them by their low half.
+        let mut keys = KeySet::default();
+        assert!(keys.insert(f.key(("s", "t", "1"))));
+        assert!(!keys.insert(f.key(("s", "t", "1"))));
+        assert!(keys.insert(f.key(("s", "t", "2"))));
+    }
 
     #[test]
     fn forgets_oldest_first() {

@@ -19,7 +19,7 @@ use crate::delta::{Lakehouse, TableWrite, WriteError};
 use crate::layout::rows::{Discard, Mapped, Row};
 use crate::layout::value::now_micros;
 use crate::layout::{DISCARDS, TableKind};
-use dedup::{Fingerprints, Recent, RowKey};
+use dedup::{Fingerprints, KeySet, Recent, RowKey};
 
 /// Tables written at once within one flush.
 const TABLE_CONCURRENCY: usize = 8;
@@ -68,7 +68,7 @@ struct Waiter {
 struct Pending {
     tables: BTreeMap<TableId, (TableKind, Vec<(RowKey, Row)>)>,
     discards: BTreeMap<String, Vec<(RowKey, Discard)>>,
-    keys: HashSet<RowKey>,
+    keys: KeySet,
     waiters: Vec<Waiter>,
     events: usize,
     bytes: usize,
@@ -135,42 +135,66 @@ impl Batcher {
             return Err(SubmitError::Overloaded { buffered, limit });
         }
         let (tx, rx) = oneshot::channel();
+        // Fingerprinted and grouped by table before the locks are taken: each table is then looked up once.
+        let schema = sub.schema;
+        let events = sub.events.len();
+        let mut by_table: Vec<(String, Rows)> = Vec::new();
+        let mut discards: Vec<(RowKey, Discard)> = Vec::new();
+        for mapped in sub.events {
+            for tr in mapped.rows {
+                let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
+                // An event's rows go to a few tables, mostly the same ones as the event before.
+                match by_table.iter_mut().rev().find(|(t, _)| *t == tr.table) {
+                    Some((_, (_, rows))) => rows.push((key, tr.row)),
+                    None => by_table.push((tr.table, (tr.kind, vec![(key, tr.row)]))),
+                }
+            }
+            for d in mapped.discards {
+                let key = inner.fingerprints.key((
+                    schema.as_str(),
+                    (d.row_id.as_str(), d.table_name.as_str(), d.column_name.as_str()),
+                    (d.column_value.as_str(), d.reason.as_str()),
+                ));
+                discards.push((key, d));
+            }
+        }
         let added = {
             let committed = lock(&inner.committed);
             let mut p = lock(&inner.pending);
             let mut tables = BTreeSet::new();
-            let schema = sub.schema;
-            for mapped in sub.events {
-                for tr in mapped.rows {
-                    let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
+            for (table, (kind, rows)) in by_table {
+                let id = (schema.clone(), table);
+                let mut waits = false;
+                let mut fresh = Vec::with_capacity(rows.len());
+                for (key, row) in rows {
                     if committed.contains(&key) {
                         continue;
                     }
                     // A row already waiting in this micro-batch (a retry racing its original) is not added twice,
                     // but the request still waits for that table's commit: it is not acknowledged before its rows
                     // are written.
-                    let id = (schema.clone(), tr.table);
-                    tables.insert(id.clone());
+                    waits = true;
                     if p.keys.insert(key) {
-                        p.tables.entry(id).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
+                        fresh.push((key, row));
                     }
                 }
-                for d in mapped.discards {
-                    let key = inner.fingerprints.key((
-                        schema.as_str(),
-                        (d.row_id.as_str(), d.table_name.as_str(), d.column_name.as_str()),
-                        (d.column_value.as_str(), d.reason.as_str()),
-                    ));
-                    if committed.contains(&key) {
-                        continue;
-                    }
-                    tables.insert((schema.clone(), DISCARDS.to_string()));
-                    if p.keys.insert(key) {
-                        p.discards.entry(schema.clone()).or_default().push((key, d));
-                    }
+                if !fresh.is_empty() {
+                    p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.extend(fresh);
                 }
-                p.events += 1;
+                if waits {
+                    tables.insert(id);
+                }
             }
+            for (key, d) in discards {
+                if committed.contains(&key) {
+                    continue;
+                }
+                tables.insert((schema.clone(), DISCARDS.to_string()));
+                if p.keys.insert(key) {
+                    p.discards.entry(schema.clone()).or_default().push((key, d));
+                }
+            }
+            p.events += events;
             if tables.is_empty() {
                 false
             } else {
