@@ -139,14 +139,18 @@ impl Batcher {
         let schema = sub.schema;
         let events = sub.events.len();
         let mut by_table: Vec<(String, Rows)> = Vec::new();
+        // Table names are the senders' event names: found by a hash seeded per process, not by a scan.
+        let mut table_at: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
         let mut discards: Vec<(RowKey, Discard)> = Vec::new();
         for mapped in sub.events {
             for tr in mapped.rows {
                 let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
-                // An event's rows go to a few tables, mostly the same ones as the event before.
-                match by_table.iter_mut().rev().find(|(t, _)| *t == tr.table) {
-                    Some((_, (_, rows))) => rows.push((key, tr.row)),
-                    None => by_table.push((tr.table, (tr.kind, vec![(key, tr.row)]))),
+                match table_at.get(tr.table.as_str()) {
+                    Some(&at) => by_table[at].1.1.push((key, tr.row)),
+                    None => {
+                        table_at.insert(tr.table.clone(), by_table.len());
+                        by_table.push((tr.table, (tr.kind, vec![(key, tr.row)])));
+                    }
                 }
             }
             for d in mapped.discards {
@@ -160,12 +164,20 @@ impl Batcher {
         }
         let added = {
             let committed = lock(&inner.committed);
-            let mut p = lock(&inner.pending);
+            let mut pending = lock(&inner.pending);
+            // Checked again under the lock the flusher reads it under: once the flusher has seen the server closing
+            // with nothing pending, it is gone, and nothing added after would be answered.
+            if inner.closing.load(Ordering::SeqCst) {
+                drop(pending);
+                inner.buffered.fetch_sub(sub.bytes, Ordering::SeqCst);
+                return Err(SubmitError::ShuttingDown);
+            }
+            let p = &mut *pending;
             let mut tables = BTreeSet::new();
+            let mut fresh = Vec::new();
             for (table, (kind, rows)) in by_table {
                 let id = (schema.clone(), table);
                 let mut waits = false;
-                let mut fresh = Vec::with_capacity(rows.len());
                 for (key, row) in rows {
                     if committed.contains(&key) {
                         continue;
@@ -179,7 +191,7 @@ impl Batcher {
                     }
                 }
                 if !fresh.is_empty() {
-                    p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.extend(fresh);
+                    p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.append(&mut fresh);
                 }
                 if waits {
                     tables.insert(id);
