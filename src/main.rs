@@ -483,4 +483,12 @@ mod tests {
         );
         assert!(tracing_subscriber::EnvFilter::try_new(log_filter(Some("segment_delta=debug"))).is_ok());
     }
+
+    #[cfg(not(target_env = "msvc"))]
+    #[test]
+    fn the_allocator_options_built_in_are_the_ones_help_shows() {
+        let shown = segment_delta::config::settings::SETTINGS.iter().find(|s| s.name == "_RJEM_MALLOC_CONF");
+        let built_in = std::str::from_utf8(super::MALLOC_CONF).unwrap().trim_end_matches('\0');
+        assert_eq!(shown.map(|s| s.default), Some(built_in));
+    }
 }
