@@ -21,8 +21,9 @@ use crate::layout::value::now_micros;
 use crate::layout::{DISCARDS, TableKind};
 use dedup::{Fingerprints, KeySet, Recent, RowKey};
 
-/// Tables written at once within one flush.
-const TABLE_CONCURRENCY: usize = 8;
+/// Tables written at once within one flush. A table's write is mostly waits on storage (its data files, then its
+/// commit), so a flush of a few dozen tables takes about two of those rounds rather than six with eight at once.
+const TABLE_CONCURRENCY: usize = 32;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
