@@ -88,9 +88,9 @@ impl Builder {
             Builder::Dbl(b) => v.as_double().map(|x| b.append_value(x)),
             Builder::Bool(b) => v.as_bool().map(|x| b.append_value(x)),
             Builder::Str(b) => {
-                match v {
-                    Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) | Scalar::BigInt(s) => b.append_value(s),
-                    other => b.append_value(other.to_text()),
+                match v.held_text() {
+                    Some(s) => b.append_value(s),
+                    None => b.append_value(v.to_text()),
                 }
                 Ok(())
             }

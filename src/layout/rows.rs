@@ -125,15 +125,7 @@ impl Mapped {
     pub fn size_estimate(&self) -> usize {
         const PER_VALUE: usize = std::mem::size_of::<(Arc<str>, Scalar)>();
         const PER_ROW: usize = 96;
-        let value = |v: &Scalar| {
-            PER_VALUE
-                + match v {
-                    Scalar::Str(s) | Scalar::BigInt(s) | Scalar::Timestamp(_, Some(s)) if s.is_heap_allocated() => {
-                        s.len()
-                    }
-                    _ => 0,
-                }
-        };
+        let value = |v: &Scalar| PER_VALUE + v.held_text().filter(|s| s.is_heap_allocated()).map_or(0, Text::len);
         let values = |cols: &[(Arc<str>, Scalar)]| cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>();
         // Columns shared by rows are counted once.
         let mut counted: Option<&Shared> = None;

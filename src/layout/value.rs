@@ -158,6 +158,14 @@ impl Scalar {
         }
     }
 
+    /// The text the value holds, when it holds its text (a string, a big integer, a timestamp as it was sent).
+    pub fn held_text(&self) -> Option<&Text> {
+        match self {
+            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) => Some(s),
+            Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) | Scalar::Timestamp(_, None) => None,
+        }
+    }
+
     /// The value as text: what a STRING column stores and what a discard records.
     pub fn to_text(&self) -> String {
         match self {
