@@ -40,7 +40,7 @@ impl Hasher for ByKey {
     }
 
     fn write_u128(&mut self, k: u128) {
-        self.0 = k as u64;
+        self.0 = slot(k);
     }
 
     fn finish(&self) -> u64 {

@@ -139,20 +139,13 @@ impl Batcher {
         // Fingerprinted and grouped by table before the locks are taken: each table is then looked up once.
         let schema = sub.schema;
         let events = sub.events.len();
-        let mut by_table: Vec<(String, Rows)> = Vec::new();
-        // Table names are the senders' event names: found by a hash seeded per process, not by a scan.
-        let mut table_at: HashMap<String, usize, foldhash::fast::RandomState> = HashMap::default();
+        // Table names are the senders' event names: found by a hash seeded per process.
+        let mut by_table: HashMap<String, Rows, foldhash::fast::RandomState> = HashMap::default();
         let mut discards: Vec<(RowKey, Discard)> = Vec::new();
         for mapped in sub.events {
             for tr in mapped.rows {
                 let key = inner.fingerprints.key((schema.as_str(), tr.table.as_str(), &*tr.row.id));
-                match table_at.get(tr.table.as_str()) {
-                    Some(&at) => by_table[at].1.1.push((key, tr.row)),
-                    None => {
-                        table_at.insert(tr.table.clone(), by_table.len());
-                        by_table.push((tr.table, (tr.kind, vec![(key, tr.row)])));
-                    }
-                }
+                by_table.entry(tr.table).or_insert_with(|| (tr.kind, Vec::new())).1.push((key, tr.row));
             }
             for d in mapped.discards {
                 let key = inner.fingerprints.key((
