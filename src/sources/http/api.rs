@@ -263,7 +263,6 @@ pub async fn handle(state: &AppState, req: ApiRequest<'_>) -> ApiResponse {
 /// request's bytes: those are freed before the wait for the commit, which at saturation is most of a request's life.
 struct Accepted {
     submission: Submission,
-    schema: String,
     forget: Vec<String>,
     source: &'static str,
 }
@@ -319,13 +318,13 @@ fn accept(state: &AppState, req: ApiRequest<'_>) -> Result<Accepted, ApiResponse
     let forget = crate::sources::users_to_forget(&events);
     let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
     let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
-    Ok(Accepted { submission, schema: schema.to_string(), forget, source })
+    Ok(Accepted { submission, forget, source })
 }
 
 /// Waits for the commit of an accepted request's rows, then forgets the users it asked to forget.
 async fn commit(state: &AppState, accepted: Accepted) -> ApiResponse {
-    let Accepted { submission, schema, forget, source } = accepted;
-    let n = submission.events.len();
+    let Accepted { submission, forget, source } = accepted;
+    let (n, schema) = (submission.events.len(), submission.schema.clone());
     crate::metrics::received(source, n);
     let started = std::time::Instant::now();
     if let Err(e) = state.batcher.submit(submission).await {
