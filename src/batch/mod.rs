@@ -168,36 +168,26 @@ impl Batcher {
             }
             let p = &mut *pending;
             let mut tables = BTreeSet::new();
-            let mut fresh = Vec::new();
-            for (table, (kind, rows)) in by_table {
-                let id = (schema.clone(), table);
-                let mut waits = false;
-                for (key, row) in rows {
-                    if committed.contains(&key) {
-                        continue;
-                    }
-                    // A row already waiting in this micro-batch (a retry racing its original) is not added twice,
-                    // but the request still waits for that table's commit: it is not acknowledged before its rows
-                    // are written.
-                    waits = true;
-                    if p.keys.insert(key) {
-                        fresh.push((key, row));
-                    }
-                }
-                if !fresh.is_empty() {
-                    p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.append(&mut fresh);
-                }
-                if waits {
-                    tables.insert(id);
-                }
-            }
-            for (key, d) in discards {
-                if committed.contains(&key) {
+            // A row already waiting in this micro-batch (a retry racing its original) is not added twice, but the
+            // request still waits for that table's commit: it is not acknowledged before its rows are written.
+            for (table, (kind, mut rows)) in by_table {
+                rows.retain(|(key, _)| !committed.contains(key));
+                if rows.is_empty() {
                     continue;
                 }
+                let id = (schema.clone(), table);
+                rows.retain(|(key, _)| p.keys.insert(*key));
+                if !rows.is_empty() {
+                    p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.append(&mut rows);
+                }
+                tables.insert(id);
+            }
+            discards.retain(|(key, _)| !committed.contains(key));
+            if !discards.is_empty() {
                 tables.insert((schema.clone(), DISCARDS.to_string()));
-                if p.keys.insert(key) {
-                    p.discards.entry(schema.clone()).or_default().push((key, d));
+                discards.retain(|(key, _)| p.keys.insert(*key));
+                if !discards.is_empty() {
+                    p.discards.entry(schema.clone()).or_default().append(&mut discards);
                 }
             }
             p.events += events;
