@@ -70,7 +70,12 @@ impl Builder {
         }
     }
 
+    /// Appends `n` nulls. Zero is a no-op: Arrow's builders would start keeping a validity bitmap on the first
+    /// call, whatever its count, and a column every row fills needs none while it is built.
     fn nulls(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
         match self {
             Builder::Ts(b) => b.append_nulls(n),
             Builder::Int(b) => b.append_nulls(n),
@@ -141,11 +146,15 @@ pub fn build<'r>(
     const NONE: usize = usize::MAX;
     let mut by_place: ByPlace<usize> = ByPlace::default();
     for (i, row) in rows.enumerate() {
-        let received_at = received_col
-            .and_then(|c| row.columns().find(|(n, _)| n.as_ref() == columns[c].0))
-            .and_then(|(_, v)| v.as_timestamp().ok())
-            .unwrap_or(uuid_ts);
+        // The row's `received_at`, found only for a row that has a discard.
+        let mut received_at: Option<Micros> = None;
         let mut discard = |column: &str, value: String, reason: String| {
+            let received_at = *received_at.get_or_insert_with(|| {
+                received_col
+                    .and_then(|c| row.columns().find(|(n, _)| n.as_ref() == columns[c].0))
+                    .and_then(|(_, v)| v.as_timestamp().ok())
+                    .unwrap_or(uuid_ts)
+            });
             discards.push(Discard {
                 row_id: row.id.to_string(),
                 table_name: table.to_string(),
@@ -258,5 +267,25 @@ mod tests {
         assert_eq!(got, vec![("b", "n", "two"), ("b", "extra", "9"), ("d", "x", "y"), ("d", "n", "6")]);
         assert!(discards[0].reason.contains("STRING value cannot be stored in a BIGINT column"));
         assert!(discards[3].reason.contains("appears twice in one row"));
+    }
+
+    #[test]
+    fn discards_keep_their_rows_received_at() {
+        let columns: Vec<(String, ColumnType)> =
+            [("id", ColumnType::String), ("received_at", ColumnType::Timestamp), ("n", ColumnType::BigInt)]
+                .iter()
+                .map(|(n, t)| (n.to_string(), *t))
+                .collect();
+        let at = |micros: i64| Scalar::from(micros);
+        let rows = [
+            row("a", vec![("id", Scalar::Str("a".into())), ("received_at", at(5)), ("n", Scalar::Str("x".into()))]),
+            row("b", vec![("id", Scalar::Str("b".into())), ("n", Scalar::Int(2)), ("received_at", at(6))]),
+            row("c", vec![("id", Scalar::Str("c".into())), ("n", Scalar::Float(0.5))]),
+        ];
+        let (batch, discards) = build("t", &columns, rows.iter(), 77, |_| None).unwrap();
+        let got: Vec<_> = discards.iter().map(|d| (d.row_id.as_str(), d.received_at)).collect();
+        assert_eq!(got, vec![("a", 5), ("c", 77)]);
+        let nulls: Vec<usize> = batch.columns().iter().map(|c| c.null_count()).collect();
+        assert_eq!(nulls, [0, 1, 2]);
     }
 }
