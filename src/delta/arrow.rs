@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    ArrayBuilder, ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
 };
 use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
@@ -57,16 +57,6 @@ impl Builder {
             ColumnType::Double => Builder::Dbl(Float64Builder::with_capacity(n)),
             ColumnType::Boolean => Builder::Bool(BooleanBuilder::with_capacity(n)),
             ColumnType::String => Builder::Str(StringBuilder::with_capacity(n, n * 16)),
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Builder::Ts(b) => b.len(),
-            Builder::Int(b) => b.len(),
-            Builder::Dbl(b) => b.len(),
-            Builder::Bool(b) => b.len(),
-            Builder::Str(b) => b.len(),
         }
     }
 
@@ -138,6 +128,8 @@ pub fn build<'r>(
     let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
     let n = rows.len();
     let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
+    // How many rows each builder holds a value or a null for.
+    let mut filled: Vec<usize> = vec![0; columns.len()];
     let uuid_col = index.get(UUID_TS).copied();
     let received_col = index.get("received_at").copied();
     let mut discards = Vec::new();
@@ -182,12 +174,13 @@ pub fn build<'r>(
             if Some(c) == uuid_col {
                 continue;
             }
-            let b = &mut builders[c];
-            if b.len() > i {
+            if filled[c] > i {
                 discard(name, value.to_text(), format!("column {name} appears twice in one row"));
                 continue;
             }
-            b.nulls(i - b.len());
+            let b = &mut builders[c];
+            b.nulls(i - filled[c]);
+            filled[c] = i + 1;
             if let Err(e) = b.push(value) {
                 discard(name, value.to_text(), format!("{e}; stored as NULL in column {name}"));
             }
@@ -204,12 +197,13 @@ pub fn build<'r>(
         for _ in 0..n {
             b.append_value(uuid_ts);
         }
+        filled[c] = n;
     }
     let arrays: Vec<ArrayRef> = builders
         .into_iter()
-        .map(|mut b| {
-            let missing = n - b.len();
-            b.nulls(missing);
+        .zip(filled)
+        .map(|(mut b, filled)| {
+            b.nulls(n - filled);
             b.finish()
         })
         .collect();
