@@ -251,7 +251,8 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
 
     // The `event` column is the event's table name as it was before a reserved name was prefixed.
     let event_column: Option<Scalar> = own_table.as_deref().map(|t| Scalar::Str(t.trim_start_matches('_').into()));
-    let mut tables = vec![(kind.table().to_string(), table_kind(kind), kind != EventType::Track)];
+    let mut tables = Vec::with_capacity(2);
+    tables.push((kind.table().to_string(), table_kind(kind), kind != EventType::Track));
     if let Some(t) = own_table {
         tables.push((t, TableKind::Event, true));
     }
@@ -331,9 +332,17 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                 b.cols.reserve_exact(table_fixed.len() + context.len());
                 b.slots.clear();
                 // Every fixed column of the table is reserved, whether this event fills it or not. The first row
-                // of an event takes its fixed values.
+                // of an event takes its fixed values. A table's fixed columns come in the order of `fixed` (but
+                // `uuid_ts`, which `fixed` lacks), so each is looked for after the one found before.
+                let mut from = 0;
                 for (leaf, (path, column)) in table_fixed.iter().enumerate() {
-                    let value = fixed.iter_mut().find(|(n, _)| *n == path.as_ref()).and_then(|(_, v)| v.take());
+                    let value = match fixed[from..].iter().position(|(n, _)| *n == path.as_ref()) {
+                        Some(at) => {
+                            from += at + 1;
+                            fixed[from - 1].1.take()
+                        }
+                        None => None,
+                    };
                     let index = match value {
                         Some(v) => {
                             b.cols.push((column.clone(), v));
@@ -435,6 +444,7 @@ mod tests {
                 "name",
                 "Home",
             ),
+            (json!({"type": "page", "userId": "u", "name": "Home", "category": "Docs"}), "pages", "category", "Docs"),
             (json!({"type": "screen", "userId": "u", "name": "Feed"}), "screens", "name", "Feed"),
             (
                 json!({"type": "group", "userId": "u", "groupId": "g1", "traits": {"industry": "x"}}),
@@ -447,6 +457,8 @@ mod tests {
             let m = map(v);
             assert_eq!(m.rows.len(), 1);
             assert_eq!(get(&m, table, col), Some(Scalar::Str(want.into())), "{table}.{col}");
+            assert_eq!(get(&m, table, "user_id"), Some(Scalar::Str("u".into())), "{table}.user_id");
+            assert!(get(&m, table, "received_at").is_some(), "{table}.received_at");
         }
     }
 

@@ -212,7 +212,8 @@ impl<'a> Event<'a> {
             EventType::Track | EventType::Page | EventType::Screen => "properties",
             EventType::Alias => "",
         };
-        for (key, value) in std::mem::take(&mut obj) {
+        // The fields kept at the top level are at most these eight.
+        for (key, value) in std::mem::replace(&mut obj, Object::with_capacity(8)) {
             match key.as_ref() {
                 "type" | "messageId" | "userId" | "anonymousId" | "timestamp" | "originalTimestamp" | "sentAt"
                 | "receivedAt" => {

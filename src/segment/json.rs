@@ -202,7 +202,8 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, String> {
         i: 0,
         duplicates: Vec::new(),
         path: String::new(),
-        members: Vec::new(),
+        // The members of the objects a typical event has open at once fit without growing.
+        members: Vec::with_capacity(64),
         keys: Keys::default(),
     };
     p.ws();
