@@ -16,6 +16,7 @@ use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Number;
 
 use crate::layout::value::Scalar;
+use crate::segment::scan::string_stop;
 
 /// How deep objects and arrays may nest.
 pub const MAX_DEPTH: usize = 128;
@@ -374,22 +375,26 @@ impl<'a> Parser<'a> {
         let mut j = start + 1;
         let mut escaped = false;
         loop {
-            let Some(at) = b.get(j..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) else {
+            let Some(at) = b.get(j..).and_then(string_stop::<true>) else {
                 self.i = b.len();
                 return Err(self.error("EOF while parsing a string"));
             };
             j += at;
-            if b[j] == b'"' {
-                break;
+            match b[j] {
+                b'"' => break,
+                // The escaped character is skipped, so it is checked here.
+                b'\\' if b.get(j + 1).is_none_or(|c| *c >= 0x20) => {
+                    escaped = true;
+                    j += 2;
+                    continue;
+                }
+                b'\\' => j += 1,
+                _ => {}
             }
-            escaped = true;
-            j += 2;
-        }
-        let token = &b[start..=j];
-        if let Some(at) = token.iter().position(|c| *c < 0x20) {
-            self.i = start + at;
+            self.i = j;
             return Err(self.error("control character (\\u0000-\\u001F) found while parsing a string"));
         }
+        let token = &b[start..=j];
         self.i = j + 1;
         if escaped {
             return serde_json::from_slice::<String>(token)
