@@ -608,6 +608,23 @@ mod tests {
     }
 
     #[test]
+    fn control_characters_are_reported_where_they_are() {
+        // In a plain string, right after a backslash, after an escape, and before a string's missing end: each is
+        // reported at its own byte.
+        for (s, at) in [("\"ab\u{1}\"", 3), ("\"a\\\u{1}\"", 3), ("\"\\n\u{1f}\"", 3), ("\"abcdefghij\u{0}", 11)] {
+            let e = parse(s.as_bytes()).unwrap_err();
+            // serde_json refuses them too (after a backslash, as an invalid escape).
+            assert!(serde_json::from_str::<Value>(s).is_err(), "{s:?}");
+            assert_eq!(
+                e,
+                format!("control character (\\u0000-\\u001F) found while parsing a string at byte {at}"),
+                "{s:?}"
+            );
+        }
+        assert_eq!(value(r#"["a\"b\\c\u00e9", "0123456789\"x"]"#), j(json!(["a\"b\\cé", "0123456789\"x"])));
+    }
+
+    #[test]
     fn malformed_and_too_deep_documents_are_refused() {
         for s in ["", "{", r#"{"a" 1}"#, "[1,]", "01", "1.", "tru", "\"a\u{1}\"", r#"{"a":1} x"#, "-", "1e"] {
             assert!(parse(s.as_bytes()).is_err(), "{s:?}");
