@@ -277,6 +277,11 @@ impl<'a> Parser<'a> {
             return Err(e);
         }
         let n = self.members.len() - base;
+        // A small object whose keys are all different, as nearly every one is, is taken as it was read, at once.
+        let read = &self.members[base..];
+        if n <= SEARCHED && !(1..n).any(|i| read[..i].iter().any(|(k, _)| *k == read[i].0)) {
+            return Ok(Json::Object(self.members.split_off(base)));
+        }
         let mut object: Object<'a> = Vec::with_capacity(n);
         self.keys.start(&object, n);
         for (key, value) in self.members.drain(base..) {
