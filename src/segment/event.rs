@@ -260,10 +260,15 @@ impl<'a> Event<'a> {
 
     /// A time field; one that is present but not an ISO-8601 date-time is reported and left out.
     fn time(&mut self, obj: &Object<'_>, field: &str) -> Option<Micros> {
-        match get(obj, field)? {
+        let value = get(obj, field)?;
+        if let Json::Str(s) = value
+            && let Some(t) = parse_timestamp(s)
+        {
+            return Some(t);
+        }
+        match value {
             Json::Null => None,
             Json::Str(s) if s.is_empty() => None,
-            Json::Str(s) if parse_timestamp(s).is_some() => parse_timestamp(s),
             other => {
                 self.problems.push(FieldProblem {
                     field: field.to_string(),
