@@ -158,32 +158,36 @@ pub fn build<'r>(
             })
         };
         let mut past_cap: Option<(serde_json::Map<String, serde_json::Value>, String)> = None;
-        for (place, (name, value)) in row.columns().enumerate() {
-            let (c, _) = by_place.get(place, name, || index.get(name.as_ref()).copied().unwrap_or(NONE));
-            if c == NONE {
-                match unplaced(name) {
-                    Some(Unplaced::PastCap(reason)) => {
-                        let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
-                        values.insert(name.to_string(), serde_json::Value::String(value.to_text()));
+        let mut base = 0;
+        for part in row.parts() {
+            for (k, (name, value)) in part.iter().enumerate() {
+                let (c, _) = by_place.get(base + k, name, || index.get(name.as_ref()).copied().unwrap_or(NONE));
+                if c == NONE {
+                    match unplaced(name) {
+                        Some(Unplaced::PastCap(reason)) => {
+                            let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
+                            values.insert(name.to_string(), serde_json::Value::String(value.to_text()));
+                        }
+                        Some(Unplaced::Column(reason)) => discard(name, value.to_text(), reason),
+                        None => discard(name, value.to_text(), format!("column {name} is not in table {table}")),
                     }
-                    Some(Unplaced::Column(reason)) => discard(name, value.to_text(), reason),
-                    None => discard(name, value.to_text(), format!("column {name} is not in table {table}")),
+                    continue;
                 }
-                continue;
+                if Some(c) == uuid_col {
+                    continue;
+                }
+                if filled[c] > i {
+                    discard(name, value.to_text(), format!("column {name} appears twice in one row"));
+                    continue;
+                }
+                let b = &mut builders[c];
+                b.nulls(i - filled[c]);
+                filled[c] = i + 1;
+                if let Err(e) = b.push(value) {
+                    discard(name, value.to_text(), format!("{e}; stored as NULL in column {name}"));
+                }
             }
-            if Some(c) == uuid_col {
-                continue;
-            }
-            if filled[c] > i {
-                discard(name, value.to_text(), format!("column {name} appears twice in one row"));
-                continue;
-            }
-            let b = &mut builders[c];
-            b.nulls(i - filled[c]);
-            filled[c] = i + 1;
-            if let Err(e) = b.push(value) {
-                discard(name, value.to_text(), format!("{e}; stored as NULL in column {name}"));
-            }
+            base += part.len();
         }
         if let Some((values, reason)) = past_cap {
             let reason =

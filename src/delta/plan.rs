@@ -91,22 +91,26 @@ impl Plan {
         // text. The rows are borrowed for the whole loop, so an address is one name throughout.
         let mut names: ByPlace<()> = ByPlace::default();
         for row in rows {
-            for (place, (name, value)) in row.columns().enumerate() {
-                let ((), first) = names.get(place, name, || ());
-                if !first || !seen.insert(name.to_string()) {
-                    continue;
+            let mut base = 0;
+            for part in row.parts() {
+                for (i, (name, value)) in part.iter().enumerate() {
+                    let ((), first) = names.get(base + i, name, || ());
+                    if !first || !seen.insert(name.to_string()) {
+                        continue;
+                    }
+                    if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
+                        let reason = format!("{name} differs from column {existing} of {table} only in case");
+                        plan.unwritable.insert(name.to_string(), reason);
+                        continue;
+                    }
+                    if known + plan.new_columns.len() >= max_columns {
+                        plan.over_cap = true;
+                        continue;
+                    }
+                    plan.new_columns.push(name.to_string());
+                    plan.columns.push((name.to_string(), value.natural_type()));
                 }
-                if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
-                    let reason = format!("{name} differs from column {existing} of {table} only in case");
-                    plan.unwritable.insert(name.to_string(), reason);
-                    continue;
-                }
-                if known + plan.new_columns.len() >= max_columns {
-                    plan.over_cap = true;
-                    continue;
-                }
-                plan.new_columns.push(name.to_string());
-                plan.columns.push((name.to_string(), value.natural_type()));
+                base += part.len();
             }
         }
         plan

@@ -41,6 +41,12 @@ impl Row {
     pub fn columns(&self) -> impl Iterator<Item = &(Arc<str>, Scalar)> {
         self.shared.as_deref().unwrap_or_default().iter().chain(&self.cols)
     }
+
+    /// The row's columns as its two runs, the shared ones first: a hot loop walks them one after the other, which
+    /// costs less per column than the chained [`Row::columns`].
+    pub fn parts(&self) -> [&[(Arc<str>, Scalar)]; 2] {
+        [self.shared.as_deref().unwrap_or_default(), &self.cols]
+    }
 }
 
 /// Rows are equal when their ids, columns in order and offsets are, whichever of their columns are shared.
@@ -221,6 +227,7 @@ impl<V> Default for ByPlace<V> {
 impl<V: Copy> ByPlace<V> {
     /// What the name at `place` of a row (whose places are looked up in order) stands for, from `first` when its
     /// allocation is seen for the first time; and whether it was.
+    #[inline]
     pub fn get(&mut self, place: usize, name: &Arc<str>, first: impl FnOnce() -> V) -> (V, bool) {
         let a = addr(name);
         if let Some(&(known, v)) = self.places.get(place)
