@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use chrono::{DateTime, NaiveDateTime, SecondsFormat, TimeZone, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, SecondsFormat, TimeZone, Utc};
 
 /// Microseconds since the Unix epoch, UTC: the unit of every TIMESTAMP column.
 pub type Micros = i64;
@@ -54,16 +54,10 @@ fn common_rfc3339(b: &[u8]) -> Option<Micros> {
     if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't') || b[13] != b':' || b[16] != b':' {
         return None;
     }
-    let (year, month, day) = (num(&b[..4])?, num(&b[5..7])?, num(&b[8..10])?);
-    let (hour, minute, second) = (num(&b[11..13])?, num(&b[14..16])?, num(&b[17..19])?);
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
-    if !(1..=12).contains(&month) || !(1..=month_days[month as usize - 1]).contains(&day) {
-        return None;
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return None;
-    }
+    // chrono's calendar refuses a day, hour, minute or second out of its range; only its reading of text is slow.
+    let digits = |at: std::ops::Range<usize>| num(&b[at]).and_then(|n| u32::try_from(n).ok());
+    let date = NaiveDate::from_ymd_opt(i32::try_from(num(&b[..4])?).ok()?, digits(5..7)?, digits(8..10)?)?;
+    let time = NaiveTime::from_hms_opt(digits(11..13)?, digits(14..16)?, digits(17..19)?)?;
     let mut rest = &b[19..];
     let mut micros = 0;
     if let [b'.', fraction @ ..] = rest {
@@ -87,14 +81,7 @@ fn common_rfc3339(b: &[u8]) -> Option<Micros> {
         }
         _ => return None,
     };
-    // Days from 1970-01-01 to the date, in the proleptic Gregorian calendar (years counted from March).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let year_of_era = y - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    let days = era * 146_097 + day_of_era - 719_468;
-    Some((days * 86_400 + hour * 3_600 + minute * 60 + second - offset) * 1_000_000 + micros)
+    Some((date.and_time(time).and_utc().timestamp() - offset) * 1_000_000 + micros)
 }
 
 /// The instants a TIMESTAMP column holds: years 1 to 9999, UTC.
