@@ -93,6 +93,19 @@ struct Inner {
     totals: Mutex<Totals>,
 }
 
+/// Of a request's rows (or discards) for one table: drops those already committed and says whether any is left,
+/// that is whether the request waits for the table's commit; of those, keeps only the ones not pending yet. A row
+/// already waiting in this micro-batch (a retry racing its original) is not added twice, but the request still
+/// waits for that table's commit: it is not acknowledged before its rows are written.
+fn not_yet_pending<T>(entries: &mut Vec<(RowKey, T)>, committed: &Recent, pending: &mut KeySet) -> bool {
+    entries.retain(|(key, _)| !committed.contains(key));
+    if entries.is_empty() {
+        return false;
+    }
+    entries.retain(|(key, _)| pending.insert(*key));
+    true
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -168,24 +181,18 @@ impl Batcher {
             }
             let p = &mut *pending;
             let mut tables = BTreeSet::new();
-            // A row already waiting in this micro-batch (a retry racing its original) is not added twice, but the
-            // request still waits for that table's commit: it is not acknowledged before its rows are written.
             for (table, (kind, mut rows)) in by_table {
-                rows.retain(|(key, _)| !committed.contains(key));
-                if rows.is_empty() {
+                if !not_yet_pending(&mut rows, &committed, &mut p.keys) {
                     continue;
                 }
                 let id = (schema.clone(), table);
-                rows.retain(|(key, _)| p.keys.insert(*key));
                 if !rows.is_empty() {
                     p.tables.entry(id.clone()).or_insert_with(|| (kind, Vec::new())).1.append(&mut rows);
                 }
                 tables.insert(id);
             }
-            discards.retain(|(key, _)| !committed.contains(key));
-            if !discards.is_empty() {
+            if not_yet_pending(&mut discards, &committed, &mut p.keys) {
                 tables.insert((schema.clone(), DISCARDS.to_string()));
-                discards.retain(|(key, _)| p.keys.insert(*key));
                 if !discards.is_empty() {
                     p.discards.entry(schema.clone()).or_default().append(&mut discards);
                 }
