@@ -1,6 +1,7 @@
 //! The request body path of the Tracking API on arbitrary bytes: decoding (gzip), splitting a batch or single
-//! event body, and mapping each event to rows. Nothing panics, and every event the splitter yields ends up as rows
-//! or, if it produces none, kept whole in a discard.
+//! event body, and mapping each event to rows. Nothing panics, every event the splitter yields ends up as rows
+//! or, if it produces none, kept whole in a discard, and an event the splitter read where it lay is the event its
+//! bytes give when parsed alone.
 
 #![no_main]
 
@@ -9,6 +10,7 @@ use segment_delta::config::Limits;
 use segment_delta::intake::map_raw;
 use segment_delta::intake::body;
 use segment_delta::segment::event::Arrival;
+use segment_delta::segment::scan;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -32,6 +34,15 @@ fuzz_target!(|data: &[u8]| {
         sent_at: parsed.sent_at,
     };
     let implied = if batch { None } else { Some(["track", "identify", "page"][usize::from(mode >> 2) % 3]) };
+    // Events read where they lie while the body was split are what the scan and a parse of each alone give.
+    if batch && let Ok(top) = scan::top_level_object(&decoded, Some("batch")) {
+        let scanned = top.items.unwrap_or_default();
+        assert_eq!(parsed.events.len(), scanned.len());
+        for (raw, r) in parsed.events.iter().zip(scanned) {
+            assert_eq!(raw.bytes, &decoded[r]);
+            assert_eq!(raw.clone().parse(), body::RawEvent::new(raw.bytes).parse());
+        }
+    }
     for raw in &parsed.events {
         assert!(raw.bytes.len() <= limits.max_event_bytes);
         let mapped = map_raw(raw, &arrival, implied);

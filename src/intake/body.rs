@@ -1,6 +1,7 @@
 //! Request bodies: decompression within limits, write keys, and the split into events.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::io::Read;
 
 use crate::segment::json::Json;
@@ -87,13 +88,19 @@ pub fn basic_user(header: &str) -> Option<String> {
     Some(user.to_string())
 }
 
-/// One event of a request, still unparsed.
+/// One event of a request: its bytes, and its JSON when the split read it where it lay.
 #[derive(Debug, Clone)]
 pub struct RawEvent<'a> {
     pub bytes: &'a [u8],
+    read: RefCell<Option<crate::segment::json::Parsed<'a>>>,
 }
 
 impl<'a> RawEvent<'a> {
+    /// An event not read yet.
+    pub fn new(bytes: &'a [u8]) -> RawEvent<'a> {
+        RawEvent { bytes, read: RefCell::new(None) }
+    }
+
     /// The raw text as it can be stored: UTF-8 as is, anything else as base64 so that nothing is lost.
     pub fn text(&self) -> String {
         match std::str::from_utf8(self.bytes) {
@@ -102,7 +109,11 @@ impl<'a> RawEvent<'a> {
         }
     }
 
+    /// The event's JSON: the one the split read, taken (once), or the bytes parsed now.
     pub fn parse(&self) -> Result<crate::segment::json::Parsed<'a>, String> {
+        if let Some(read) = self.read.take() {
+            return Ok(read);
+        }
         crate::segment::json::parse(self.bytes).map_err(|what| {
             if what.starts_with("recursion limit exceeded") {
                 "the event is nested more than 128 levels deep".to_string()
@@ -136,24 +147,65 @@ fn field<T: serde::de::DeserializeOwned>(body: &[u8], r: std::ops::Range<usize>,
 pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, BodyError> {
     let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
     if body.get(start) == Some(&b'[') {
-        let items = scan::array_items(body, start..body.len())?;
+        let mut reads = Reads::new(body);
+        let items = scan::array_items_reading(body, start..body.len(), &mut |n, at| reads.read(n, at))?;
         check_items(&items, limits)?;
-        return Ok(Parsed::whole(items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect(), None));
+        return Ok(Parsed::whole(reads.events(body, items), None));
     }
-    let top = scan::top_level_object(body, Some("batch"))?;
+    let mut reads = Reads::new(body);
+    let top = scan::top_level_object_reading(body, Some("batch"), &mut |n, at| reads.read(n, at))?;
     let batch = top.get("batch").is_some();
-    split_top(body, top, batch, limits)
+    split_top(body, top, reads, batch, limits)
 }
 
 /// Splits a `/v1/batch` body (`{"batch": [...], "context": {...}, "writeKey": "..."}`) or a single-event body.
 pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<'a>, BodyError> {
-    split_top(body, scan::top_level_object(body, batch.then_some("batch"))?, batch, limits)
+    let mut reads = Reads::new(body);
+    let top = scan::top_level_object_reading(body, batch.then_some("batch"), &mut |n, at| reads.read(n, at))?;
+    split_top(body, top, reads, batch, limits)
+}
+
+/// The events of a batch read where they lie while the body is scanned, so that each is gone through once: only
+/// when the body is valid UTF-8, and only events that are valid JSON objects. The others are parsed on their own
+/// later, which says what is wrong with them.
+struct Reads<'a> {
+    text: Option<&'a str>,
+    /// One per item of the array being scanned, in order.
+    read: Vec<Option<crate::segment::json::Parsed<'a>>>,
+}
+
+impl<'a> Reads<'a> {
+    fn new(body: &'a [u8]) -> Reads<'a> {
+        Reads { text: std::str::from_utf8(body).ok(), read: Vec::new() }
+    }
+
+    /// Reads item `n` of an array, which starts at `at`: the index just past it when it was read.
+    fn read(&mut self, n: usize, at: usize) -> Option<usize> {
+        if n == 0 {
+            // A key repeated in the body starts its array again, and the last one is the batch.
+            self.read.clear();
+        }
+        let read = self.text.and_then(|text| crate::segment::json::parse_object_at(text, at));
+        let end = read.as_ref().map(|(_, end)| *end);
+        self.read.push(read.map(|(parsed, _)| parsed));
+        end
+    }
+
+    /// The events of `items`, each with its JSON when it was read.
+    fn events(mut self, body: &'a [u8], items: Vec<std::ops::Range<usize>>) -> Vec<RawEvent<'a>> {
+        if self.read.len() != items.len() {
+            self.read.clear();
+        }
+        let mut read = self.read.into_iter();
+        items.into_iter().map(|r| RawEvent { bytes: &body[r], read: RefCell::new(read.next().flatten()) }).collect()
+    }
 }
 
 /// [`split`], given the body's top level (with the batch's items when `batch`).
 fn split_top<'a>(
     body: &'a [u8],
     mut top: scan::TopLevel,
+    reads: Reads<'a>,
     batch: bool,
     limits: &Limits,
 ) -> Result<Parsed<'a>, BodyError> {
@@ -165,7 +217,7 @@ fn split_top<'a>(
         if body.len() > limits.max_event_bytes {
             return Err(BodyError::EventTooLarge { index: 0, size: body.len(), limit: limits.max_event_bytes });
         }
-        return Ok(Parsed::whole(vec![RawEvent { bytes: body }], write_key));
+        return Ok(Parsed::whole(vec![RawEvent::new(body)], write_key));
     }
     if top.get("batch").is_none() {
         return Err(BodyError::Shape("a batch body needs a \"batch\" array".into()));
@@ -208,7 +260,7 @@ fn split_top<'a>(
         },
         None => None,
     };
-    let events = items.into_iter().map(|r| RawEvent { bytes: &body[r] }).collect();
+    let events = reads.events(body, items);
     Ok(Parsed { events, write_key, context, context_repeats, sent_at })
 }
 
@@ -235,13 +287,14 @@ impl<'a> Parsed<'a> {
 /// event, so that it is discarded whole with its reason.
 pub fn split_unlimited(text: &[u8]) -> Parsed<'_> {
     let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
-    scan::top_level_object(text, Some("batch"))
+    let mut reads = Reads::new(text);
+    scan::top_level_object_reading(text, Some("batch"), &mut |n, at| reads.read(n, at))
         .ok()
         .and_then(|top| {
             let is_batch = top.get("batch").is_some();
-            split_top(text, top, is_batch, &unlimited).ok()
+            split_top(text, top, reads, is_batch, &unlimited).ok()
         })
-        .unwrap_or_else(|| Parsed::whole(vec![RawEvent { bytes: text }], None))
+        .unwrap_or_else(|| Parsed::whole(vec![RawEvent::new(text)], None))
 }
 
 #[cfg(test)]
@@ -286,6 +339,58 @@ mod tests {
         assert_eq!(e.to_string(), "\"batch\" must be an array");
     }
 
+    type Event<'a> = (Vec<u8>, Result<crate::segment::json::Parsed<'a>, String>);
+
+    /// Every event of `body` as [`split`] gives it (its bytes, and its JSON or why it has none) and as the plain scan
+    /// and a parse of each item's bytes alone give it.
+    fn read_and_scanned(body: &[u8]) -> (Vec<Event<'_>>, Vec<Event<'_>>, usize) {
+        let split = split(body, true, &Limits::default()).unwrap();
+        let read_in_place = split.events.iter().filter(|e| e.read.borrow().is_some()).count();
+        let read = split.events.iter().map(|e| (e.bytes.to_vec(), e.parse())).collect();
+        let top = scan::top_level_object(body, Some("batch")).unwrap();
+        let scanned = top
+            .items
+            .unwrap()
+            .into_iter()
+            .map(|r| (body[r.clone()].to_vec(), RawEvent::new(&body[r]).parse()))
+            .collect();
+        (read, scanned, read_in_place)
+    }
+
+    #[test]
+    fn events_read_in_place_are_the_events_parsed_alone() {
+        let body = r#"{"batch": [ {"a": 1, "b": {"c": "x\"y", "d": [1, {"e": null}]}},
+            {"k": 1, "k": {"m": 2, "m": 3}} ,{"s": "été", "n": -1.5e3, "big": 123456789012345678901234567890},
+            {"a": tru}, 17, "text", [1, 2], {}, {"x": ""}],
+            "batch": [{"type": "track", "event": "A"}, {"t": "é"}, {"broken": }, {"deep": {"deep": {"deep": 1}}}],
+            "writeKey": "K"}"#;
+        let (read, scanned, read_in_place) = read_and_scanned(body.as_bytes());
+        assert_eq!(read, scanned);
+        // The last `batch` is the batch; its three valid objects were read in place, the broken one parsed alone.
+        assert_eq!(read.len(), 4);
+        assert_eq!(read_in_place, 3);
+        assert!(read[2].1.as_ref().unwrap_err().contains("not valid JSON"), "{:?}", read[2].1);
+        // Repeated keys are reported as a parse of the event alone reports them.
+        let one = br#"{"batch": [{"k": 1, "k": {"m": 2, "m": 3}}, {"n": 1}]}"#;
+        let (read, scanned, read_in_place) = read_and_scanned(one);
+        assert_eq!((read.len(), read_in_place), (2, 2));
+        assert_eq!(read, scanned);
+        let repeats = &read[0].1.as_ref().unwrap().duplicates;
+        assert_eq!(repeats.iter().map(|d| d.path.as_str()).collect::<Vec<_>>(), ["k.m", "k"]);
+        // A body that is not all UTF-8 has each event parsed alone, so that the one at fault says so.
+        let mixed = b"{\"batch\": [{\"a\": 1}, {\"b\": \"\xff\"}]}";
+        let (read, scanned, read_in_place) = read_and_scanned(mixed);
+        assert_eq!((read.len(), read_in_place), (2, 0));
+        assert_eq!(read, scanned);
+        assert!(read[1].1.as_ref().unwrap_err().contains("not valid UTF-8"));
+        // Deeper than the parser goes: parsed alone, and refused for its depth.
+        let deep = format!("{{\"batch\": [{}1{}, {{}}]}}", "{\"a\":".repeat(200), "}".repeat(200));
+        let (read, scanned, read_in_place) = read_and_scanned(deep.as_bytes());
+        assert_eq!((read.len(), read_in_place), (2, 1));
+        assert_eq!(read, scanned);
+        assert_eq!(read[0].1.as_ref().unwrap_err(), "the event is nested more than 128 levels deep");
+    }
+
     #[test]
     fn bad_items_fail_alone() {
         let body =
@@ -299,7 +404,7 @@ mod tests {
         assert!(p.events[2].parse().unwrap_err().contains("not valid JSON"));
         let deep = format!("{{\"p\":{}{}}}", "[".repeat(200), "]".repeat(200));
         assert_eq!(
-            RawEvent { bytes: deep.as_bytes() }.parse().unwrap_err(),
+            RawEvent::new(deep.as_bytes()).parse().unwrap_err(),
             "the event is nested more than 128 levels deep"
         );
     }

@@ -186,7 +186,7 @@ pub struct Duplicate {
 }
 
 /// An event's JSON, and what reading it had to set aside.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Parsed<'a> {
     pub value: Json<'a>,
     pub duplicates: Vec<Duplicate>,
@@ -196,17 +196,7 @@ pub struct Parsed<'a> {
 pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, String> {
     // One check of the whole document; its strings are then slices of it. Only a document that fails it has each
     // string checked on its own, to say which one is not UTF-8.
-    let text = std::str::from_utf8(bytes).ok();
-    let mut p = Parser {
-        b: bytes,
-        text,
-        i: 0,
-        duplicates: Vec::new(),
-        path: String::new(),
-        // The members of the objects a typical event has open at once fit without growing.
-        members: Vec::with_capacity(64),
-        keys: Keys::default(),
-    };
+    let mut p = Parser::new(bytes, std::str::from_utf8(bytes).ok(), 0);
     p.ws();
     let value = p.value(0)?;
     p.ws();
@@ -214,6 +204,18 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed<'_>, String> {
         return Err(p.error("trailing characters"));
     }
     Ok(Parsed { value, duplicates: p.duplicates })
+}
+
+/// Reads the object that starts at byte `start` of `text` (a batch body) where it lies, and returns it with the
+/// index just past its closing brace: what [`parse`] gives for those bytes alone. `None` when anything else is there
+/// or the object is not valid, so that it is left to be split off and parsed on its own, which says what is wrong.
+pub fn parse_object_at(text: &str, start: usize) -> Option<(Parsed<'_>, usize)> {
+    if text.as_bytes().get(start) != Some(&b'{') {
+        return None;
+    }
+    let mut p = Parser::new(text.as_bytes(), Some(text), start);
+    let value = p.value(0).ok()?;
+    Some((Parsed { value, duplicates: p.duplicates }, p.i))
 }
 
 struct Parser<'a> {
@@ -231,6 +233,19 @@ struct Parser<'a> {
 }
 
 impl<'a> Parser<'a> {
+    fn new(b: &'a [u8], text: Option<&'a str>, i: usize) -> Parser<'a> {
+        Parser {
+            b,
+            text,
+            i,
+            duplicates: Vec::new(),
+            path: String::new(),
+            // The members of the objects a typical event has open at once fit without growing.
+            members: Vec::with_capacity(64),
+            keys: Keys::default(),
+        }
+    }
+
     fn error(&self, what: &str) -> String {
         format!("{what} at byte {}", self.i)
     }

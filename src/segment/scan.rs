@@ -1,7 +1,8 @@
 //! A non-recursive pass over a request body that finds where each batch item starts and ends.
 //!
 //! serde_json stops at 128 levels of nesting, and a batch is one JSON document: a single hostile item would
-//! make the whole batch unreadable. Splitting first lets every item be parsed (and fail) on its own.
+//! make the whole batch unreadable. Splitting first lets every item be parsed (and fail) on its own. An item can
+//! also be read where it lies during the pass (see [`ItemReader`]), so that a valid event is gone through once.
 
 use std::ops::Range;
 
@@ -128,9 +129,20 @@ pub fn skip_value(b: &[u8], i: usize) -> Result<usize, ScanError> {
     }
 }
 
+/// Reads an array's item where it lies while the body is scanned: given the item's place in the array and the index
+/// of its first byte, returns the index just past it when it read the item, which must be where the scanner finds
+/// its end, or `None` to leave the item to the scanner.
+pub type ItemReader<'r> = &'r mut dyn FnMut(usize, usize) -> Option<usize>;
+
 /// Splits a top-level JSON object into its fields, and the array under the key `items_of` into its items: one pass
 /// over a batch body.
 pub fn top_level_object(b: &[u8], items_of: Option<&str>) -> Result<TopLevel, ScanError> {
+    top_level_object_reading(b, items_of, &mut |_, _| None)
+}
+
+/// [`top_level_object`], with each item of the array under `items_of` offered to `read` first: an item it reads is
+/// not scanned again.
+pub fn top_level_object_reading(b: &[u8], items_of: Option<&str>, read: ItemReader<'_>) -> Result<TopLevel, ScanError> {
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return err(i, "expected a JSON object");
@@ -153,7 +165,7 @@ pub fn top_level_object(b: &[u8], items_of: Option<&str>) -> Result<TopLevel, Sc
         let value_start = skip_ws(b, i + 1);
         let value_end = if items_of == Some(key.as_str()) {
             if b.get(value_start) == Some(&b'[') {
-                let (items, end) = items_from(b, value_start)?;
+                let (items, end) = items_from(b, value_start, read)?;
                 out.items = Some(items);
                 end
             } else {
@@ -183,22 +195,34 @@ fn finish(b: &[u8], i: usize, out: TopLevel) -> Result<TopLevel, ScanError> {
 
 /// Splits a JSON array (the bytes of `range`) into the byte ranges of its items.
 pub fn array_items(b: &[u8], range: Range<usize>) -> Result<Vec<Range<usize>>, ScanError> {
+    array_items_reading(b, range, &mut |_, _| None)
+}
+
+/// [`array_items`], with each item offered to `read` first.
+pub fn array_items_reading(
+    b: &[u8],
+    range: Range<usize>,
+    read: ItemReader<'_>,
+) -> Result<Vec<Range<usize>>, ScanError> {
     let i = skip_ws(b, range.start);
     if b.get(i) != Some(&b'[') || i >= range.end {
         return err(i, "expected a JSON array");
     }
-    items_from(b, i).map(|(items, _)| items)
+    items_from(b, i, read).map(|(items, _)| items)
 }
 
 /// The items of the array whose `[` is at `open`, and the index just past its `]`.
-fn items_from(b: &[u8], open: usize) -> Result<(Vec<Range<usize>>, usize), ScanError> {
+fn items_from(b: &[u8], open: usize, read: ItemReader<'_>) -> Result<(Vec<Range<usize>>, usize), ScanError> {
     let mut i = skip_ws(b, open + 1);
     let mut items = Vec::new();
     if b.get(i) == Some(&b']') {
         return Ok((items, i + 1));
     }
     loop {
-        let end = skip_value(b, i)?;
+        let end = match read(items.len(), i) {
+            Some(end) => end,
+            None => skip_value(b, i)?,
+        };
         items.push(i..end);
         i = skip_ws(b, end);
         match b.get(i) {

@@ -138,7 +138,7 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
         && let Ok(items) = scan::array_items(text, 0..text.len())
     {
         for r in items {
-            out.push(map_raw(&RawEvent { bytes: &text[r] }, &arrival(None, None), None));
+            out.push(map_raw(&RawEvent::new(&text[r]), &arrival(None, None), None));
         }
         return;
     }
