@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use deltalake::arrow::array::{
-    Array, ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
-    UInt32Array, new_null_array,
+    Array, ArrayRef, AsArray, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array, new_null_array,
 };
 use deltalake::arrow::compute::{self, take};
 use deltalake::arrow::datatypes::{DataType, Field, Schema};
@@ -243,7 +243,8 @@ async fn write_one(
         .collect();
     let physical = Arc::new(Schema::new(fields));
     let data = RecordBatch::try_new(physical.clone(), keep.iter().map(|&i| batch.column(i).clone()).collect())?;
-    let columns = keep.iter().enumerate().map(|(j, &i)| (schema.field(i), physical.field(j).name().as_str()));
+    let columns =
+        keep.iter().enumerate().map(|(j, &i)| (schema.field(i), batch.column(i), physical.field(j).name().as_str()));
     let props = writer_properties(columns)
         .set_created_by(concat!("segment-delta ", env!("CARGO_PKG_VERSION")).to_string())
         .build();
@@ -271,24 +272,44 @@ async fn write_one(
 }
 
 /// How a data file is encoded: Snappy, and a dictionary for every column but the nearly distinct ones. `columns`
-/// gives each column's field in the table, which decides, with its name in the file.
-pub fn writer_properties<'f>(columns: impl IntoIterator<Item = (&'f Field, &'f str)>) -> WriterPropertiesBuilder {
+/// gives each column's field in the table and its values, which decide, with its name in the file.
+pub fn writer_properties<'f>(
+    columns: impl IntoIterator<Item = (&'f Field, &'f ArrayRef, &'f str)>,
+) -> WriterPropertiesBuilder {
     let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
-    for (field, name) in columns {
-        if !dictionary_encoded(field) {
+    for (field, values, name) in columns {
+        if !dictionary_encoded(field, values) {
             props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
         }
     }
     props
 }
 
-/// Whether a column's values are written with a dictionary, as Parquet writers do by default. Not the row id nor
-/// event times other than `uuid_ts` (one value a file): their values are nearly all distinct, so a dictionary of
-/// them costs time to build and makes the file larger.
-fn dictionary_encoded(field: &Field) -> bool {
-    let distinct =
-        field.name() == "id" || (matches!(field.data_type(), DataType::Timestamp(..)) && field.name() != UUID_TS);
-    !distinct
+/// Whether a column's values are written with a dictionary, as Parquet writers do by default. Not when they are
+/// nearly all distinct, for a dictionary of them costs time to build and makes the file larger: the row id, event
+/// times other than `uuid_ts` (one value a file), and text whose first values are nearly all different (device
+/// ids, addresses, order numbers). Spark's Parquet writer likewise falls back to plain values when its first page
+/// shows that a dictionary does not pay.
+fn dictionary_encoded(field: &Field, values: &ArrayRef) -> bool {
+    if field.name() == "id" || (matches!(field.data_type(), DataType::Timestamp(..)) && field.name() != UUID_TS) {
+        return false;
+    }
+    values.as_string_opt::<i32>().is_none_or(|text| !nearly_distinct(text))
+}
+
+/// How many of a text column's first values are looked at to tell whether they are nearly all distinct. A column
+/// with fewer keeps its dictionary: it is small either way.
+const DISTINCT_SAMPLE: usize = 32;
+
+/// Whether more than nine in ten of the first [`DISTINCT_SAMPLE`] values of `text` differ from one another.
+fn nearly_distinct(text: &StringArray) -> bool {
+    let mut sample: Vec<&str> = text.iter().flatten().take(DISTINCT_SAMPLE).collect();
+    if sample.len() < DISTINCT_SAMPLE {
+        return false;
+    }
+    sample.sort_unstable();
+    sample.dedup();
+    sample.len() * 10 > DISTINCT_SAMPLE * 9
 }
 
 /// Longest string kept in statistics; longer minima are cut (still a lower bound), longer maxima left out.
@@ -508,15 +529,27 @@ mod tests {
     #[tokio::test]
     async fn distinct_columns_are_written_without_a_dictionary() {
         let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
+        let text = |v: Vec<String>| Arc::new(StringArray::from(v)) as ArrayRef;
+        let rows = 40;
+        // Text with 29 different values among its first 32 is nearly distinct; with 28, or with 31 in a column of
+        // 31 values (too few to tell), it is not.
+        let repeating = |distinct: usize| text((0..rows).map(|i| format!("v{}", i.min(distinct - 1))).collect());
+        let mut short: Vec<Option<String>> = (0..31).map(|i| Some(format!("s{i}"))).collect();
+        short.resize(rows, None);
         let batch = RecordBatch::try_from_iter([
-            ("id", Arc::new(StringArray::from(vec!["m1", "m2", "m3"])) as ArrayRef),
-            ("event", Arc::new(StringArray::from(vec!["a", "a", "b"])) as ArrayRef),
-            ("timestamp", ts(vec![1_000_000, 2_000_000, 3_000_000])),
-            ("uuid_ts", ts(vec![9_000_000; 3])),
+            ("id", text((0..rows).map(|i| format!("m{i}")).collect())),
+            ("event", text((0..rows).map(|i| ["a", "b"][i % 2].to_string()).collect())),
+            ("timestamp", ts((0..rows as i64).map(|i| i * 1_000_000).collect())),
+            ("uuid_ts", ts(vec![9_000_000; rows])),
+            ("context_ip", text((0..rows).map(|i| format!("10.0.0.{i}")).collect())),
+            ("a29", repeating(29)),
+            ("a28", repeating(28)),
+            ("short", Arc::new(StringArray::from(short)) as ArrayRef),
         ])
         .unwrap();
+        let names = ["id", "event", "timestamp", "uuid_ts", "context_ip", "a29", "a28", "short"];
         let mut columns = HashMap::new();
-        for (i, n) in ["id", "event", "timestamp", "uuid_ts"].into_iter().enumerate() {
+        for (i, n) in names.into_iter().enumerate() {
             let physical = format!("col-{i}");
             columns.insert(n.to_string(), PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true });
         }
@@ -528,13 +561,15 @@ mod tests {
         let chunks = reader.metadata().row_group(0).columns().to_vec();
         let dictionary: Vec<(String, bool)> =
             chunks.iter().map(|c| (c.column_path().string(), c.dictionary_page_offset().is_some())).collect();
-        let want = [("col-0", false), ("col-1", true), ("col-2", false), ("col-3", true)];
-        assert_eq!(dictionary, want.map(|(c, d)| (c.to_string(), d)));
+        let want: Vec<(String, bool)> = [false, true, false, true, false, false, true, true]
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| (format!("col-{i}"), d))
+            .collect();
+        assert_eq!(dictionary, want);
         // Read back, the values are those written.
         let read = reader.build().unwrap().next().unwrap().unwrap();
-        assert_eq!(read.column(0).as_any().downcast_ref::<StringArray>().unwrap().value(2), "m3");
-        let t = read.column(2).as_any().downcast_ref::<TimestampMicrosecondArray>().unwrap();
-        assert_eq!(t.values().to_vec(), vec![1_000_000, 2_000_000, 3_000_000]);
+        assert_eq!(read, RecordBatch::try_new(read.schema(), batch.columns().to_vec()).unwrap());
     }
 
     #[test]

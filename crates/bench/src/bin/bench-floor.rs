@@ -82,7 +82,9 @@ fn widened(plan: &Plan) -> anyhow::Result<StructType> {
 
 fn encode(batch: &deltalake::arrow::record_batch::RecordBatch) -> anyhow::Result<usize> {
     let schema = batch.schema();
-    let props = files::writer_properties(schema.fields().iter().map(|f| (f.as_ref(), f.name().as_str()))).build();
+    let columns =
+        schema.fields().iter().zip(batch.columns()).map(|(f, values)| (f.as_ref(), values, f.name().as_str()));
+    let props = files::writer_properties(columns).build();
     let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(props))?;
     writer.write(batch)?;
     Ok(writer.into_inner()?.len())
