@@ -284,6 +284,8 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
     flatten(names, &mut scratch.path, &event.context, &mut context, &mut long);
     let mut payload = Vec::new();
     if tables.iter().any(|(_, _, with_payload)| *with_payload) {
+        // At least a leaf per member, nearly always.
+        payload.reserve_exact(event.payload.len());
         scratch.path.clear();
         flatten(names, &mut scratch.path, &event.payload, &mut payload, &mut long);
     }
