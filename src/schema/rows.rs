@@ -1,6 +1,7 @@
 //! An event becomes rows: one per table it lands in, with flattened, snake_cased columns, and a discard for
 //! every value that cannot be stored as sent.
 
+use std::collections::hash_map::Entry;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -120,16 +121,23 @@ impl<'a> RowBuilder<'a> {
             return self.discard(&shortened(column), value.to_text(), reason);
         }
         let key = addr(column);
-        let Some(slot) = self.slots.get(&key) else {
-            self.slots.insert(key, Slot { index: self.prefix.len() + self.cols.len(), source, leaf });
-            self.cols.push((column.clone(), value));
-            return;
+        // One probe of the table whether the column is new or taken.
+        let index = self.prefix.len() + self.cols.len();
+        let (slot_source, slot_index, slot_leaf) = match self.slots.entry(key) {
+            Entry::Vacant(free) => {
+                free.insert(Slot { index, source, leaf });
+                self.cols.push((column.clone(), value));
+                return;
+            }
+            Entry::Occupied(taken) => {
+                let slot = taken.get();
+                (slot.source, slot.index, slot.leaf)
+            }
         };
         let column: &str = column;
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
         let rank = |p: &str| (p == column, p.replace('.', "_") == column, std::cmp::Reverse(p.to_string()));
-        let (slot_source, slot_index) = (slot.source, slot.index);
-        let slot_path: &str = self.path(slot_source, slot.leaf);
+        let slot_path: &str = self.path(slot_source, slot_leaf);
         let new_wins = source == slot_source && rank(path) > rank(slot_path);
         let (winner, loser_path, loser_value) = if new_wins {
             self.slots.get_mut(&key).expect("slot").leaf = leaf;
