@@ -10,6 +10,7 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
+use super::plan::Plan;
 use crate::layout::UUID_TS;
 use crate::layout::rows::{ByPlace, Discard, Row};
 use crate::layout::value::{CastError, ColumnType, Micros, Scalar};
@@ -116,22 +117,65 @@ pub enum Unplaced {
     PastCap(String),
 }
 
-/// Builds the batch for `columns` (which must cover every column the rows use, or the value is reported as
-/// outside the table). Values that cannot be cast become nulls and discards.
+/// The columns a batch is built with, and what becomes of a name they lack.
+pub trait Columns {
+    fn columns(&self) -> &[(String, ColumnType)];
+    /// A name the columns lack, seen for the first time, with its first value: whether it has just become the last
+    /// column.
+    fn admit(&mut self, name: &str, value: &Scalar) -> bool;
+    /// Why a name the columns lack has no place (`None`: it is not in the table).
+    fn unplaced(&self, name: &str) -> Option<Unplaced>;
+}
+
+/// A plan's columns take the rows' new names as they come.
+impl Columns for Plan {
+    fn columns(&self) -> &[(String, ColumnType)] {
+        &self.columns
+    }
+
+    fn admit(&mut self, name: &str, value: &Scalar) -> bool {
+        Plan::admit(self, name, value)
+    }
+
+    fn unplaced(&self, name: &str) -> Option<Unplaced> {
+        Plan::unplaced(self, name)
+    }
+}
+
+/// A plan's columns as they are, taking no new name.
+pub struct Planned<'p>(pub &'p Plan);
+
+impl Columns for Planned<'_> {
+    fn columns(&self) -> &[(String, ColumnType)] {
+        &self.0.columns
+    }
+
+    fn admit(&mut self, _: &str, _: &Scalar) -> bool {
+        false
+    }
+
+    fn unplaced(&self, name: &str) -> Option<Unplaced> {
+        self.0.unplaced(name)
+    }
+}
+
+/// Builds the batch for `columns`, in one pass over the rows: a name the columns lack is offered to them when a row
+/// first has it, and has no place if they do not take it (its value is reported as outside the table). Values
+/// that cannot be cast become nulls and discards.
 pub fn build<'r>(
     table: &str,
-    columns: &[(String, ColumnType)],
+    columns: &mut impl Columns,
     rows: impl ExactSizeIterator<Item = &'r Row>,
     uuid_ts: Micros,
-    unplaced: impl Fn(&str) -> Option<Unplaced>,
 ) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
-    let index: HashMap<&str, usize> = columns.iter().enumerate().map(|(i, (n, _))| (n.as_str(), i)).collect();
+    let mut index: HashMap<String, usize> =
+        columns.columns().iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
     let n = rows.len();
-    let mut builders: Vec<Builder> = columns.iter().map(|(_, t)| Builder::new(*t, n)).collect();
+    let mut builders: Vec<Builder> = columns.columns().iter().map(|(_, t)| Builder::new(*t, n)).collect();
     // How many rows each builder holds a value or a null for.
-    let mut filled: Vec<usize> = vec![0; columns.len()];
+    let mut filled: Vec<usize> = vec![0; builders.len()];
     let uuid_col = index.get(UUID_TS).copied();
-    let received_col = index.get("received_at").copied();
+    let has_received = index.contains_key("received_at");
     let mut discards = Vec::new();
     // The column (or `NONE`) of each name. Only names of rows borrowed for this whole call are looked up, so an
     // address is one name throughout.
@@ -142,8 +186,9 @@ pub fn build<'r>(
         let mut received_at: Option<Micros> = None;
         let mut discard = |column: &str, value: String, reason: String| {
             let received_at = *received_at.get_or_insert_with(|| {
-                received_col
-                    .and_then(|c| row.columns().find(|(n, _)| n.as_ref() == columns[c].0))
+                has_received
+                    .then(|| row.columns().find(|(n, _)| n.as_ref() == "received_at"))
+                    .flatten()
                     .and_then(|(_, v)| v.as_timestamp().ok())
                     .unwrap_or(uuid_ts)
             });
@@ -161,9 +206,19 @@ pub fn build<'r>(
         let mut base = 0;
         for part in row.parts() {
             for (k, (name, value)) in part.iter().enumerate() {
-                let (c, _) = by_place.get(base + k, name, || index.get(name.as_ref()).copied().unwrap_or(NONE));
+                let (c, _) = by_place.get(base + k, name, || match index.get(name.as_ref()) {
+                    Some(&c) => c,
+                    None if columns.admit(name, value) => {
+                        let (column, t) = columns.columns().last().expect("the column just admitted");
+                        index.insert(column.clone(), builders.len());
+                        builders.push(Builder::new(*t, n));
+                        filled.push(0);
+                        builders.len() - 1
+                    }
+                    None => NONE,
+                });
                 if c == NONE {
-                    match unplaced(name) {
+                    match columns.unplaced(name) {
                         Some(Unplaced::PastCap(reason)) => {
                             let (values, _) = past_cap.get_or_insert_with(|| (Default::default(), reason));
                             values.insert(name.to_string(), serde_json::Value::String(value.to_text()));
@@ -211,7 +266,7 @@ pub fn build<'r>(
             b.finish()
         })
         .collect();
-    Ok((RecordBatch::try_new(arrow_schema(columns), arrays)?, discards))
+    Ok((RecordBatch::try_new(arrow_schema(columns.columns()), arrays)?, discards))
 }
 
 #[cfg(test)]
@@ -222,6 +277,23 @@ mod tests {
 
     fn row(id: &str, cols: Vec<(&str, Scalar)>) -> Row {
         Row::new(id.into(), cols.into_iter().map(|(n, v)| (n.into(), v)).collect())
+    }
+
+    /// Columns that take no new name: any other is not in the table.
+    struct Given(Vec<(String, ColumnType)>);
+
+    impl Columns for Given {
+        fn columns(&self) -> &[(String, ColumnType)] {
+            &self.0
+        }
+
+        fn admit(&mut self, _: &str, _: &Scalar) -> bool {
+            false
+        }
+
+        fn unplaced(&self, _: &str) -> Option<Unplaced> {
+            None
+        }
     }
 
     #[test]
@@ -250,7 +322,7 @@ mod tests {
             row("c", vec![]),
             row("d", vec![("n", Scalar::Int(5)), ("x", Scalar::Str("y".into())), ("n", Scalar::Int(6))]),
         ];
-        let (batch, discards) = build("t", &columns, rows.iter(), 77, |_| None).unwrap();
+        let (batch, discards) = build("t", &mut Given(columns), rows.iter(), 77).unwrap();
         assert_eq!(batch.num_rows(), 4);
         let n = batch.column(1).as_primitive::<Int64Type>();
         assert_eq!((n.value(0), n.is_null(1), n.is_null(2), n.value(3)), (1, true, true, 5));
@@ -280,7 +352,7 @@ mod tests {
             row("b", vec![("id", Scalar::Str("b".into())), ("n", Scalar::Int(2)), ("received_at", at(6))]),
             row("c", vec![("id", Scalar::Str("c".into())), ("n", Scalar::Float(0.5))]),
         ];
-        let (batch, discards) = build("t", &columns, rows.iter(), 77, |_| None).unwrap();
+        let (batch, discards) = build("t", &mut Given(columns), rows.iter(), 77).unwrap();
         let got: Vec<_> = discards.iter().map(|d| (d.row_id.as_str(), d.received_at)).collect();
         assert_eq!(got, vec![("a", 5), ("c", 77)]);
         let nulls: Vec<usize> = batch.columns().iter().map(|c| c.null_count()).collect();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use deltalake::arrow::array::{Array, BooleanArray};
 use deltalake::arrow::compute::filter_record_batch;
+use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 use deltalake::kernel::{Action, Metadata, Protocol, StructField, StructType, Transaction};
 use deltalake::logstore::LogStoreRef;
@@ -325,7 +326,14 @@ impl Lakehouse {
         if let Some(state) = &cached.state {
             state.rules(Operation::Append).map_err(refused)?;
         }
-        let mut plan = self.plan(table, cached.state.as_ref(), w.kind, &fresh);
+        let invalid = |e: ArrowError| Attempt::Fatal(WriteError::new(table, Failure::Invalid(e.to_string())));
+        // The batch is built as the columns are planned, in one pass over the rows: the table's columns, then the
+        // rows' new ones as they come.
+        let mut plan = self.plan(table, cached.state.as_ref(), w.kind);
+        let mut built = match fresh.is_empty() {
+            true => None,
+            false => Some(arrow::build(table, &mut plan, fresh.iter().copied(), uuid_ts).map_err(invalid)?),
+        };
         // Columns the catalog added for this write (the append itself then adds none).
         let mut added_by_catalog: Vec<String> = Vec::new();
         if let (Some(catalog), Some(state)) = (&self.catalog, &mut cached.state) {
@@ -346,23 +354,25 @@ impl Lakehouse {
                 state.update(&cached.log_store, None).await.map_err(delta)?;
                 cached.streams.clear();
                 state.rules(Operation::Append).map_err(refused)?;
-                plan = self.plan(table, Some(state), w.kind, &fresh);
+                // Planned and built again against the table as it now is.
+                plan = self.plan(table, Some(state), w.kind);
+                built = Some(arrow::build(table, &mut plan, fresh.iter().copied(), uuid_ts).map_err(invalid)?);
                 added_by_catalog = new.into_iter().map(|(n, _)| n).collect();
             }
         }
-        let max = self.max_columns;
-        let build = |rows: &[&Row]| {
-            arrow::build(table, &plan.columns, rows.iter().copied(), uuid_ts, |name| plan.unplaced(table, name, max))
-                .map_err(|e| Attempt::Fatal(WriteError::new(table, Failure::Invalid(e.to_string()))))
-        };
         // A redelivered row is not written again, but what it could not store is reported again: the discards
         // table keeps its own stream offsets and skips what it already holds.
-        let mut discards = if redelivered.is_empty() { Vec::new() } else { build(&redelivered)?.1 };
+        let mut discards = match redelivered.is_empty() {
+            true => Vec::new(),
+            false => {
+                let planned = &mut arrow::Planned(&plan);
+                arrow::build(table, planned, redelivered.iter().copied(), uuid_ts).map_err(invalid)?.1
+            }
+        };
         let current = cached.state.as_ref().map_or(0, |s| s.version as i64);
-        if fresh.is_empty() {
+        let Some((batch, cast_discards)) = built else {
             return Ok(Written { version: current, skipped, discards, ..Default::default() });
-        }
-        let (batch, cast_discards) = build(&fresh)?;
+        };
         discards.extend(cast_discards);
         // A row without a value for a NOT NULL column is not written: it goes whole to `discards`.
         let (batch, kept) = required_values(table, &plan, batch, &fresh, &mut discards);
@@ -438,9 +448,10 @@ impl Lakehouse {
         Ok(Written { version: version as i64, rows, new_columns, discards, conflict_retries: 0, skipped })
     }
 
-    fn plan(&self, table: &str, state: Option<&TableState>, kind: TableKind, rows: &[&Row]) -> Plan {
+    /// The columns of an append before its rows are looked at: the table's, or a new table's fixed ones.
+    fn plan(&self, table: &str, state: Option<&TableState>, kind: TableKind) -> Plan {
         let schema = state.map(|s| s.schema());
-        Plan::new(table, schema.as_deref(), kind, rows, self.max_columns)
+        Plan::start(table, schema.as_deref(), kind, self.max_columns)
     }
 
     /// The first commit of a new table, with the columns of the plan and `txn` retention for its streams.

@@ -8,8 +8,7 @@ use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, Str
 
 use super::arrow::Unplaced;
 use super::protocol::ColumnMapping;
-use crate::layout::rows::{ByPlace, Row};
-use crate::layout::value::ColumnType;
+use crate::layout::value::{ColumnType, Scalar};
 use crate::layout::{TableKind, UUID_TS};
 
 /// The Delta type of a warehouse type.
@@ -48,12 +47,21 @@ pub struct Plan {
     pub over_cap: bool,
     /// Columns declared NOT NULL.
     pub required: Vec<String>,
+    table: String,
+    max_columns: usize,
+    /// Every name looked at: the columns, the unwritable names, the names past the cap.
+    seen: HashSet<String>,
+    /// The table's own columns by their lower-case names.
+    lower: HashMap<String, String>,
+    /// How many columns the table has (those this loader writes or not), before the new ones.
+    known: usize,
 }
 
 impl Plan {
-    /// The columns of `existing` (or, for a new table, the fixed columns of `kind`), then the rows' new ones.
-    pub fn new(table: &str, existing: Option<&StructType>, kind: TableKind, rows: &[&Row], max_columns: usize) -> Plan {
-        let mut plan = Plan::default();
+    /// The columns of `existing` (or, for a new table, the fixed columns of `kind`), before any row's: the rows'
+    /// new columns are added by [`Plan::admit`] as they are first seen.
+    pub fn start(table: &str, existing: Option<&StructType>, kind: TableKind, max_columns: usize) -> Plan {
+        let mut plan = Plan { table: table.to_string(), max_columns, ..Plan::default() };
         match existing {
             Some(schema) => {
                 for f in schema.fields() {
@@ -83,47 +91,41 @@ impl Plan {
             plan.new_columns.push(UUID_TS.to_string());
             plan.columns.push((UUID_TS.to_string(), ColumnType::Timestamp));
         }
-        let known = plan.columns.len() + plan.unwritable.len() - plan.new_columns.len();
-        let mut seen: HashSet<String> =
-            plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
-        let lower: HashMap<String, String> = seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
-        // Rows share their names' allocations: most names are known by place or address, without hashing the
-        // text. The rows are borrowed for the whole loop, so an address is one name throughout.
-        let mut names: ByPlace<()> = ByPlace::default();
-        for row in rows {
-            let mut base = 0;
-            for part in row.parts() {
-                for (i, (name, value)) in part.iter().enumerate() {
-                    let ((), first) = names.get(base + i, name, || ());
-                    if !first || !seen.insert(name.to_string()) {
-                        continue;
-                    }
-                    if let Some(existing) = lower.get(&name.to_ascii_lowercase()) {
-                        let reason = format!("{name} differs from column {existing} of {table} only in case");
-                        plan.unwritable.insert(name.to_string(), reason);
-                        continue;
-                    }
-                    if known + plan.new_columns.len() >= max_columns {
-                        plan.over_cap = true;
-                        continue;
-                    }
-                    plan.new_columns.push(name.to_string());
-                    plan.columns.push((name.to_string(), value.natural_type()));
-                }
-                base += part.len();
-            }
-        }
+        plan.known = plan.columns.len() + plan.unwritable.len() - plan.new_columns.len();
+        plan.seen = plan.columns.iter().map(|(n, _)| n.clone()).chain(plan.unwritable.keys().cloned()).collect();
+        plan.lower = plan.seen.iter().map(|n| (n.to_ascii_lowercase(), n.clone())).collect();
         plan
     }
 
+    /// A name seen for the first time, with its first value: it becomes the last column, of that value's type,
+    /// unless it is a column already, cannot be written or has no room under the column cap. Whether it became one.
+    pub fn admit(&mut self, name: &str, value: &Scalar) -> bool {
+        if !self.seen.insert(name.to_string()) {
+            return false;
+        }
+        if let Some(existing) = self.lower.get(&name.to_ascii_lowercase()) {
+            let reason = format!("{name} differs from column {existing} of {} only in case", self.table);
+            self.unwritable.insert(name.to_string(), reason);
+            return false;
+        }
+        if self.known + self.new_columns.len() >= self.max_columns {
+            self.over_cap = true;
+            return false;
+        }
+        self.new_columns.push(name.to_string());
+        self.columns.push((name.to_string(), value.natural_type()));
+        true
+    }
+
     /// Why a row's column has no place in the batch.
-    pub fn unplaced(&self, table: &str, name: &str, max: usize) -> Option<Unplaced> {
+    pub fn unplaced(&self, name: &str) -> Option<Unplaced> {
         if let Some(reason) = self.unwritable.get(name) {
             return Some(Unplaced::Column(reason.clone()));
         }
         self.over_cap.then(|| {
             Unplaced::PastCap(format!(
-                "table {table} has reached its limit of {max} columns (SEGMENT_DELTA_MAX_COLUMNS)"
+                "table {} has reached its limit of {} columns (SEGMENT_DELTA_MAX_COLUMNS)",
+                self.table, self.max_columns
             ))
         })
     }
@@ -160,10 +162,20 @@ pub fn annotated(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::value::Scalar;
+    use crate::layout::rows::Row;
 
     fn row(cols: &[(&str, Scalar)]) -> Row {
         Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect())
+    }
+
+    /// The plan of an append of `rows` to an event table, as building its batch makes it; the batch has its
+    /// columns.
+    fn planned(table: &str, existing: Option<&StructType>, rows: &[Row], max_columns: usize) -> Plan {
+        let mut plan = Plan::start(table, existing, TableKind::Event, max_columns);
+        let (batch, _) = crate::delta::arrow::build(table, &mut plan, rows.iter(), 0).unwrap();
+        let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
+        plan
     }
 
     #[test]
@@ -179,8 +191,7 @@ mod tests {
             row(&[(&c, Scalar::Float(1.5)), (&id, Scalar::Str("3".into())), (&d, Scalar::Int(3))]),
             row(&[(&c, Scalar::Float(2.5)), (&id, Scalar::Str("4".into())), (&b, Scalar::Bool(false))]),
         ];
-        let refs: Vec<&Row> = rows.iter().collect();
-        let plan = Plan::new("t", None, TableKind::Event, &refs, 1000);
+        let plan = planned("t", None, &rows, 1000);
         let fixed = TableKind::Event.fixed_columns().len();
         assert_eq!(
             plan.columns[fixed..].iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(),
@@ -212,7 +223,7 @@ mod tests {
             ("username", Scalar::Str("x".into())),
             ("seats", Scalar::Int(2)),
         ]);
-        let plan = Plan::new("t", Some(&schema), TableKind::Event, &[&r], 5);
+        let plan = planned("t", Some(&schema), &[r], 5);
         assert_eq!(
             plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             ["id", "UserName", "uuid_ts", "plan"]

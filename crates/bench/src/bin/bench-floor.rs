@@ -116,13 +116,11 @@ fn flush(
     let uuid_ts = now_micros();
     for (table, (kind, rows)) in tables.drain() {
         let t = thread_cpu();
-        // The columns as the handler plans an append: the table's own, then the rows' new ones.
-        let refs: Vec<&Row> = rows.iter().collect();
-        let plan = Plan::new(&table, schemas.get(&table), kind, &refs, max_columns);
-        let unplaced = |name: &str| plan.unplaced(&table, name, max_columns);
-        let (batch, discards) = arrow::build(&table, &plan.columns, rows.iter(), uuid_ts, unplaced)?;
+        // The columns as the handler plans an append while it builds the batch: the table's own, then the rows'
+        // new ones.
+        let mut plan = Plan::start(&table, schemas.get(&table), kind, max_columns);
+        let (batch, discards) = arrow::build(&table, &mut plan, rows.iter(), uuid_ts)?;
         schemas.insert(table, widened(&plan)?);
-        drop(refs);
         drop(rows);
         let t = lap(&mut counts.build_s, t);
         counts.rows += batch.num_rows() as u64;
