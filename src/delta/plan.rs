@@ -168,14 +168,19 @@ mod tests {
         Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).into(), v.clone())).collect())
     }
 
-    /// The plan of an append of `rows` to an event table, as building its batch makes it; the batch has its
-    /// columns.
-    fn planned(table: &str, existing: Option<&StructType>, rows: &[Row], max_columns: usize) -> Plan {
+    /// The plan of an append of `rows` to an event table, as building its batch makes it, and the batch, which has
+    /// its columns.
+    fn planned(
+        table: &str,
+        existing: Option<&StructType>,
+        rows: &[Row],
+        max_columns: usize,
+    ) -> (Plan, deltalake::arrow::record_batch::RecordBatch) {
         let mut plan = Plan::start(table, existing, TableKind::Event, max_columns);
         let (batch, _) = crate::delta::arrow::build(table, &mut plan, rows.iter(), 0).unwrap();
         let names: Vec<&str> = batch.schema_ref().fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>());
-        plan
+        (plan, batch)
     }
 
     #[test]
@@ -191,7 +196,7 @@ mod tests {
             row(&[(&c, Scalar::Float(1.5)), (&id, Scalar::Str("3".into())), (&d, Scalar::Int(3))]),
             row(&[(&c, Scalar::Float(2.5)), (&id, Scalar::Str("4".into())), (&b, Scalar::Bool(false))]),
         ];
-        let plan = planned("t", None, &rows, 1000);
+        let (plan, batch) = planned("t", None, &rows, 1000);
         let fixed = TableKind::Event.fixed_columns().len();
         assert_eq!(
             plan.columns[fixed..].iter().map(|(n, t)| (n.as_str(), *t)).collect::<Vec<_>>(),
@@ -203,6 +208,16 @@ mod tests {
             ]
         );
         assert_eq!(plan.new_columns, ["a", "b", "c", "d"]);
+        // A column planned at a later row holds nulls for the rows before it.
+        let values = |name: &str| {
+            let column = batch.column_by_name(name).unwrap();
+            deltalake::arrow::util::display::ArrayFormatter::try_new(column.as_ref(), &Default::default())
+                .map(|f| (0..batch.num_rows()).map(|i| f.value(i).to_string()).collect::<Vec<_>>())
+                .unwrap()
+        };
+        assert_eq!(values("b"), ["true", "", "", "false"]);
+        assert_eq!(values("c"), ["", "0.5", "1.5", "2.5"]);
+        assert_eq!(values("d"), ["", "", "3", ""]);
     }
 
     #[test]
@@ -223,7 +238,7 @@ mod tests {
             ("username", Scalar::Str("x".into())),
             ("seats", Scalar::Int(2)),
         ]);
-        let plan = planned("t", Some(&schema), &[r], 5);
+        let (plan, _) = planned("t", Some(&schema), &[r], 5);
         assert_eq!(
             plan.columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
             ["id", "UserName", "uuid_ts", "plan"]

@@ -359,17 +359,21 @@ mod tests {
 
     #[test]
     fn events_read_in_place_are_the_events_parsed_alone() {
+        // `CTRL` stands for a raw control character, which JSON does not allow in a string.
         let body = r#"{"batch": [ {"a": 1, "b": {"c": "x\"y", "d": [1, {"e": null}]}},
             {"k": 1, "k": {"m": 2, "m": 3}} ,{"s": "été", "n": -1.5e3, "big": 123456789012345678901234567890},
-            {"a": tru}, 17, "text", [1, 2], {}, {"x": ""}],
-            "batch": [{"type": "track", "event": "A"}, {"t": "é"}, {"broken": }, {"deep": {"deep": {"deep": 1}}}],
-            "writeKey": "K"}"#;
+            {"a": tru}, 17, "text", [1, 2], {}, {"x": "CTRL"}],
+            "batch": [{"type": "track", "event": "A"}, {"t": "é"}, {"broken": }, {"deep": {"deep": {"deep": 1}}},
+            {"x": "aCTRL"}],
+            "writeKey": "K"}"#
+            .replace("CTRL", "\u{1}");
         let (read, scanned, read_in_place) = read_and_scanned(body.as_bytes());
         assert_eq!(read, scanned);
-        // The last `batch` is the batch; its three valid objects were read in place, the broken one parsed alone.
-        assert_eq!(read.len(), 4);
+        // The last `batch` is the batch; its three valid objects were read in place, the broken ones parsed alone.
+        assert_eq!(read.len(), 5);
         assert_eq!(read_in_place, 3);
         assert!(read[2].1.as_ref().unwrap_err().contains("not valid JSON"), "{:?}", read[2].1);
+        assert!(read[4].1.as_ref().unwrap_err().contains("control character"), "{:?}", read[4].1);
         // Repeated keys are reported as a parse of the event alone reports them.
         let one = br#"{"batch": [{"k": 1, "k": {"m": 2, "m": 3}}, {"n": 1}]}"#;
         let (read, scanned, read_in_place) = read_and_scanned(one);
