@@ -10,7 +10,6 @@ use deltalake::arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
-use super::plan::Plan;
 use crate::layout::UUID_TS;
 use crate::layout::rows::{ByPlace, Discard, Row};
 use crate::layout::value::{CastError, ColumnType, Micros, Scalar};
@@ -125,38 +124,6 @@ pub trait Columns {
     fn admit(&mut self, name: &str, value: &Scalar) -> bool;
     /// Why a name the columns lack has no place (`None`: it is not in the table).
     fn unplaced(&self, name: &str) -> Option<Unplaced>;
-}
-
-/// A plan's columns take the rows' new names as they come.
-impl Columns for Plan {
-    fn columns(&self) -> &[(String, ColumnType)] {
-        &self.columns
-    }
-
-    fn admit(&mut self, name: &str, value: &Scalar) -> bool {
-        Plan::admit(self, name, value)
-    }
-
-    fn unplaced(&self, name: &str) -> Option<Unplaced> {
-        Plan::unplaced(self, name)
-    }
-}
-
-/// A plan's columns as they are, taking no new name.
-pub struct Planned<'p>(pub &'p Plan);
-
-impl Columns for Planned<'_> {
-    fn columns(&self) -> &[(String, ColumnType)] {
-        &self.0.columns
-    }
-
-    fn admit(&mut self, _: &str, _: &Scalar) -> bool {
-        false
-    }
-
-    fn unplaced(&self, name: &str) -> Option<Unplaced> {
-        self.0.unplaced(name)
-    }
 }
 
 /// Builds the batch for `columns`, in one pass over the rows: a name the columns lack is offered to them when a row

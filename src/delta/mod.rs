@@ -34,7 +34,7 @@ use self::cache::Handles;
 use self::commit::{Commit, CommitError, Verdict};
 use self::errors::{ErrorClass, Failure, classify};
 use self::files::FileLayout;
-use self::plan::Plan;
+use self::plan::{Plan, Planned};
 use self::protocol::{ColumnMapping, Operation};
 use self::registry::{Admission, Registry};
 use self::table::TableState;
@@ -365,7 +365,7 @@ impl Lakehouse {
         let mut discards = match redelivered.is_empty() {
             true => Vec::new(),
             false => {
-                let planned = &mut arrow::Planned(&plan);
+                let planned = &mut Planned(&plan);
                 arrow::build(table, planned, redelivered.iter().copied(), uuid_ts).map_err(invalid)?.1
             }
         };

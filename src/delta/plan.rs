@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use deltalake::kernel::{DataType, MetadataValue, PrimitiveType, StructField, StructType};
 
-use super::arrow::Unplaced;
+use super::arrow::{Columns, Unplaced};
 use super::protocol::ColumnMapping;
 use crate::layout::value::{ColumnType, Scalar};
 use crate::layout::{TableKind, UUID_TS};
@@ -136,6 +136,38 @@ impl Plan {
         let types: HashMap<&str, ColumnType> = self.columns.iter().map(|(n, t)| (n.as_str(), *t)).collect();
         let fields = self.new_columns.iter().map(|n| StructField::new(n.clone(), kernel_type(types[n.as_str()]), true));
         annotated(fields, mapping, max_column_id)
+    }
+}
+
+/// A plan's columns take the rows' new names as they come.
+impl Columns for Plan {
+    fn columns(&self) -> &[(String, ColumnType)] {
+        &self.columns
+    }
+
+    fn admit(&mut self, name: &str, value: &Scalar) -> bool {
+        Plan::admit(self, name, value)
+    }
+
+    fn unplaced(&self, name: &str) -> Option<Unplaced> {
+        Plan::unplaced(self, name)
+    }
+}
+
+/// A plan's columns as they are, taking no new name.
+pub struct Planned<'p>(pub &'p Plan);
+
+impl Columns for Planned<'_> {
+    fn columns(&self) -> &[(String, ColumnType)] {
+        &self.0.columns
+    }
+
+    fn admit(&mut self, _: &str, _: &Scalar) -> bool {
+        false
+    }
+
+    fn unplaced(&self, name: &str) -> Option<Unplaced> {
+        self.0.unplaced(name)
     }
 }
 
