@@ -173,7 +173,7 @@ pub fn build<'r>(
         let mut base = 0;
         for part in row.parts() {
             for (k, (name, value)) in part.iter().enumerate() {
-                let (c, _) = by_place.get(base + k, name, || match index.get(name.as_ref()) {
+                let c = by_place.get(base + k, name, || match index.get(name.as_ref()) {
                     Some(&c) => c,
                     None if columns.admit(name, value) => {
                         let (column, t) = columns.columns().last().expect("the column just admitted");

@@ -226,27 +226,20 @@ impl<V> Default for ByPlace<V> {
 
 impl<V: Copy> ByPlace<V> {
     /// What the name at `place` of a row (whose places are looked up in order) stands for, from `first` when its
-    /// allocation is seen for the first time; and whether it was.
+    /// allocation is seen for the first time.
     #[inline]
-    pub fn get(&mut self, place: usize, name: &Arc<str>, first: impl FnOnce() -> V) -> (V, bool) {
+    pub fn get(&mut self, place: usize, name: &Arc<str>, first: impl FnOnce() -> V) -> V {
         let a = addr(name);
         if let Some(&(known, v)) = self.places.get(place)
             && known == a
         {
-            return (v, false);
+            return v;
         }
-        let (v, new) = match self.by_addr.get(&a) {
-            Some(&v) => (v, false),
-            None => {
-                let v = first();
-                self.by_addr.insert(a, v);
-                (v, true)
-            }
-        };
+        let v = *self.by_addr.entry(a).or_insert_with(first);
         match self.places.get_mut(place) {
             Some(slot) => *slot = (a, v),
             None => self.places.push((a, v)),
         }
-        (v, new)
+        v
     }
 }
