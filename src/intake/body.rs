@@ -148,12 +148,12 @@ pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, 
     let start = body.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(body.len());
     if body.get(start) == Some(&b'[') {
         let mut reads = Reads::new(body);
-        let items = scan::array_items_reading(body, start..body.len(), &mut |n, at| reads.read(n, at))?;
+        let items = reads.array(start..body.len())?;
         check_items(&items, limits)?;
-        return Ok(Parsed::whole(reads.events(body, items), None));
+        return Ok(Parsed::whole(reads.events(items), None));
     }
     let mut reads = Reads::new(body);
-    let top = scan::top_level_object_reading(body, Some("batch"), &mut |n, at| reads.read(n, at))?;
+    let top = reads.top_level(Some("batch"))?;
     let batch = top.get("batch").is_some();
     split_top(body, top, reads, batch, limits)
 }
@@ -161,7 +161,7 @@ pub fn split_webhook<'a>(body: &'a [u8], limits: &Limits) -> Result<Parsed<'a>, 
 /// Splits a `/v1/batch` body (`{"batch": [...], "context": {...}, "writeKey": "..."}`) or a single-event body.
 pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<'a>, BodyError> {
     let mut reads = Reads::new(body);
-    let top = scan::top_level_object_reading(body, batch.then_some("batch"), &mut |n, at| reads.read(n, at))?;
+    let top = reads.top_level(batch.then_some("batch"))?;
     split_top(body, top, reads, batch, limits)
 }
 
@@ -169,6 +169,7 @@ pub fn split<'a>(body: &'a [u8], batch: bool, limits: &Limits) -> Result<Parsed<
 /// when the body is valid UTF-8, and only events that are valid JSON objects. The others are parsed on their own
 /// later, which says what is wrong with them.
 struct Reads<'a> {
+    body: &'a [u8],
     text: Option<&'a str>,
     /// One per item of the array being scanned, in order.
     read: Vec<Option<crate::segment::json::Parsed<'a>>>,
@@ -176,7 +177,19 @@ struct Reads<'a> {
 
 impl<'a> Reads<'a> {
     fn new(body: &'a [u8]) -> Reads<'a> {
-        Reads { text: std::str::from_utf8(body).ok(), read: Vec::new() }
+        Reads { body, text: std::str::from_utf8(body).ok(), read: Vec::new() }
+    }
+
+    /// The body's top level, with the items of the array under `items_of` read where they lie.
+    fn top_level(&mut self, items_of: Option<&str>) -> Result<scan::TopLevel, ScanError> {
+        let body = self.body;
+        scan::top_level_object_reading(body, items_of, &mut |n, at| self.read(n, at))
+    }
+
+    /// The items of the array at `range` of the body, read where they lie.
+    fn array(&mut self, range: std::ops::Range<usize>) -> Result<Vec<std::ops::Range<usize>>, ScanError> {
+        let body = self.body;
+        scan::array_items_reading(body, range, &mut |n, at| self.read(n, at))
     }
 
     /// Reads item `n` of an array, which starts at `at`: the index just past it when it was read.
@@ -192,11 +205,11 @@ impl<'a> Reads<'a> {
     }
 
     /// The events of `items`, each with its JSON when it was read.
-    fn events(mut self, body: &'a [u8], items: Vec<std::ops::Range<usize>>) -> Vec<RawEvent<'a>> {
+    fn events(mut self, items: Vec<std::ops::Range<usize>>) -> Vec<RawEvent<'a>> {
         if self.read.len() != items.len() {
             self.read.clear();
         }
-        let mut read = self.read.into_iter();
+        let (body, mut read) = (self.body, self.read.into_iter());
         items.into_iter().map(|r| RawEvent { bytes: &body[r], read: RefCell::new(read.next().flatten()) }).collect()
     }
 }
@@ -260,7 +273,7 @@ fn split_top<'a>(
         },
         None => None,
     };
-    let events = reads.events(body, items);
+    let events = reads.events(items);
     Ok(Parsed { events, write_key, context, context_repeats, sent_at })
 }
 
@@ -288,7 +301,8 @@ impl<'a> Parsed<'a> {
 pub fn split_unlimited(text: &[u8]) -> Parsed<'_> {
     let unlimited = Limits { max_event_bytes: usize::MAX, max_request_bytes: usize::MAX, max_batch_events: usize::MAX };
     let mut reads = Reads::new(text);
-    scan::top_level_object_reading(text, Some("batch"), &mut |n, at| reads.read(n, at))
+    reads
+        .top_level(Some("batch"))
         .ok()
         .and_then(|top| {
             let is_batch = top.get("batch").is_some();
