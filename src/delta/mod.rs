@@ -329,11 +329,14 @@ impl Lakehouse {
         let invalid = |e: ArrowError| Attempt::Fatal(WriteError::new(table, Failure::Invalid(e.to_string())));
         // The batch is built as the columns are planned, in one pass over the rows: the table's columns, then the
         // rows' new ones as they come.
-        let mut plan = self.plan(table, cached.state.as_ref(), w.kind);
-        let mut built = match fresh.is_empty() {
-            true => None,
-            false => Some(arrow::build(table, &mut plan, fresh.iter().copied(), uuid_ts).map_err(invalid)?),
+        let build_fresh = |plan: &mut Plan| {
+            if fresh.is_empty() {
+                return Ok(None);
+            }
+            arrow::build(table, plan, fresh.iter().copied(), uuid_ts).map(Some).map_err(invalid)
         };
+        let mut plan = self.plan(table, cached.state.as_ref(), w.kind);
+        let mut built = build_fresh(&mut plan)?;
         // Columns the catalog added for this write (the append itself then adds none).
         let mut added_by_catalog: Vec<String> = Vec::new();
         if let (Some(catalog), Some(state)) = (&self.catalog, &mut cached.state) {
@@ -356,18 +359,16 @@ impl Lakehouse {
                 state.rules(Operation::Append).map_err(refused)?;
                 // Planned and built again against the table as it now is.
                 plan = self.plan(table, Some(state), w.kind);
-                built = Some(arrow::build(table, &mut plan, fresh.iter().copied(), uuid_ts).map_err(invalid)?);
+                built = build_fresh(&mut plan)?;
                 added_by_catalog = new.into_iter().map(|(n, _)| n).collect();
             }
         }
         // A redelivered row is not written again, but what it could not store is reported again: the discards
         // table keeps its own stream offsets and skips what it already holds.
-        let mut discards = match redelivered.is_empty() {
-            true => Vec::new(),
-            false => {
-                let planned = &mut Planned(&plan);
-                arrow::build(table, planned, redelivered.iter().copied(), uuid_ts).map_err(invalid)?.1
-            }
+        let mut discards = if redelivered.is_empty() {
+            Vec::new()
+        } else {
+            arrow::build(table, &mut Planned(&plan), redelivered.iter().copied(), uuid_ts).map_err(invalid)?.1
         };
         let current = cached.state.as_ref().map_or(0, |s| s.version as i64);
         let Some((batch, cast_discards)) = built else {
