@@ -250,6 +250,22 @@ pub fn column_mapping(protocol: &Protocol, metadata: &Metadata) -> Result<Column
 
 /// Whether the table lets `operation` be written, and the rules to follow when it does.
 pub fn check(protocol: &Protocol, metadata: &Metadata, operation: Operation) -> Result<Rules, Refusal> {
+    let schema = metadata.parse_schema().map_err(|e| Refusal {
+        operation,
+        feature: "schema".into(),
+        reason: format!("its schema cannot be read: {e}"),
+    })?;
+    check_parsed(protocol, metadata, &schema, operation)
+}
+
+/// [`check`] for a table whose schema is already parsed from `metadata` (a snapshot holds it parsed): a writer
+/// asks before every commit, and parsing a wide table's schema each time would cost more than the rest of it.
+pub fn check_parsed(
+    protocol: &Protocol,
+    metadata: &Metadata,
+    schema: &StructType,
+    operation: Operation,
+) -> Result<Rules, Refusal> {
     let refuse =
         |feature: &str, reason: &str| Refusal { operation, feature: feature.to_string(), reason: reason.into() };
     if protocol.min_reader_version() > 3 {
@@ -270,9 +286,8 @@ pub fn check(protocol: &Protocol, metadata: &Metadata, operation: Operation) -> 
     if let Some(unknown) = features.iter().find(|f| !KNOWN.contains(&f.as_str())) {
         return Err(refuse(unknown, "a feature this writer does not know"));
     }
-    let schema = metadata.parse_schema().map_err(|e| refuse("schema", &format!("its schema cannot be read: {e}")))?;
     let mut keys = BTreeSet::new();
-    field_metadata_keys(&schema, &mut keys);
+    field_metadata_keys(schema, &mut keys);
     let config = metadata.configuration();
     let has = |f: &str| features.contains(f);
     let new_rows = operation.writes_new_rows();
