@@ -53,8 +53,30 @@ struct Slot {
     leaf: usize,
 }
 
-/// A leaf of a flattened object: its key path, its column name (both shared, see [`intern`]) and its value.
-type Leaf = (Rc<str>, Arc<str>, Scalar);
+/// The leaves of a flattened object, in order: each one's key path, and its column name (both shared, see
+/// [`intern`]) and value. A row takes each leaf's name and value at most once, so they are moved into the row, not
+/// copied; the paths stay, for the rule that settles two keys of one column.
+#[derive(Default)]
+struct Leaves {
+    paths: Vec<Rc<str>>,
+    items: Vec<(Arc<str>, Scalar)>,
+}
+
+impl Leaves {
+    fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.paths.reserve_exact(n);
+        self.items.reserve_exact(n);
+    }
+
+    fn push(&mut self, (path, column): Named, value: Scalar) {
+        self.paths.push(path);
+        self.items.push((column, value));
+    }
+}
 
 /// Builds one row's columns, resolving name collisions deterministically: a column filled by an earlier source
 /// (fixed, then context, then properties/traits) keeps its value; within one source the key already spelled
@@ -70,8 +92,8 @@ struct RowBuilder<'a> {
     received_at: Micros,
     discards: &'a mut Vec<Discard>,
     fixed: &'a [Named],
-    context: &'a [Leaf],
-    payload: &'a [Leaf],
+    context: &'a [Rc<str>],
+    payload: &'a [Rc<str>],
 }
 
 impl<'a> RowBuilder<'a> {
@@ -80,8 +102,8 @@ impl<'a> RowBuilder<'a> {
         let (fixed, context, payload) = (self.fixed, self.context, self.payload);
         match source {
             Source::Fixed => &fixed[leaf].0,
-            Source::Context => &context[leaf].0,
-            Source::Payload => &payload[leaf].0,
+            Source::Context => &context[leaf],
+            Source::Payload => &payload[leaf],
         }
     }
 
@@ -105,28 +127,24 @@ impl<'a> RowBuilder<'a> {
         });
     }
 
-    /// Puts the value of a context or payload leaf.
-    fn put(&mut self, source: Source, leaf: usize) {
-        let (path, column, value) = match source {
-            Source::Context => &self.context[leaf],
-            _ => &self.payload[leaf],
-        };
-        let (path, column, value) = (path.as_ref(), column, value.clone());
+    /// Puts the column name and value of a context or payload leaf.
+    fn put(&mut self, source: Source, leaf: usize, column: Arc<str>, value: Scalar) {
+        let path: &str = self.path(source, leaf);
         if column.is_empty() {
             let reason = format!("{path:?} has no letter or digit to make a column name from");
             return self.discard(path, value.to_text(), reason);
         }
         if column.len() > MAX_NAME_LEN {
             let reason = format!("the key path gives a column name longer than {MAX_NAME_LEN} characters");
-            return self.discard(&shortened(column), value.to_text(), reason);
+            return self.discard(&shortened(&column), value.to_text(), reason);
         }
-        let key = addr(column);
+        let key = addr(&column);
         // One probe of the table whether the column is new or taken.
         let index = self.prefix.len() + self.cols.len();
         let (slot_source, slot_index, slot_leaf) = match self.slots.entry(key) {
             Entry::Vacant(free) => {
                 free.insert(Slot { index, source, leaf });
-                self.cols.push((column.clone(), value));
+                self.cols.push((column, value));
                 return;
             }
             Entry::Occupied(taken) => {
@@ -134,7 +152,7 @@ impl<'a> RowBuilder<'a> {
                 (slot.source, slot.index, slot.leaf)
             }
         };
-        let column: &str = column;
+        let column: &str = &column;
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
         let rank = |p: &str| (p == column, p.replace('.', "_") == column, std::cmp::Reverse(p.to_string()));
         let slot_path: &str = self.path(slot_source, slot_leaf);
@@ -174,7 +192,7 @@ struct OverLong {
 /// Flattens an object with `_` into leaves, in order; arrays are kept as JSON text. `path` holds the prefix. A path
 /// that grows longer than a column name can be is not followed: what is under it is set aside once, whole, so that
 /// a long key over many leaves costs one discard and no name.
-fn flatten(names: &mut Names, path: &mut String, obj: &Object<'_>, out: &mut Vec<Leaf>, long: &mut Vec<OverLong>) {
+fn flatten(names: &mut Names, path: &mut String, obj: &Object<'_>, out: &mut Leaves, long: &mut Vec<OverLong>) {
     let prefix_len = path.len();
     for (k, v) in obj {
         if prefix_len > 0 {
@@ -188,8 +206,7 @@ fn flatten(names: &mut Names, path: &mut String, obj: &Object<'_>, out: &mut Vec
                 Json::Object(inner) => flatten(names, path, inner, out, long),
                 other => {
                     if let Some(s) = other.scalar() {
-                        let (p, c) = names.get(path);
-                        out.push((p, c, s));
+                        out.push(names.get(path), s);
                     }
                 }
             }
@@ -285,15 +302,16 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
         ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
     ];
-    let mut context = Vec::with_capacity(32);
+    let mut context = Leaves::default();
+    context.reserve(32);
     let mut long = Vec::new();
     scratch.path.clear();
     scratch.path.push_str("context");
     flatten(names, &mut scratch.path, &event.context, &mut context, &mut long);
-    let mut payload = Vec::new();
+    let mut payload = Leaves::default();
     if tables.iter().any(|(_, _, with_payload)| *with_payload) {
         // At least a leaf per member, nearly always.
-        payload.reserve_exact(event.payload.len());
+        payload.reserve(event.payload.len());
         scratch.path.clear();
         flatten(names, &mut scratch.path, &event.payload, &mut payload, &mut long);
     }
@@ -326,8 +344,8 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             received_at: event.received_at,
             discards: &mut out.discards,
             fixed: names.fixed(table_kind),
-            context: &context,
-            payload: &payload,
+            context: &context.paths,
+            payload: &payload.paths,
         };
         let first_discard = b.discards.len();
         match tracks.take() {
@@ -362,15 +380,17 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                     };
                     b.slots.insert(addr(column), Slot { index, source: Source::Fixed, leaf });
                 }
-                for leaf in 0..context.len() {
-                    b.put(Source::Context, leaf);
+                // Only the first row of an event takes the context (a track event's own row shares it).
+                for (leaf, (column, value)) in std::mem::take(&mut context.items).into_iter().enumerate() {
+                    b.put(Source::Context, leaf, column, value);
                 }
             }
         }
         if with_payload {
             b.cols.reserve_exact(payload.len());
-            for leaf in 0..payload.len() {
-                b.put(Source::Payload, leaf);
+            // Only one row of an event has the payload.
+            for (leaf, (column, value)) in std::mem::take(&mut payload.items).into_iter().enumerate() {
+                b.put(Source::Payload, leaf, column, value);
             }
         }
         let (cols, discarded) = (b.cols, first_discard..b.discards.len());
