@@ -248,19 +248,10 @@ pub fn column_mapping(protocol: &Protocol, metadata: &Metadata) -> Result<Column
     }
 }
 
-/// Whether the table lets `operation` be written, and the rules to follow when it does.
-pub fn check(protocol: &Protocol, metadata: &Metadata, operation: Operation) -> Result<Rules, Refusal> {
-    let schema = metadata.parse_schema().map_err(|e| Refusal {
-        operation,
-        feature: "schema".into(),
-        reason: format!("its schema cannot be read: {e}"),
-    })?;
-    check_parsed(protocol, metadata, &schema, operation)
-}
-
-/// [`check`] for a table whose schema is already parsed from `metadata` (a snapshot holds it parsed): a writer
-/// asks before every commit, and parsing a wide table's schema each time would cost more than the rest of it.
-pub fn check_parsed(
+/// Whether the table lets `operation` be written, and the rules to follow when it does. `schema` is `metadata`'s,
+/// parsed: a snapshot holds it so, and a writer asks before every commit, where parsing a wide table's schema
+/// again would cost more than the rest of the check.
+pub fn check(
     protocol: &Protocol,
     metadata: &Metadata,
     schema: &StructType,
@@ -391,6 +382,11 @@ pub fn check_parsed(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// The check of a table given by its actions alone.
+    fn check(protocol: &Protocol, metadata: &Metadata, operation: Operation) -> Result<Rules, Refusal> {
+        super::check(protocol, metadata, &metadata.parse_schema().expect("a readable schema"), operation)
+    }
 
     fn table(
         protocol: serde_json::Value,

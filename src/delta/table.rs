@@ -120,7 +120,7 @@ impl TableState {
 
     /// Whether this writer may do `operation` to the table, and the rules it must follow when it does.
     pub fn rules(&self, operation: Operation) -> Result<Rules, Refusal> {
-        protocol::check_parsed(self.protocol(), self.metadata(), &self.snapshot.schema(), operation)
+        protocol::check(self.protocol(), self.metadata(), &self.snapshot.schema(), operation)
     }
 
     /// How the table's data files are laid out, for reading them (no write rules apply).
