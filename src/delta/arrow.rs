@@ -148,7 +148,14 @@ pub fn build<'r>(
     // address is one name throughout.
     const NONE: usize = usize::MAX;
     let mut by_place: ByPlace<usize> = ByPlace::default();
-    for (i, row) in rows.enumerate() {
+    let mut rows = rows.peekable();
+    let mut i = 0;
+    while let Some(row) = rows.next() {
+        // The rows were built by earlier requests and lie apart in memory: the next one is fetched while this one
+        // is copied.
+        if let Some(next) = rows.peek() {
+            next.prefetch();
+        }
         // The row's `received_at`, found only for a row that has a discard.
         let mut received_at: Option<Micros> = None;
         let mut discard = |column: &str, value: String, reason: String| {
@@ -216,6 +223,7 @@ pub fn build<'r>(
                 format!("{reason}; the values of {} columns it has no room for are kept here, as JSON", values.len());
             discard("", serde_json::Value::Object(values).to_string(), reason);
         }
+        i += 1;
     }
     if let Some(c) = uuid_col
         && let Builder::Ts(b) = &mut builders[c]

@@ -40,7 +40,7 @@ use self::registry::{Admission, Registry};
 use self::table::TableState;
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Lake, TableLimits};
-use crate::layout::rows::{Discard, Row};
+use crate::layout::rows::{self, Discard, Row};
 use crate::layout::value::Micros;
 use crate::layout::{TableKind, paths};
 use crate::retry::Backoff;
@@ -246,6 +246,7 @@ impl Lakehouse {
         if result.is_err() {
             crate::metrics::write_failed(w.schema, w.table);
         }
+        rows::free(w.rows);
         result
     }
 

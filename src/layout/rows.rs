@@ -47,6 +47,36 @@ impl Row {
     pub fn parts(&self) -> [&[(Arc<str>, Scalar)]; 2] {
         [self.shared.as_deref().unwrap_or_default(), &self.cols]
     }
+
+    /// Asks the processor to bring the row's columns into cache, for a loop over many rows to call on the next row
+    /// while it works on this one: the rows of a micro-batch were built by many requests and lie apart in memory,
+    /// so each row's first use of each of its cache lines would otherwise wait for memory.
+    #[inline]
+    pub fn prefetch(&self) {
+        #[cfg(target_arch = "x86_64")]
+        for part in self.parts() {
+            let start = part.as_ptr().cast::<i8>();
+            for at in (0..std::mem::size_of_val(part)).step_by(64) {
+                // SAFETY: a prefetch is a hint that reads nothing and cannot fault, whatever the address; SSE, which
+                // it needs, is part of every x86_64 processor.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(start.wrapping_add(at))
+                };
+            }
+        }
+    }
+}
+
+/// Frees rows in order, each row's columns fetched while the one before it is freed (see [`Row::prefetch`]):
+/// freeing a row reads each of its values, and the rows of a written batch have long left the cache.
+pub fn free(rows: Vec<Row>) {
+    let mut rows = rows.into_iter().peekable();
+    while let Some(row) = rows.next() {
+        if let Some(next) = rows.peek() {
+            next.prefetch();
+        }
+        drop(row);
+    }
 }
 
 /// Rows are equal when their ids, columns in order and offsets are, whichever of their columns are shared.
@@ -241,5 +271,26 @@ impl<V: Copy> ByPlace<V> {
             None => self.places.push((a, v)),
         }
         v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_releases_every_row_and_what_rows_share() {
+        let shared: Shared = vec![("id".into(), Scalar::Str("e1".into()))].into();
+        let rows: Vec<Row> = (0..1000)
+            .map(|i| Row {
+                id: format!("r{i}").into(),
+                shared: (i % 2 == 0).then(|| shared.clone()),
+                cols: vec![("n".into(), Scalar::Int(i)), ("s".into(), Scalar::Str(format!("value {i}").into()))],
+                offset: None,
+            })
+            .collect();
+        assert_eq!(Arc::strong_count(&shared), 501);
+        free(rows);
+        assert_eq!(Arc::strong_count(&shared), 1, "no row holds the shared columns");
     }
 }

@@ -28,7 +28,7 @@ use segment_delta::delta::{arrow, files};
 use segment_delta::intake::body;
 use segment_delta::intake::map_raw;
 use segment_delta::layout::TableKind;
-use segment_delta::layout::rows::Row;
+use segment_delta::layout::rows::{self, Row};
 use segment_delta::layout::value::now_micros;
 use segment_delta::segment::event::Arrival;
 
@@ -121,7 +121,7 @@ fn flush(
         let mut plan = Plan::start(&table, schemas.get(&table), kind, max_columns);
         let (batch, discards) = arrow::build(&table, &mut plan, rows.iter(), uuid_ts)?;
         schemas.insert(table, widened(&plan)?);
-        drop(rows);
+        rows::free(rows);
         let t = lap(&mut counts.build_s, t);
         counts.rows += batch.num_rows() as u64;
         counts.discards += discards.len() as u64;
