@@ -4,14 +4,14 @@
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read before `main`: freed pages go back to the system within 300 ms rather than 10 s, which
+/// jemalloc's options, read before `main`: freed pages go back to the system within 600 ms rather than 10 s, which
 /// keeps peak memory down under load; sooner costs page faults, which under load are several percent of the CPU.
 /// `_RJEM_MALLOC_CONF` in the environment overrides.
 // SAFETY: jemalloc reads this symbol as a `const char *` to a NUL-terminated string; a reference to a byte array
 // is that pointer, and the bytes end in NUL.
 #[cfg(not(target_env = "msvc"))]
 #[unsafe(export_name = "_rjem_malloc_conf")]
-pub static MALLOC_CONF: &[u8; 36] = b"dirty_decay_ms:300,muzzy_decay_ms:0\0";
+pub static MALLOC_CONF: &[u8; 36] = b"dirty_decay_ms:600,muzzy_decay_ms:0\0";
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

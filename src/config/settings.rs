@@ -204,7 +204,7 @@ pub const SETTINGS: &[Setting] = &[
     s("SEGMENT_DELTA_LOG_FORMAT", "json under the Functions host, else text", "log line format", ALL),
     s(
         "_RJEM_MALLOC_CONF",
-        "dirty_decay_ms:300,muzzy_decay_ms:0",
+        "dirty_decay_ms:600,muzzy_decay_ms:0",
         "options of the allocator (jemalloc), read before anything else",
         ALL,
     ),
