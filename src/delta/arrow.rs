@@ -148,12 +148,11 @@ pub fn build<'r>(
     // address is one name throughout.
     const NONE: usize = usize::MAX;
     let mut by_place: ByPlace<usize> = ByPlace::default();
-    let mut rows = rows.peekable();
-    let mut i = 0;
-    while let Some(row) = rows.next() {
+    let mut rows = rows.enumerate().peekable();
+    while let Some((i, row)) = rows.next() {
         // The rows were built by earlier requests and lie apart in memory: the next one is fetched while this one
         // is copied.
-        if let Some(next) = rows.peek() {
+        if let Some((_, next)) = rows.peek() {
             next.prefetch();
         }
         // The row's `received_at`, found only for a row that has a discard.
@@ -223,7 +222,6 @@ pub fn build<'r>(
                 format!("{reason}; the values of {} columns it has no room for are kept here, as JSON", values.len());
             discard("", serde_json::Value::Object(values).to_string(), reason);
         }
-        i += 1;
     }
     if let Some(c) = uuid_col
         && let Builder::Ts(b) = &mut builders[c]
