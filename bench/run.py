@@ -4,6 +4,7 @@
     python3 bench/run.py                 # full run: local lake and Azurite, 1M-event backfill (about 15 minutes)
     python3 bench/run.py --quick         # smoke run: 20k events, local lake only (under a minute)
     python3 bench/run.py --markdown      # also print README-ready table rows
+    python3 bench/run.py --bin-dir new/ --versus old/ --skip fixed,ingest,sdk,baseline   # two builds side by side
 
 It builds the release binaries (`segment-delta` and `bench-floor`, members of the workspace), honouring
 CARGO_TARGET_DIR; `--no-build` or `--bin-dir` to use existing ones), generates the corpus once with the project's
@@ -18,6 +19,10 @@ generator, tests/fixtures/corpus.py (500-event /v1/batch bodies), starts Azurite
 - sequential SDK: one analytics-python client with its defaults (one upload thread, 100 events per request, each
   request waiting for its answer) sending `--sdk-events` track calls; events/s from the first call to the end of
   `flush()`, when every event has been acknowledged, hence committed.
+
+With `--versus DIR` (another build's two binaries, an earlier commit's say), every scenario but the baseline runs
+with both builds, alternating, `--repeat` times (default 3), and a comparison follows the table: the range of each
+figure per build and of the ratio in each pair, since a machine's speed can drift by more than a change moves it.
 
 Each run reports peak RSS (VmHWM) and the Delta data files and commits written per 100k events. The references run
 on the same data: the floor (`bench-floor`: parse, map and Parquet-encode in-process, no HTTP, no Delta) and a
@@ -265,8 +270,15 @@ class Lake:
         return data, commits
 
 
+# How many lakes of each name this run has made: a scenario run again (`--repeat`, `--versus`) gets a lake of its own.
+LAKE_NAMES: dict[str, int] = {}
+
+
 def new_lake(kind: str, workdir: Path, name: str, azurite: Azurite | None) -> Lake:
     name = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+    LAKE_NAMES[name] = LAKE_NAMES.get(name, 0) + 1
+    if LAKE_NAMES[name] > 1:
+        name = f"{name}-{LAKE_NAMES[name]}"
     if kind == "local":
         root = workdir / "lakes" / name
         return Lake("local", {"SEGMENT_DELTA_LAKE": str(root)}, root=root)
@@ -594,10 +606,13 @@ def report(rows: list[Row], args, markdown: bool, load_before: float) -> None:
     for r in rows:
         if r.note:
             print(f"  {r.scenario} ({r.lake}): {r.note}")
-    floor = next((r for r in rows if r.scenario == "floor"), None)
+    floor = None
     base = next((r for r in rows if r.scenario == "baseline"), None)
     print("ratios:")
     for r in rows:
+        # A run's floor comes before its other scenarios.
+        if r.scenario == "floor":
+            floor = r
         if r.scenario not in ("saturation", "ingest"):
             continue
         parts = []
@@ -613,6 +628,29 @@ def report(rows: list[Row], args, markdown: bool, load_before: float) -> None:
         print("|" + "|".join(["---"] * 2 + ["---:"] * (len(COLUMNS) - 2)) + "|")
         for r in rows:
             print("| " + " | ".join(cells(r)) + " |")
+
+
+def compare(before: list[list[Row]], after: list[list[Row]], names: tuple[str, str]) -> None:
+    """Each scenario of the runs of two builds, alternating: the range of each figure, and of the ratio in each pair."""
+    print(f"versus: {names[0]} → {names[1]}, {len(after)} alternating run(s) of each")
+    def span(vals: list[float], fmt: str = "{:,.0f}") -> str:
+        lo, hi = fmt.format(min(vals)), fmt.format(max(vals))
+        return lo if lo == hi else f"{lo}–{hi}"
+
+    for first in after[0]:
+        key = (first.scenario, first.lake)
+        pairs = [(next(r for r in b if (r.scenario, r.lake) == key), next(r for r in a if (r.scenario, r.lake) == key))
+                 for b, a in zip(before, after)]
+        parts = []
+        for label, get in (("events per CPU second", lambda r: r.per_core), ("events/s", lambda r: r.events_per_s)):
+            ratios = [get(a) / get(b) for b, a in pairs if get(b) > 0]
+            parts.append(f"{label} {span([get(b) for b, _ in pairs])} → {span([get(a) for _, a in pairs])}"
+                         + (f" ({span(ratios, '{:.2f}')}x in each pair)" if ratios else ""))
+        for label, get in (("p50 ms", lambda r: r.p50), ("p99 ms", lambda r: r.p99),
+                           ("peak RSS MiB", lambda r: r.rss_mib or None)):
+            if all(get(r) is not None for pair in pairs for r in pair):
+                parts.append(f"{label} {span([get(b) for b, _ in pairs])} → {span([get(a) for _, a in pairs])}")
+        print(f"  {key[0]} ({key[1]}): " + "; ".join(parts))
 
 
 def main() -> None:
@@ -636,6 +674,10 @@ def main() -> None:
     ap.add_argument("--debug", action="store_true", help="use (and build) the debug binaries")
     ap.add_argument("--no-build", action="store_true", help="do not run cargo build")
     ap.add_argument("--bin-dir", help="directory holding segment-delta and bench-floor (implies --no-build)")
+    ap.add_argument("--versus", metavar="DIR",
+                    help="another build's segment-delta and bench-floor (an earlier commit's, say): every scenario "
+                         "but the baseline runs with those and with these, alternating, and a comparison follows")
+    ap.add_argument("--repeat", type=int, help="runs of each build with --versus (default 3)")
     ap.add_argument("--workdir", help="keep lakes, logs and corpus here instead of a temporary directory")
     ap.add_argument("--corpus-dir", help="cache the generated corpus here")
     ap.add_argument("--skip", default="", help="comma-separated scenarios to skip: saturation, fixed, sdk, "
@@ -649,13 +691,18 @@ def main() -> None:
             setattr(args, name, quick if args.quick else full)
     if args.quick:
         args.lakes = "local" if args.lakes == ap.get_default("lakes") else args.lakes
+    if args.repeat is not None and not args.versus:
+        raise SystemExit("--repeat goes with --versus")
     load_before = os.getloadavg()[0]
     skip = set(filter(None, args.skip.split(",")))
     lakes = [k for k in args.lakes.split(",") if k]
     bin_dir = binaries(args)
-    for exe in ("segment-delta", "bench-floor"):
-        if not os.access(bin_dir / exe, os.X_OK):
-            raise SystemExit(f"{bin_dir / exe} not found: build it or pass --bin-dir")
+    versus = Path(args.versus) if args.versus else None
+    for d in filter(None, (versus, bin_dir)):
+        for exe in ("segment-delta", "bench-floor"):
+            if not os.access(d / exe, os.X_OK):
+                raise SystemExit(f"{d / exe} not found: build it or pass --bin-dir / --versus")
+    repeat = max(1, args.repeat or 3)
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="segment-delta-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -674,12 +721,14 @@ def main() -> None:
                                  corpus_dir / f"events-{args.ingest_events}-s{args.seed}.jsonl")
     log(f"workdir {workdir}; binaries {bin_dir}")
 
-    rows: list[Row] = []
-    azurite = Azurite(workdir) if "azurite" in lakes else None
-    try:
+    saturation_file = workdir / "saturation-bodies.jsonl"
+    if "floor" not in skip:
+        saturation_file.write_bytes(b"\n".join(saturation_bodies) + b"\n")
+
+    def run(bin_dir: Path) -> list[Row]:
+        """Every scenario but the baseline, with the binaries of `bin_dir`."""
+        rows: list[Row] = []
         if "floor" not in skip:
-            saturation_file = workdir / "saturation-bodies.jsonl"
-            saturation_file.write_bytes(b"\n".join(saturation_bodies) + b"\n")
             rows.append(floor_scenario(bin_dir, saturation_file, os.cpu_count() or 2))
         for kind in lakes:
             if "saturation" not in skip:
@@ -695,12 +744,28 @@ def main() -> None:
                 rows.append(sdk_scenario(args, bin_dir, workdir, kind, azurite, args.sdk_events))
             if "ingest" not in skip:
                 rows.append(ingest_scenario(bin_dir, workdir, kind, azurite, ingest_file, args.ingest_events))
+        return rows
+
+    # The runs of the other build and of this one.
+    before: list[list[Row]] = []
+    after: list[list[Row]] = []
+    azurite = Azurite(workdir) if "azurite" in lakes else None
+    try:
+        for i in range(repeat if versus else 1):
+            if versus:
+                log(f"run {i + 1} of {repeat}: {versus}")
+                before.append(run(versus))
+                log(f"run {i + 1} of {repeat}: {bin_dir}")
+            after.append(run(bin_dir))
+        rows = [r for each in after for r in each]
         if "baseline" not in skip:
             rows.append(baseline_scenario(workdir, workdir / "bodies.jsonl", args.baseline_events))
     finally:
         if azurite:
             azurite.stop()
     report(rows, args, args.markdown, load_before)
+    if versus:
+        compare(before, after, (str(versus), str(bin_dir)))
     if not args.workdir:
         shutil.rmtree(workdir, ignore_errors=True)
 
