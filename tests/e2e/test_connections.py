@@ -113,6 +113,16 @@ def test_connections_past_the_limit_are_closed_and_the_server_recovers(keyed):
     server = keyed(SEGMENT_DELTA_MAX_CONNECTIONS="20", SEGMENT_DELTA_HEADER_TIMEOUT_MS="30000")
     held = [connect(server) for _ in range(20)]
     time.sleep(0.3)
+    # The connection of the start-up check may still have been counted while these were opened: the server closes
+    # one of them then, which is opened again once that connection is gone, until the server holds all twenty.
+    for _ in range(5):
+        refused = [s for s in held if closed(s, within=0.05)]
+        if not refused:
+            break
+        held = [s for s in held if s not in refused] + [connect(server) for _ in refused]
+        time.sleep(0.3)
+    else:
+        raise AssertionError("twenty connections are within the limit, yet the server keeps closing some")
     extra = connect(server)
     assert closed(extra, within=3), "a connection past the limit is closed at once"
     for s in held:
