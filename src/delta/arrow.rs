@@ -11,7 +11,7 @@ use deltalake::arrow::error::ArrowError;
 use deltalake::arrow::record_batch::RecordBatch;
 
 use crate::layout::UUID_TS;
-use crate::layout::rows::{ByPlace, Discard, Row};
+use crate::layout::rows::{ByPlace, Discard, Row, prefetched};
 use crate::layout::value::{CastError, ColumnType, Micros, Scalar};
 
 /// The Arrow type of a warehouse type; TIMESTAMP is UTC microseconds, which Delta calls `timestamp`.
@@ -148,13 +148,9 @@ pub fn build<'r>(
     // address is one name throughout.
     const NONE: usize = usize::MAX;
     let mut by_place: ByPlace<usize> = ByPlace::default();
-    let mut rows = rows.enumerate().peekable();
-    while let Some((i, row)) = rows.next() {
-        // The rows were built by earlier requests and lie apart in memory: the next one is fetched while this one
-        // is copied.
-        if let Some((_, next)) = rows.peek() {
-            next.prefetch();
-        }
+    // The rows were built by earlier requests and lie apart in memory: the next one is fetched while this one is
+    // copied.
+    for (i, row) in prefetched(rows).enumerate() {
         // The row's `received_at`, found only for a row that has a discard.
         let mut received_at: Option<Micros> = None;
         let mut discard = |column: &str, value: String, reason: String| {

@@ -1,6 +1,7 @@
 //! A table row as the pipeline carries it: column name and value pairs, and the discards of what could not be
 //! stored as sent.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
@@ -67,16 +68,23 @@ impl Row {
     }
 }
 
-/// Frees rows in order, each row's columns fetched while the one before it is freed (see [`Row::prefetch`]):
-/// freeing a row reads each of its values, and the rows of a written batch have long left the cache.
-pub fn free(rows: Vec<Row>) {
+/// Rows in order, each one's columns asked for (see [`Row::prefetch`]) as the one before it is handed out, so that
+/// they arrive while that one is worked on.
+pub fn prefetched<T: Borrow<Row>>(rows: impl IntoIterator<Item = T>) -> impl Iterator<Item = T> {
     let mut rows = rows.into_iter().peekable();
-    while let Some(row) = rows.next() {
+    std::iter::from_fn(move || {
+        let row = rows.next()?;
         if let Some(next) = rows.peek() {
-            next.prefetch();
+            next.borrow().prefetch();
         }
-        drop(row);
-    }
+        Some(row)
+    })
+}
+
+/// Frees rows in order, fetching each while the one before it is freed: freeing a row reads each of its values, and
+/// the rows of a written batch have long left the cache.
+pub fn free(rows: Vec<Row>) {
+    prefetched(rows).for_each(drop);
 }
 
 /// Rows are equal when their ids, columns in order and offsets are, whichever of their columns are shared.
