@@ -693,6 +693,8 @@ def main() -> None:
         args.lakes = "local" if args.lakes == ap.get_default("lakes") else args.lakes
     if args.repeat is not None and not args.versus:
         raise SystemExit("--repeat goes with --versus")
+    if args.repeat is not None and args.repeat < 1:
+        raise SystemExit(f"--repeat {args.repeat}: a count of runs, 1 or more")
     load_before = os.getloadavg()[0]
     skip = set(filter(None, args.skip.split(",")))
     lakes = [k for k in args.lakes.split(",") if k]
@@ -702,7 +704,7 @@ def main() -> None:
         for exe in ("segment-delta", "bench-floor"):
             if not os.access(d / exe, os.X_OK):
                 raise SystemExit(f"{d / exe} not found: build it or pass --bin-dir / --versus")
-    repeat = max(1, args.repeat or 3)
+    repeat = args.repeat or 3
 
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="segment-delta-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

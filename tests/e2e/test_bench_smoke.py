@@ -70,3 +70,6 @@ def test_bench_repeat_needs_a_build_to_compare_with():
     out = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--repeat", "2", "--bin-dir", "."],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "--repeat goes with --versus" in out.stderr, out.stderr
+    out = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--repeat", "0", "--versus", ".",
+                          "--bin-dir", "."], capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "--repeat 0: a count of runs, 1 or more" in out.stderr, out.stderr
