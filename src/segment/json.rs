@@ -259,7 +259,7 @@ impl<'a> Parser<'a> {
     fn value(&mut self, depth: usize) -> Result<Json<'a>, String> {
         match self.b.get(self.i) {
             None => Err(self.error("EOF while parsing a value")),
-            Some(b'{') => self.object(depth + 1),
+            Some(b'{') => self.object(depth + 1).map(Json::Object),
             Some(b'[') => self.array(depth + 1),
             Some(b'"') => Ok(Json::Str(self.string()?)),
             Some(b't') => self.literal("true", Json::Bool(true)),
@@ -283,7 +283,7 @@ impl<'a> Parser<'a> {
         if depth > MAX_DEPTH { Err("recursion limit exceeded".into()) } else { Ok(()) }
     }
 
-    fn object(&mut self, depth: usize) -> Result<Json<'a>, String> {
+    fn object(&mut self, depth: usize) -> Result<Object<'a>, String> {
         self.nested(depth)?;
         self.i += 1;
         let base = self.members.len();
@@ -295,7 +295,7 @@ impl<'a> Parser<'a> {
         // A small object whose keys are all different, as nearly every one is, is taken as it was read, at once.
         let read = &self.members[base..];
         if n <= SEARCHED && !(1..n).any(|i| read[..i].iter().any(|(k, _)| *k == read[i].0)) {
-            return Ok(Json::Object(self.members.split_off(base)));
+            return Ok(self.members.split_off(base));
         }
         let mut object: Object<'a> = Vec::with_capacity(n);
         self.keys.start(&object, n);
@@ -313,7 +313,7 @@ impl<'a> Parser<'a> {
                 }
             }
         }
-        Ok(Json::Object(object))
+        Ok(object)
     }
 
     /// Reads an object's members onto `members`, up to and including its closing brace.
@@ -335,14 +335,23 @@ impl<'a> Parser<'a> {
             }
             self.i += 1;
             self.ws();
-            let outer = self.path.len();
-            if outer > 0 {
-                self.path.push('.');
-            }
-            self.path.push_str(&key);
-            let value = self.value(depth);
-            self.path.truncate(outer);
-            self.members.push((key, value?));
+            // A string, most values of an event, and an object are read here rather than through `value`, whose
+            // result would be moved twice more on its way to `members`. Only an object needs the dotted path.
+            let value = match self.b.get(self.i) {
+                Some(b'"') => Json::Str(self.string()?),
+                Some(b'{') => {
+                    let outer = self.path.len();
+                    if outer > 0 {
+                        self.path.push('.');
+                    }
+                    self.path.push_str(&key);
+                    let object = self.object(depth + 1);
+                    self.path.truncate(outer);
+                    Json::Object(object?)
+                }
+                _ => self.value(depth)?,
+            };
+            self.members.push((key, value));
             self.ws();
             match self.b.get(self.i) {
                 Some(b',') => self.i += 1,
