@@ -561,6 +561,9 @@ mod tests {
                 Duplicate { path: "userId".into(), earlier: "1".into() }
             ]
         );
+        // The path of a repeat goes through every object around it, whatever the values read before it.
+        let p = parse(br#"{"context": {"list": [{"v": 0}], "name": "x", "app": {"v": 1, "v": 2}}}"#).unwrap();
+        assert_eq!(p.duplicates, vec![Duplicate { path: "context.app.v".into(), earlier: "1".into() }]);
         // A large object is indexed while it is read: the same outcome, and the order of first appearance.
         let keys: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
         let many = format!("{{{}, \"k3\": \"again\", \"k39\": null}}", keys.join(", "));
