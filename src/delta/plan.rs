@@ -194,6 +194,7 @@ pub fn annotated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layout::name::Name;
     use crate::layout::rows::Row;
 
     fn row(cols: &[(&str, Scalar)]) -> Row {
@@ -218,8 +219,8 @@ mod tests {
     #[test]
     fn new_columns_in_order_of_first_appearance_whichever_place_they_have() {
         // Rows share their names' allocations, as mapped rows do.
-        let [id, a, b, c, d]: [std::sync::Arc<str>; 5] = ["id", "a", "b", "c", "d"].map(Into::into);
-        let row = |cols: &[(&std::sync::Arc<str>, Scalar)]| {
+        let [id, a, b, c, d]: [Name; 5] = ["id", "a", "b", "c", "d"].map(Into::into);
+        let row = |cols: &[(&Name, Scalar)]| {
             Row::new("r".into(), cols.iter().map(|(n, v)| ((*n).clone(), v.clone())).collect())
         };
         let rows = [

@@ -2,6 +2,7 @@
 //! column every row gets when it is written (`uuid_ts`), the `users` and `accounts` upserts, and where a table lives
 //! (`<lake>/<schema>/<table>`).
 
+pub mod name;
 pub mod paths;
 pub mod rows;
 pub mod value;

@@ -7,6 +7,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use super::TableKind;
+use super::name::Name;
 use super::value::{Micros, Scalar, Text};
 
 /// Where a row came from in an ordered stream (an Event Hub partition): written with the commit as a Delta
@@ -19,7 +20,7 @@ pub struct Offset {
 
 /// Columns that two rows of one event share: a track event's `tracks` row and its own table's row have the same
 /// fixed columns and context, held once.
-pub type Shared = Arc<[(Arc<str>, Scalar)]>;
+pub type Shared = Arc<[(Name, Scalar)]>;
 
 /// One row of a table: column name and non-null value pairs. `uuid_ts` is added when the row is written.
 #[derive(Debug, Clone)]
@@ -28,24 +29,24 @@ pub struct Row {
     /// The columns this row shares with another row of its event; they come first.
     pub shared: Option<Shared>,
     /// The row's own columns.
-    pub cols: Vec<(Arc<str>, Scalar)>,
+    pub cols: Vec<(Name, Scalar)>,
     pub offset: Option<Offset>,
 }
 
 impl Row {
     /// A row of its own columns only.
-    pub fn new(id: Text, cols: Vec<(Arc<str>, Scalar)>) -> Row {
+    pub fn new(id: Text, cols: Vec<(Name, Scalar)>) -> Row {
         Row { id, shared: None, cols, offset: None }
     }
 
     /// Every column of the row and its value, the shared ones first.
-    pub fn columns(&self) -> impl Iterator<Item = &(Arc<str>, Scalar)> {
+    pub fn columns(&self) -> impl Iterator<Item = &(Name, Scalar)> {
         self.shared.as_deref().unwrap_or_default().iter().chain(&self.cols)
     }
 
     /// The row's columns as its two runs, the shared ones first: a hot loop walks them one after the other, which
     /// costs less per column than the chained [`Row::columns`].
-    pub fn parts(&self) -> [&[(Arc<str>, Scalar)]; 2] {
+    pub fn parts(&self) -> [&[(Name, Scalar)]; 2] {
         [self.shared.as_deref().unwrap_or_default(), &self.cols]
     }
 
@@ -167,10 +168,10 @@ impl Mapped {
     /// About how many bytes the rows and discards of this event hold in memory: what a request costs the buffer,
     /// which its body size alone can understate (a batch context merged into every event, many small values).
     pub fn size_estimate(&self) -> usize {
-        const PER_VALUE: usize = std::mem::size_of::<(Arc<str>, Scalar)>();
+        const PER_VALUE: usize = std::mem::size_of::<(Name, Scalar)>();
         const PER_ROW: usize = 96;
         let value = |v: &Scalar| PER_VALUE + v.held_text().filter(|s| s.is_heap_allocated()).map_or(0, Text::len);
-        let values = |cols: &[(Arc<str>, Scalar)]| cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>();
+        let values = |cols: &[(Name, Scalar)]| cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>();
         // Columns shared by rows are counted once.
         let mut counted: Option<&Shared> = None;
         let mut rows = 0;
@@ -241,9 +242,9 @@ impl Hasher for AddrHasher {
 /// A map keyed by the address of a shared name.
 pub type ByAddr<V> = HashMap<usize, V, BuildHasherDefault<AddrHasher>>;
 
-/// The address of a shared name, as a [`ByAddr`] key.
-pub fn addr(name: &Arc<str>) -> usize {
-    Arc::as_ptr(name).cast::<u8>() as usize
+/// The address of a name, as a [`ByAddr`] key.
+pub fn addr(name: &Name) -> usize {
+    name.addr()
 }
 
 /// What the column names of a run of rows stand for, found cheaply: rows of events of one kind list their columns
@@ -266,7 +267,7 @@ impl<V: Copy> ByPlace<V> {
     /// What the name at `place` of a row (whose places are looked up in order) stands for, from `first` when its
     /// allocation is seen for the first time.
     #[inline]
-    pub fn get(&mut self, place: usize, name: &Arc<str>, first: impl FnOnce() -> V) -> V {
+    pub fn get(&mut self, place: usize, name: &Name, first: impl FnOnce() -> V) -> V {
         let a = addr(name);
         if let Some(&(known, v)) = self.places.get(place)
             && known == a

@@ -1,8 +1,8 @@
 //! Column names computed once per key path and shared by every row that uses them.
 //!
 //! The same keys recur in nearly every event (`context.library.name`, `properties.revenue`, ...). Each thread
-//! remembers the column name of every path it has flattened, and each distinct column name is one shared
-//! allocation, so building a row allocates no name and two names are the same column exactly when they are the
+//! remembers the column name of every path it has flattened, and each distinct column name is one allocation
+//! ([`intern`]), so building a row allocates no name and two names are the same column exactly when they are the
 //! same allocation (which makes a pointer a cheap, collision-free map key within one event).
 
 use std::cell::RefCell;
@@ -10,9 +10,9 @@ use std::collections::{HashMap, HashSet};
 
 use foldhash::fast::RandomState;
 use std::rc::Rc;
-use std::sync::Arc;
 
 use crate::layout::TableKind;
+use crate::layout::name::{Name, intern};
 use crate::schema::names::snake_case;
 
 /// Past this many remembered paths, or this many bytes of them (hostile senders can invent keys without end), a
@@ -22,14 +22,14 @@ const MAX_BYTES: usize = 8 << 20;
 
 /// A key path and its column name, both shared: the path only within the thread that flattens events, the name by
 /// every row.
-pub type Named = (Rc<str>, Arc<str>);
+pub type Named = (Rc<str>, Name);
 
 /// Key paths and the column names they give.
 #[derive(Default)]
 pub struct Names {
     /// Path → (the path, shared; its column name).
-    paths: HashMap<Rc<str>, Arc<str>, RandomState>,
-    columns: HashSet<Arc<str>, RandomState>,
+    paths: HashMap<Rc<str>, Name, RandomState>,
+    columns: HashSet<Name, RandomState>,
     /// Bytes of the paths and names held.
     bytes: usize,
     /// The shared path and column name of each fixed column of a kind of table, looked up once.
@@ -50,12 +50,12 @@ impl Names {
         (path, column)
     }
 
-    /// The shared allocation of a column name.
-    pub fn column(&mut self, name: &str) -> Arc<str> {
+    /// The one allocation of a column name.
+    pub fn column(&mut self, name: &str) -> Name {
         if let Some(c) = self.columns.get(name) {
             return c.clone();
         }
-        let c: Arc<str> = name.into();
+        let c = intern(name);
         self.bytes += c.len();
         self.columns.insert(c.clone());
         c
@@ -103,16 +103,15 @@ mod tests {
         let (p1, c1) = n.get("context.library.name");
         let (p2, c2) = n.get("context.library.name");
         assert_eq!((&*p1, &*c1), ("context.library.name", "context_library_name"));
-        assert!(Rc::ptr_eq(&p1, &p2) && Arc::ptr_eq(&c1, &c2));
+        assert!(Rc::ptr_eq(&p1, &p2) && c1.addr() == c2.addr());
         // Two paths, one column: one allocation.
         let (_, a) = n.get("Plan Name");
         let (_, b) = n.get("plan_name");
-        assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(addr(&a), addr(&b));
         assert_ne!(addr(&a), addr(&c1));
         // A fixed column is the same allocation as the column a key path of the same name gives.
         let (path, column) = n.fixed(TableKind::Tracks).iter().find(|(p, _)| &**p == "user_id").cloned().unwrap();
         let (p, c) = n.get("user_id");
-        assert!(Rc::ptr_eq(&path, &p) && Arc::ptr_eq(&column, &c));
+        assert!(Rc::ptr_eq(&path, &p) && column.addr() == c.addr());
     }
 }

@@ -3,8 +3,8 @@
 
 use std::collections::hash_map::Entry;
 use std::rc::Rc;
-use std::sync::Arc;
 
+use crate::layout::name::Name;
 use crate::layout::rows::{ByAddr, Row, Shared, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
 use crate::layout::value::{Micros, Scalar, Text};
@@ -59,7 +59,7 @@ struct Slot {
 #[derive(Default)]
 struct Leaves {
     paths: Vec<Rc<str>>,
-    items: Vec<(Arc<str>, Scalar)>,
+    items: Vec<(Name, Scalar)>,
 }
 
 impl Leaves {
@@ -83,8 +83,8 @@ impl Leaves {
 /// like the column wins, then the smaller original key. Every losing value becomes a discard.
 struct RowBuilder<'a> {
     /// Columns shared with the row built before, which this one continues; their places come first.
-    prefix: &'a [(Arc<str>, Scalar)],
-    cols: Vec<(Arc<str>, Scalar)>,
+    prefix: &'a [(Name, Scalar)],
+    cols: Vec<(Name, Scalar)>,
     /// By the address of the shared column name: equal names are one allocation within an event.
     slots: &'a mut ByAddr<Slot>,
     id: &'a str,
@@ -108,7 +108,7 @@ impl<'a> RowBuilder<'a> {
     }
 
     /// The column at `place` of the row, counting the shared ones first.
-    fn col(&self, place: usize) -> Option<&(Arc<str>, Scalar)> {
+    fn col(&self, place: usize) -> Option<&(Name, Scalar)> {
         match place.checked_sub(self.prefix.len()) {
             None => self.prefix.get(place),
             Some(own) => self.cols.get(own),
@@ -128,7 +128,7 @@ impl<'a> RowBuilder<'a> {
     }
 
     /// Puts the column name and value of a context or payload leaf.
-    fn put(&mut self, source: Source, leaf: usize, column: Arc<str>, value: Scalar) {
+    fn put(&mut self, source: Source, leaf: usize, column: Name, value: Scalar) {
         let path: &str = self.path(source, leaf);
         if column.is_empty() {
             let reason = format!("{path:?} has no letter or digit to make a column name from");
@@ -522,7 +522,10 @@ mod tests {
         assert_eq!(own[..tracks.len()], tracks[..], "the event's table starts with the tracks row");
         assert_eq!(own[tracks.len()..], [("plan".to_string(), Scalar::Str("pro".into()))]);
         let (t, o) = (&m.rows[0].row, &m.rows[1].row);
-        assert!(t.shared.as_ref().zip(o.shared.as_ref()).is_some_and(|(a, b)| Arc::ptr_eq(a, b)), "held once");
+        assert!(
+            t.shared.as_ref().zip(o.shared.as_ref()).is_some_and(|(a, b)| std::sync::Arc::ptr_eq(a, b)),
+            "held once"
+        );
         // Held once, counted once: the event costs the buffer its columns once, and the property.
         let single = Mapped { rows: m.rows[..1].to_vec(), ..Default::default() }.size_estimate();
         let both = Mapped { rows: m.rows.clone(), ..Default::default() }.size_estimate();
