@@ -100,6 +100,29 @@ def test_a_wrong_key_is_refused_before_a_big_body_is_read(keyed):
     assert answer(s)[0] == 404
 
 
+def test_a_client_still_sending_a_refused_body_reads_the_answer(keyed):
+    """A refused request whose body is still arriving when the answer is ready (a wrong key, an unknown path, a body
+    over the limit): the client sends its whole body, as HTTP clients do, then reads the answer that names what was
+    wrong, not a reset connection."""
+    server = keyed(SEGMENT_DELTA_MAX_REQUEST_BYTES="100000")
+    body = b'{"type":"track","userId":"u","event":"E","properties":{"s":"' + b"x" * (3 * MiB) + b'"}}'
+    cases = [("/v1/track", "wrong", 401, b"unknown write key"),
+             ("/v1/nothing", KEY, 404, b"/v1/nothing"),
+             ("/v1/track", KEY, 413, b"SEGMENT_DELTA_MAX_REQUEST_BYTES")]
+    for path, key, status, names in cases * 3:
+        s = connect(server)
+        s.sendall(head(path, length=len(body), key=key) + body)
+        # Everything the server sends until it closes the connection: the whole answer.
+        s.settimeout(5)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        assert data.startswith(b"HTTP/1.1 %d " % status), (path, key, data)
+        assert names in data and b"connection: close" in data.lower(), data
+    assert server.post("/v1/track", {"type": "track", "userId": "u", "event": "After"}, key=KEY).status_code == 200
+
+
 def test_a_body_that_does_not_arrive_in_time_gets_408(keyed):
     server = keyed(SEGMENT_DELTA_BODY_TIMEOUT_MS="1000")
     s = connect(server)

@@ -35,8 +35,34 @@ fn closing(mut res: ApiResponse) -> ApiResponse {
     res
 }
 
+/// The most of a refused body read and dropped before the answer (see [`drain`]).
+const DRAIN_BYTES: usize = 8 << 20;
+
+/// Reads and drops the rest of a body that is refused (a wrong key, an unknown path, too large), up to
+/// [`DRAIN_BYTES`] and until `deadline`, before the answer is sent. A client is often still sending when the
+/// answer is ready; closing the connection with its bytes unread makes the system reset it, and the client then
+/// sees a reset connection instead of the answer that names what was wrong. A body announced as larger than the
+/// bound is not read at all (its client is answered at once and may see the reset).
+async fn drain(
+    stream: &mut (impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin),
+    read: usize,
+    declared: Option<usize>,
+    deadline: tokio::time::Instant,
+) {
+    if declared.is_some_and(|d| d > DRAIN_BYTES) {
+        return;
+    }
+    let mut left = DRAIN_BYTES.saturating_sub(read);
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
+        match left.checked_sub(chunk.remaining()) {
+            Some(rest) => left = rest,
+            None => return,
+        }
+    }
+}
+
 /// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read;
-/// past the limit or the deadline the rest is not read. A body whose length is `declared` is read into one
+/// past the limit the rest is dropped as it is read ([`drain`]), past the deadline it is not read. A body whose length is `declared` is read into one
 /// allocation of that size, made when its first bytes arrive (pages are touched only as bytes do); past the API's
 /// request limit (a host's invocation) it grows as it is read.
 async fn read_body(
@@ -94,6 +120,7 @@ async fn read_body(
             let part = chunk.chunk();
             if body.len() + part.len() > limit {
                 let message = format!("request body is larger than {limit} bytes ({setting})");
+                drain(&mut stream, body.len() + chunk.remaining(), declared, deadline).await;
                 return Err(closing(ApiResponse::error(413, message)));
             }
             body.extend_from_slice(part);
@@ -128,7 +155,7 @@ async fn serve_one(
     method: Method,
     path: &str,
     headers: HeaderMap,
-    stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
+    mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
 ) -> Response<String> {
     // The operator's endpoints: liveness, readiness (503 when a component is not ready), metrics.
     if method == Method::GET || method == Method::HEAD {
@@ -167,7 +194,13 @@ async fn serve_one(
         let has_body =
             headers.contains_key("transfer-encoding") || lookup("content-length").is_some_and(|n| n.trim() != "0");
         answered(path, &res);
-        return to_reply(if has_body { closing(res) } else { res });
+        if !has_body {
+            return to_reply(res);
+        }
+        let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
+        let deadline = tokio::time::Instant::now() + state.config.connections.body_timeout;
+        drain(&mut stream, 0, declared, deadline).await;
+        return to_reply(closing(res));
     }
     let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
     let body = match read_body(state, stream, limit, setting, declared).await {
