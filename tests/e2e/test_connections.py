@@ -18,9 +18,9 @@ def connect(server) -> socket.socket:
     return s
 
 
-def head(path: str = "/v1/track", *, length: int, key: str | None = KEY) -> bytes:
+def head(path: str = "/v1/track", *, length: int, key: str | None = KEY, expect: bool = False) -> bytes:
     lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json",
-             f"Content-Length: {length}"]
+             f"Content-Length: {length}"] + (["Expect: 100-continue"] if expect else [])
     if key is not None:
         lines.append("Authorization: Basic " + base64.b64encode(f"{key}:".encode()).decode())
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
@@ -98,6 +98,14 @@ def test_a_wrong_key_is_refused_before_a_big_body_is_read(keyed):
     s = connect(server)
     s.sendall(head("/v1/nothing", length=10_000_000))
     assert answer(s)[0] == 404
+    # A client waiting for leave to send its (small) body is answered at once too, not at the body deadline.
+    s = connect(server)
+    started = time.monotonic()
+    s.sendall(head(length=1000, key="wrong", expect=True))
+    status, data = answer(s)
+    assert status == 401 and b"100 Continue" not in data, data
+    assert closed(s, within=5)
+    assert time.monotonic() - started < 3, "answered before the body deadline"
 
 
 def test_a_client_still_sending_a_refused_body_reads_the_answer(keyed):

@@ -194,8 +194,10 @@ async fn serve_one(
         let has_body =
             headers.contains_key("transfer-encoding") || lookup("content-length").is_some_and(|n| n.trim() != "0");
         answered(path, &res);
-        if !has_body {
-            return to_reply(res);
+        // A client that asked to be told before it sends its body (`Expect: 100-continue`) has sent none.
+        let waiting = lookup("expect").is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"));
+        if !has_body || waiting {
+            return to_reply(if has_body { closing(res) } else { res });
         }
         let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
         let deadline = tokio::time::Instant::now() + state.config.connections.body_timeout;
