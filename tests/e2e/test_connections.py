@@ -131,6 +131,26 @@ def test_a_client_still_sending_a_refused_body_reads_the_answer(keyed):
     assert server.post("/v1/track", {"type": "track", "userId": "u", "event": "After"}, key=KEY).status_code == 200
 
 
+def test_a_body_being_dropped_holds_none_of_the_reading_budget(keyed):
+    """A body past the size limit is read and dropped while its client sends the rest; meanwhile the bytes of it
+    that were read are given back to the server's reading budget, so other requests are read at once."""
+    server = keyed(SEGMENT_DELTA_MAX_REQUEST_BYTES="100000", SEGMENT_DELTA_MAX_READING_BYTES="100000")
+    big = connect(server)
+    # Past the limit, which is the whole budget here; the rest of the 3 MiB comes later.
+    big.sendall(head(length=3 * MiB) + b"x" * 150_000)
+    time.sleep(0.5)
+    started = time.monotonic()
+    r = server.post("/v1/track", {"type": "track", "userId": "u", "event": "Meanwhile"}, key=KEY)
+    took = time.monotonic() - started
+    assert r.status_code == 200, r.text
+    assert took < 5, f"a small request waited {took:.1f} s for the budget"
+    big.sendall(b"x" * (3 * MiB - 150_000))
+    status, data = answer(big)
+    assert status == 413 and b"SEGMENT_DELTA_MAX_REQUEST_BYTES" in data, data
+    big.close()
+    assert server.read("meanwhile").num_rows == 1
+
+
 def test_a_body_that_does_not_arrive_in_time_gets_408(keyed):
     server = keyed(SEGMENT_DELTA_BODY_TIMEOUT_MS="1000")
     s = connect(server)

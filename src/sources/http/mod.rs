@@ -61,10 +61,11 @@ async fn drain(
     }
 }
 
-/// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read;
-/// past the limit the rest is dropped as it is read ([`drain`]), past the deadline it is not read. A body whose length is `declared` is read into one
-/// allocation of that size, made when its first bytes arrive (pages are touched only as bytes do); past the API's
-/// request limit (a host's invocation) it grows as it is read.
+/// Reads the body up to `limit` bytes, within the body deadline and the server's budget of bytes being read; past
+/// the limit the rest is dropped as it is read ([`drain`], which holds none of the budget), past the deadline it is
+/// not read. A body whose length is `declared` is read into one allocation of that size, made when its first bytes
+/// arrive (pages are touched only as bytes do); past the API's request limit (a host's invocation) it grows as it
+/// is read.
 async fn read_body(
     state: &AppState,
     mut stream: impl futures::Stream<Item = Result<impl Buf, warp::Error>> + Unpin,
@@ -120,7 +121,10 @@ async fn read_body(
             let part = chunk.chunk();
             if body.len() + part.len() > limit {
                 let message = format!("request body is larger than {limit} bytes ({setting})");
-                drain(&mut stream, body.len() + chunk.remaining(), declared, deadline).await;
+                let read = body.len() + chunk.remaining();
+                // What was read, and its share of the budget, are given back before the rest is dropped.
+                drop((std::mem::take(&mut body), held.take()));
+                drain(&mut stream, read, declared, deadline).await;
                 return Err(closing(ApiResponse::error(413, message)));
             }
             body.extend_from_slice(part);
