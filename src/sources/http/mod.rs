@@ -193,6 +193,7 @@ async fn serve_one(
         (state.config.limits.max_request_bytes, "SEGMENT_DELTA_MAX_REQUEST_BYTES")
     };
     let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
     // The path, the method and a write key in the Authorization header are checked before the body is read.
     if !invocation && let api::Route::Answer(res) = api::route(state, method.as_str(), path, &lookup) {
         let has_body =
@@ -200,15 +201,12 @@ async fn serve_one(
         answered(path, &res);
         // A client that asked to be told before it sends its body (`Expect: 100-continue`) has sent none.
         let waiting = lookup("expect").is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"));
-        if !has_body || waiting {
-            return to_reply(if has_body { closing(res) } else { res });
+        if has_body && !waiting {
+            let deadline = tokio::time::Instant::now() + state.config.connections.body_timeout;
+            drain(&mut stream, 0, declared, deadline).await;
         }
-        let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
-        let deadline = tokio::time::Instant::now() + state.config.connections.body_timeout;
-        drain(&mut stream, 0, declared, deadline).await;
-        return to_reply(closing(res));
+        return to_reply(if has_body { closing(res) } else { res });
     }
-    let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
     let body = match read_body(state, stream, limit, setting, declared).await {
         Ok(b) => b,
         Err(res) => {
