@@ -17,7 +17,9 @@ use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::Compression;
 use deltalake::parquet::file::metadata::ParquetMetaData;
-use deltalake::parquet::file::properties::{WriterProperties, WriterPropertiesBuilder};
+use deltalake::parquet::file::properties::{
+    DEFAULT_DATA_PAGE_ROW_COUNT_LIMIT, DEFAULT_PAGE_SIZE, EnabledStatistics, WriterProperties, WriterPropertiesBuilder,
+};
 use deltalake::parquet::file::statistics::Statistics;
 use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::{DeltaTableError, ObjectStore, Path};
@@ -271,18 +273,44 @@ async fn write_one(
     })
 }
 
-/// How a data file is encoded: Snappy, and a dictionary for every column but the nearly distinct ones. `columns`
-/// gives each column's field in the table and its values, which decide, with its name in the file.
+/// How a data file is encoded: Snappy; a dictionary for every column but the nearly distinct ones; statistics of
+/// every column chunk, and a page index (each page's statistics) for the columns whose values may take more than
+/// one page. `columns` gives each column's field in the table and its values, which decide, with its name in the
+/// file.
 pub fn writer_properties<'f>(
     columns: impl IntoIterator<Item = (&'f Field, &'f ArrayRef, &'f str)>,
 ) -> WriterPropertiesBuilder {
-    let mut props = WriterProperties::builder().set_compression(Compression::SNAPPY);
+    let mut props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_statistics_enabled(EnabledStatistics::Chunk);
     for (field, values, name) in columns {
         if !dictionary_encoded(field, values) {
             props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
         }
+        if !one_page(values) {
+            props = props.set_column_statistics_enabled(ColumnPath::from(name), EnabledStatistics::Page);
+        }
     }
     props
+}
+
+/// Whether a column's values fit in one Parquet data page however they are encoded: fewer rows than the writer
+/// puts in a page, and at most half a page of bytes written plainly (a dictionary's indices take fewer). A page
+/// index of such a column would repeat its chunk's statistics, and cost time and bytes in every small file.
+fn one_page(values: &ArrayRef) -> bool {
+    if values.len() >= DEFAULT_DATA_PAGE_ROW_COUNT_LIMIT {
+        return false;
+    }
+    let plain = match values.as_string_opt::<i32>() {
+        // The text, and its length before each value.
+        Some(text) => {
+            let offsets = text.value_offsets();
+            (offsets[offsets.len() - 1] - offsets[0]) as usize + 4 * (text.len() - text.null_count())
+        }
+        // BIGINT, DOUBLE and TIMESTAMP take 8 bytes a value, BOOLEAN less.
+        None => 8 * values.len(),
+    };
+    plain <= DEFAULT_PAGE_SIZE / 2
 }
 
 /// Whether a column's values are written with a dictionary, as Parquet writers do by default. Not when they are
@@ -578,6 +606,58 @@ mod tests {
         // Read back, the values are those written.
         let read = reader.build().unwrap().next().unwrap().unwrap();
         assert_eq!(read, RecordBatch::try_new(read.schema(), batch.columns().to_vec()).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_page_index_is_written_for_the_columns_of_more_than_one_page() {
+        use deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions;
+        use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
+        let rows = 3000;
+        let batch = RecordBatch::try_from_iter([
+            ("n", Arc::new(Int64Array::from((0..rows as i64).collect::<Vec<_>>())) as ArrayRef),
+            (
+                "s",
+                Arc::new(StringArray::from((0..rows).map(|i| format!("v{}", i % 7)).collect::<Vec<_>>())) as ArrayRef,
+            ),
+            // 3,000 different values of 600 bytes: 1.8 MB, more than a page.
+            (
+                "long",
+                Arc::new(StringArray::from((0..rows).map(|i| format!("{i:0600}")).collect::<Vec<_>>())) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let mut columns = HashMap::new();
+        for (i, n) in ["n", "s", "long"].into_iter().enumerate() {
+            let physical = format!("col-{i}");
+            columns.insert(n.to_string(), PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true });
+        }
+        let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
+        let store = object_store::memory::InMemory::new();
+        let add = write_one(&store, &layout, &batch, vec![], true).await.unwrap();
+        let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
+        let options = ArrowReaderOptions::new().with_page_index(true);
+        let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).unwrap();
+        let meta = reader.metadata();
+        let pages: Vec<usize> = meta.offset_index().unwrap()[0].iter().map(|o| o.page_locations().len()).collect();
+        assert_eq!(pages[..2], [1, 1]);
+        assert!(pages[2] > 1, "{pages:?}");
+        let indexed: Vec<bool> =
+            meta.column_index().unwrap()[0].iter().map(|c| !matches!(c, ColumnIndexMetaData::NONE)).collect();
+        assert_eq!(indexed, [false, false, true]);
+        // Every column chunk has its statistics, and the table's statistics are those of the values.
+        assert!(
+            meta.row_group(0).columns().iter().all(|c| c.statistics().is_some_and(|s| s.min_bytes_opt().is_some()))
+        );
+        let stats: Value = serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
+        assert_eq!((stats["minValues"]["col-0"].clone(), stats["maxValues"]["col-0"].clone()), (json!(0), json!(2999)));
+        assert_eq!(
+            (stats["minValues"]["col-1"].clone(), stats["maxValues"]["col-1"].clone()),
+            (json!("v0"), json!("v6"))
+        );
+        // Read back, the values are those written.
+        let read: Vec<RecordBatch> = reader.build().unwrap().map(Result::unwrap).collect();
+        let all = compute::concat_batches(&read[0].schema(), &read).unwrap();
+        assert_eq!(all, RecordBatch::try_new(all.schema(), batch.columns().to_vec()).unwrap());
     }
 
     #[test]
