@@ -611,6 +611,7 @@ mod tests {
     #[tokio::test]
     async fn a_page_index_is_written_for_the_columns_of_more_than_one_page() {
         use deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions;
+        use deltalake::parquet::file::metadata::PageIndexPolicy;
         use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
         let rows = 3000;
         let batch = RecordBatch::try_from_iter([
@@ -635,7 +636,7 @@ mod tests {
         let store = object_store::memory::InMemory::new();
         let add = write_one(&store, &layout, &batch, vec![], true).await.unwrap();
         let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
-        let options = ArrowReaderOptions::new().with_page_index(true);
+        let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
         let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).unwrap();
         let meta = reader.metadata();
         let pages: Vec<usize> = meta.offset_index().unwrap()[0].iter().map(|o| o.page_locations().len()).collect();
