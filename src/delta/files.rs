@@ -559,6 +559,22 @@ mod tests {
         written_in(batch, 1 << 20)
     }
 
+    /// `batch` written as one data file, its columns named `col-0`, `col-1`… in the file: the file's `add` action
+    /// and its bytes.
+    async fn written_file(batch: &RecordBatch) -> (Add, bytes::Bytes) {
+        let mut columns = HashMap::new();
+        for (i, field) in batch.schema().fields().iter().enumerate() {
+            let physical = format!("col-{i}");
+            let column = PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true };
+            columns.insert(field.name().clone(), column);
+        }
+        let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
+        let store = object_store::memory::InMemory::new();
+        let add = write_one(&store, &layout, batch, vec![], true).await.unwrap();
+        let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
+        (add, bytes)
+    }
+
     #[tokio::test]
     async fn distinct_columns_are_written_without_a_dictionary() {
         let ts = |v: Vec<i64>| Arc::new(TimestampMicrosecondArray::from(v).with_timezone("UTC")) as ArrayRef;
@@ -583,16 +599,7 @@ mod tests {
             ("gappy", Arc::new(StringArray::from(gappy)) as ArrayRef),
         ])
         .unwrap();
-        let names = ["id", "event", "timestamp", "uuid_ts", "context_ip", "a29", "a28", "short", "gappy"];
-        let mut columns = HashMap::new();
-        for (i, n) in names.into_iter().enumerate() {
-            let physical = format!("col-{i}");
-            columns.insert(n.to_string(), PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true });
-        }
-        let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
-        let store = object_store::memory::InMemory::new();
-        let add = write_one(&store, &layout, &batch, vec![], true).await.unwrap();
-        let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
+        let (_, bytes) = written_file(&batch).await;
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         let chunks = reader.metadata().row_group(0).columns().to_vec();
         let dictionary: Vec<(String, bool)> =
@@ -627,15 +634,7 @@ mod tests {
             ),
         ])
         .unwrap();
-        let mut columns = HashMap::new();
-        for (i, n) in ["n", "s", "long"].into_iter().enumerate() {
-            let physical = format!("col-{i}");
-            columns.insert(n.to_string(), PhysicalColumn { physical, field_id: Some(i as i64 + 1), stats: true });
-        }
-        let layout = FileLayout { columns, partition_columns: vec![], column_mapping: ColumnMapping::Name };
-        let store = object_store::memory::InMemory::new();
-        let add = write_one(&store, &layout, &batch, vec![], true).await.unwrap();
-        let bytes = store.get(&Path::from(add.path.as_str())).await.unwrap().bytes().await.unwrap();
+        let (add, bytes) = written_file(&batch).await;
         let options = ArrowReaderOptions::new().with_page_index_policy(PageIndexPolicy::Required);
         let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).unwrap();
         let meta = reader.metadata();
