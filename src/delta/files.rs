@@ -307,8 +307,14 @@ fn one_page(values: &ArrayRef) -> bool {
             let offsets = text.value_offsets();
             (offsets[offsets.len() - 1] - offsets[0]) as usize + 4 * (text.len() - text.null_count())
         }
-        // BIGINT, DOUBLE and TIMESTAMP take 8 bytes a value, BOOLEAN less.
-        None => 8 * values.len(),
+        // A bit a value.
+        None if *values.data_type() == DataType::Boolean => values.len().div_ceil(8),
+        // BIGINT, DOUBLE and TIMESTAMP: 8 bytes a value. Any other type (text of a wider kind, read from a file
+        // another writer made) is not counted, and keeps its page index.
+        None => match values.data_type().primitive_width() {
+            Some(width) => width * values.len(),
+            None => return false,
+        },
     };
     plain <= DEFAULT_PAGE_SIZE / 2
 }
@@ -617,12 +623,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_page_index_is_written_for_the_columns_of_more_than_one_page() {
+        use deltalake::arrow::array::LargeStringArray;
         use deltalake::parquet::arrow::arrow_reader::ArrowReaderOptions;
         use deltalake::parquet::file::metadata::PageIndexPolicy;
         use deltalake::parquet::file::page_index::column_index::ColumnIndexMetaData;
         let rows = 3000;
         let batch = RecordBatch::try_from_iter([
             ("n", Arc::new(Int64Array::from((0..rows as i64).collect::<Vec<_>>())) as ArrayRef),
+            ("b", Arc::new(BooleanArray::from((0..rows).map(|i| i % 3 == 0).collect::<Vec<_>>())) as ArrayRef),
+            (
+                "large",
+                Arc::new(LargeStringArray::from((0..rows).map(|i| format!("w{}", i % 5)).collect::<Vec<_>>()))
+                    as ArrayRef,
+            ),
             (
                 "s",
                 Arc::new(StringArray::from((0..rows).map(|i| format!("v{}", i % 7)).collect::<Vec<_>>())) as ArrayRef,
@@ -639,11 +652,12 @@ mod tests {
         let reader = ParquetRecordBatchReaderBuilder::try_new_with_options(bytes, options).unwrap();
         let meta = reader.metadata();
         let pages: Vec<usize> = meta.offset_index().unwrap()[0].iter().map(|o| o.page_locations().len()).collect();
-        assert_eq!(pages[..2], [1, 1]);
-        assert!(pages[2] > 1, "{pages:?}");
+        assert_eq!(pages[..4], [1, 1, 1, 1]);
+        assert!(pages[4] > 1, "{pages:?}");
         let indexed: Vec<bool> =
             meta.column_index().unwrap()[0].iter().map(|c| !matches!(c, ColumnIndexMetaData::NONE)).collect();
-        assert_eq!(indexed, [false, false, true]);
+        // Text of a kind this writer does not make keeps its page index, one page or not.
+        assert_eq!(indexed, [false, false, true, false, true]);
         // Every column chunk has its statistics, and the table's statistics are those of the values.
         assert!(
             meta.row_group(0).columns().iter().all(|c| c.statistics().is_some_and(|s| s.min_bytes_opt().is_some()))
@@ -651,7 +665,7 @@ mod tests {
         let stats: Value = serde_json::from_str(add.stats.as_deref().unwrap()).unwrap();
         assert_eq!((stats["minValues"]["col-0"].clone(), stats["maxValues"]["col-0"].clone()), (json!(0), json!(2999)));
         assert_eq!(
-            (stats["minValues"]["col-1"].clone(), stats["maxValues"]["col-1"].clone()),
+            (stats["minValues"]["col-3"].clone(), stats["maxValues"]["col-3"].clone()),
             (json!("v0"), json!("v6"))
         );
         // Read back, the values are those written.
