@@ -196,8 +196,8 @@ async fn serve_one(
     let declared = lookup("content-length").and_then(|n| n.trim().parse().ok());
     // The path, the method and a write key in the Authorization header are checked before the body is read.
     if !invocation && let api::Route::Answer(res) = api::route(state, method.as_str(), path, &lookup) {
-        let has_body =
-            headers.contains_key("transfer-encoding") || lookup("content-length").is_some_and(|n| n.trim() != "0");
+        // The server has already refused a Content-Length that is not a number, so `declared` is every length sent.
+        let has_body = headers.contains_key("transfer-encoding") || declared.is_some_and(|n| n != 0);
         answered(path, &res);
         // A client that asked to be told before it sends its body (`Expect: 100-continue`) has sent none.
         let waiting = lookup("expect").is_some_and(|e| e.trim().eq_ignore_ascii_case("100-continue"));
