@@ -170,7 +170,7 @@ impl Mapped {
     pub fn size_estimate(&self) -> usize {
         const PER_VALUE: usize = std::mem::size_of::<(Name, Scalar)>();
         const PER_ROW: usize = 96;
-        let value = |v: &Scalar| PER_VALUE + v.held_text().filter(|s| s.is_heap_allocated()).map_or(0, Text::len);
+        let value = |v: &Scalar| PER_VALUE + v.heap_bytes();
         let values = |cols: &[(Name, Scalar)]| cols.iter().map(|(n, v)| n.len() + value(v)).sum::<usize>();
         // Columns shared by rows are counted once.
         let mut counted: Option<&Shared> = None;

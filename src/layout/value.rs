@@ -133,19 +133,25 @@ impl fmt::Display for ColumnType {
 /// ids), longer ones in one shared allocation, so that the tables of one event hold one copy.
 pub type Text = smol_str::SmolStr;
 
-/// One non-null value of a row, with the type it would give a new column.
+/// One non-null value of a row, with the type it would give a new column. It takes 24 bytes, the size of a text held
+/// in place: a row holds one for each of its columns.
 #[derive(Debug, Clone)]
 pub enum Scalar {
     Bool(bool),
     Int(i64),
     Float(f64),
     /// An integer outside the BIGINT range, kept as its decimal text.
-    BigInt(Text),
-    /// A string that reads as an ISO-8601 date-time; the text is kept for STRING columns and discards. A timestamp
-    /// the pipeline made itself has no text: [`format_micros`] gives it when one is needed.
-    Timestamp(Micros, Option<Text>),
+    BigInt(Box<str>),
+    /// A timestamp the pipeline made itself, or one sent as the very text [`format_micros`] gives for it (the form
+    /// Segment's libraries send, `2026-11-01T12:00:00.123Z`), which need not be kept.
+    Timestamp(Micros),
+    /// A string that reads as an ISO-8601 date-time in another form (an offset, a space for `T`, another
+    /// precision): the text is kept for STRING columns and discards.
+    SentTimestamp(Box<(Micros, Text)>),
     Str(Text),
 }
+
+const _: () = assert!(std::mem::size_of::<Scalar>() == 24, "a row's values stay the size of a text held in place");
 
 /// Values are equal when they are the same value with the same text; a timestamp without text has the text
 /// [`format_micros`] gives it.
@@ -155,18 +161,39 @@ impl PartialEq for Scalar {
             (Scalar::Bool(a), Scalar::Bool(b)) => a == b,
             (Scalar::Int(a), Scalar::Int(b)) => a == b,
             (Scalar::Float(a), Scalar::Float(b)) => a == b,
-            (Scalar::BigInt(a), Scalar::BigInt(b)) | (Scalar::Str(a), Scalar::Str(b)) => a == b,
-            (Scalar::Timestamp(a, x), Scalar::Timestamp(b, y)) => {
-                a == b
-                    && match (x, y) {
-                        (Some(x), Some(y)) => x == y,
-                        (None, None) => true,
-                        (Some(text), None) | (None, Some(text)) => *text == format_micros(*a),
-                    }
-            }
+            (Scalar::BigInt(a), Scalar::BigInt(b)) => a == b,
+            (Scalar::Str(a), Scalar::Str(b)) => a == b,
+            (Scalar::Timestamp(a), Scalar::Timestamp(b)) => a == b,
+            (Scalar::SentTimestamp(a), Scalar::SentTimestamp(b)) => a == b,
+            (Scalar::Timestamp(t), Scalar::SentTimestamp(sent))
+            | (Scalar::SentTimestamp(sent), Scalar::Timestamp(t)) => sent.0 == *t && sent.1 == format_micros(*t),
             _ => false,
         }
     }
+}
+
+/// Whether `b`, a date-time that was read as an instant, is the very text [`format_micros`] gives for it: `YYYY-MM-DDTHH:MM:SS`,
+/// then no fraction, three digits that are not all zero, or six whose last three are not, then `Z`. A leap second
+/// (`:60`), which chrono reads as the second before, is not.
+fn as_formatted(b: &[u8]) -> bool {
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let fraction_ok = match b.len() {
+        20 => true,
+        24 => b[19] == b'.' && digits(20..23) && &b[20..23] != b"000",
+        27 => b[19] == b'.' && digits(20..26) && &b[23..26] != b"000",
+        _ => false,
+    };
+    fraction_ok
+        && b[b.len() - 1] == b'Z'
+        && b[10] == b'T'
+        && b[16] == b':'
+        && digits(0..4)
+        && digits(5..7)
+        && digits(8..10)
+        && digits(11..13)
+        && digits(14..16)
+        && digits(17..19)
+        && b[17] < b'6'
 }
 
 /// Why a value could not go into its column.
@@ -189,7 +216,9 @@ impl Scalar {
     /// A string value: a timestamp when it reads as one, text otherwise.
     pub fn from_string(s: &str) -> Scalar {
         match parse_timestamp(s) {
-            Some(t) => Scalar::Timestamp(t, Some(s.into())),
+            // The shape was checked before it was read as `t`.
+            Some(t) if as_formatted(s.as_bytes()) => Scalar::Timestamp(t),
+            Some(t) => Scalar::SentTimestamp(Box::new((t, s.into()))),
             None => Scalar::Str(s.into()),
         }
     }
@@ -201,15 +230,28 @@ impl Scalar {
             Scalar::Int(_) => ColumnType::BigInt,
             Scalar::Float(_) => ColumnType::Double,
             Scalar::BigInt(_) | Scalar::Str(_) => ColumnType::String,
-            Scalar::Timestamp(..) => ColumnType::Timestamp,
+            Scalar::Timestamp(_) | Scalar::SentTimestamp(_) => ColumnType::Timestamp,
         }
     }
 
     /// The text the value holds, when it holds its text (a string, a big integer, a timestamp as it was sent).
-    pub fn held_text(&self) -> Option<&Text> {
+    pub fn held_text(&self) -> Option<&str> {
         match self {
-            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) => Some(s),
-            Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) | Scalar::Timestamp(_, None) => None,
+            Scalar::Str(s) => Some(s),
+            Scalar::BigInt(s) => Some(s),
+            Scalar::SentTimestamp(sent) => Some(&sent.1),
+            Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) | Scalar::Timestamp(_) => None,
+        }
+    }
+
+    /// The bytes the value holds outside itself.
+    pub fn heap_bytes(&self) -> usize {
+        let text = |s: &Text| if s.is_heap_allocated() { s.len() } else { 0 };
+        match self {
+            Scalar::Str(s) => text(s),
+            Scalar::BigInt(s) => s.len(),
+            Scalar::SentTimestamp(sent) => std::mem::size_of::<(Micros, Text)>() + text(&sent.1),
+            Scalar::Bool(_) | Scalar::Int(_) | Scalar::Float(_) | Scalar::Timestamp(_) => 0,
         }
     }
 
@@ -219,8 +261,10 @@ impl Scalar {
             Scalar::Bool(b) => b.to_string(),
             Scalar::Int(i) => i.to_string(),
             Scalar::Float(f) => serde_json::Number::from_f64(*f).map_or_else(|| f.to_string(), |n| n.to_string()),
-            Scalar::BigInt(s) | Scalar::Str(s) | Scalar::Timestamp(_, Some(s)) => s.to_string(),
-            Scalar::Timestamp(t, None) => format_micros(*t),
+            Scalar::Str(s) => s.to_string(),
+            Scalar::BigInt(s) => s.to_string(),
+            Scalar::SentTimestamp(sent) => sent.1.to_string(),
+            Scalar::Timestamp(t) => format_micros(*t),
         }
     }
 
@@ -251,7 +295,8 @@ impl Scalar {
 
     pub fn as_timestamp(&self) -> Result<Micros, CastError> {
         match self {
-            Scalar::Timestamp(t, _) => Ok(*t),
+            Scalar::Timestamp(t) => Ok(*t),
+            Scalar::SentTimestamp(sent) => Ok(sent.0),
             _ => Err(self.cast_error(ColumnType::Timestamp)),
         }
     }
@@ -264,7 +309,7 @@ impl Scalar {
 impl From<Micros> for Scalar {
     /// A timestamp the pipeline made itself (received_at, uuid_ts, corrected timestamps).
     fn from(t: Micros) -> Self {
-        Scalar::Timestamp(t, None)
+        Scalar::Timestamp(t)
     }
 }
 
@@ -364,6 +409,69 @@ mod tests {
         assert_ne!(made, Scalar::from_string("2026-11-01T14:00:00.123+02:00"));
         assert_ne!(made, Scalar::from(t + 1));
         assert_ne!(made, Scalar::Str("2026-11-01T12:00:00.123Z".into()));
+    }
+
+    #[test]
+    fn a_time_sent_as_format_micros_writes_it_keeps_no_text_and_any_other_keeps_its_own() {
+        // Instants over the whole range at each precision: what `format_micros` writes is recognised as its text.
+        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut pick = |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) % n
+        };
+        let span = (TIMESTAMP_RANGE.end() - TIMESTAMP_RANGE.start()) as u64;
+        for i in 0..100_000 {
+            let t = TIMESTAMP_RANGE.start() + pick(span) as i64;
+            let t = match i % 3 {
+                0 => t - t.rem_euclid(1_000_000),
+                1 => t - t.rem_euclid(1_000),
+                _ => t,
+            };
+            let text = format_micros(t);
+            assert_eq!(Scalar::from_string(&text), Scalar::Timestamp(t), "{text}");
+            assert!(matches!(Scalar::from_string(&text), Scalar::Timestamp(_)), "{text} is held without its text");
+        }
+        // Texts of that shape, fields in and just out of their ranges: one held without its text gives that text
+        // back.
+        let mut held = 0;
+        for _ in 0..200_000 {
+            let year = [pick(10_000), 1970, 2026][pick(3) as usize];
+            let (month, day, hour, minute, second) = (pick(14), pick(33), pick(25), pick(61), pick(62));
+            let fraction = match pick(4) {
+                0 => String::new(),
+                1 => format!(".{:03}", pick(1_000)),
+                2 => format!(".{:06}", pick(1_000_000)),
+                _ => ".000".to_string(),
+            };
+            let text = format!("{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{fraction}Z");
+            match Scalar::from_string(&text) {
+                Scalar::Timestamp(t) => {
+                    held += 1;
+                    assert_eq!(format_micros(t), text);
+                }
+                Scalar::SentTimestamp(sent) => assert_eq!((sent.0, sent.1.as_str()), (ts(&text), text.as_str())),
+                other => assert_eq!(other, Scalar::Str(text.as_str().into())),
+            }
+        }
+        assert!(held > 20_000, "{held}");
+        // Other forms keep their text, for STRING columns and discards.
+        for text in [
+            "2026-11-01T12:00:00.000Z",
+            "2026-11-01T12:00:00.120000Z",
+            "2026-11-01T12:00:00.123456789Z",
+            "2026-11-01T12:00:00.1Z",
+            "2026-11-01T12:00:00.123z",
+            "2026-11-01t12:00:00.123Z",
+            "2026-11-01 12:00:00.123Z",
+            "2026-11-01T14:00:00.123+02:00",
+            "2026-11-01T12:00:00.123",
+            "2016-12-31T23:59:60.500Z",
+        ] {
+            let value = Scalar::from_string(text);
+            assert!(matches!(value, Scalar::SentTimestamp(_)), "{text}: {value:?}");
+            assert_eq!(value.to_text(), text);
+            assert_eq!(value.held_text(), Some(text));
+        }
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl<'a> Json<'a> {
                 if let Some(i) = n.as_i64() {
                     Scalar::Int(i)
                 } else if n.is_u64() {
-                    Scalar::BigInt(n.to_string().into())
+                    Scalar::BigInt(n.to_string().into_boxed_str())
                 } else {
                     Scalar::Float(n.as_f64().unwrap_or(f64::NAN))
                 }
