@@ -74,7 +74,7 @@ struct Pending {
     events: usize,
     bytes: usize,
     first_at: Option<Instant>,
-    /// Holds what an earlier flush could not write: due at once.
+    /// Holds what an earlier flush could not write: due without gathering.
     urgent: bool,
 }
 
@@ -248,9 +248,9 @@ fn earliest_offsets<'r>(rows: impl IntoIterator<Item = &'r Row>) -> HashMap<Arc<
     earliest
 }
 
-/// Adaptive group commit: a micro-batch is written once it has gathered for `interval` after its first row and at
-/// least `min_interval` has passed since the previous flush started, or at once when it is full or the server is
-/// stopping. Under light load a request waits about one commit; under heavy load flushes follow each other every
+/// Adaptive group commit: a micro-batch is written once it has gathered for `interval` after its first row (or at
+/// once when it is full) and at least `min_interval` has passed since the previous flush started, or at once when
+/// the server is stopping. Under light load a request waits about one commit; under heavy load flushes follow each other every
 /// `min_interval` (or as fast as they finish) and batches grow, so each table gets a bounded number of commits.
 async fn flusher(inner: Arc<Inner>) {
     let mut last_start: Option<Instant> = None;
@@ -260,13 +260,14 @@ async fn flusher(inner: Arc<Inner>) {
             let closing = inner.closing.load(Ordering::SeqCst);
             let draining = closing || inner.draining.load(Ordering::SeqCst);
             let full = p.events >= inner.policy.max_events || p.bytes >= inner.policy.max_bytes || p.urgent;
+            // A full micro-batch, or one holding what the last flush left, does not gather; it still waits for the
+            // minimum interval, which bounds each table's commits under any load. Only shutdown skips it.
             let due = p.first_at.map(|t| {
-                if full || draining {
-                    Instant::now()
-                } else {
-                    let gathered = t + inner.policy.interval;
-                    last_start.map_or(gathered, |s| gathered.max(s + inner.policy.min_interval))
+                if draining {
+                    return Instant::now();
                 }
+                let gathered = if full { Instant::now() } else { t + inner.policy.interval };
+                last_start.map_or(gathered, |s| gathered.max(s + inner.policy.min_interval))
             });
             (due, closing)
         };
@@ -630,6 +631,30 @@ mod tests {
         b.submit(sub("a")).await.unwrap();
         assert_eq!(b.totals().commits, 1, "a repeat is acknowledged without a write");
         assert_eq!(rows(dir.path(), "t"), 1);
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_micro_batch_skips_the_gathering_but_not_the_minimum_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = FlushPolicy {
+            interval: Duration::from_secs(60),
+            min_interval: Duration::from_millis(400),
+            max_events: 1,
+            ..policy()
+        };
+        let b = batcher(dir.path(), policy);
+        let sub = |id: &str| Submission { schema: "s".into(), events: vec![event("t", id, None, false)], bytes: 10 };
+        let start = Instant::now();
+        // Each request fills a micro-batch: the first is written without gathering for a minute, and the next not
+        // before the minimum interval after it.
+        b.submit(sub("a")).await.unwrap();
+        let first = start.elapsed();
+        b.submit(sub("b")).await.unwrap();
+        let second = start.elapsed();
+        assert!(first < Duration::from_secs(30), "the full micro-batch did not gather: {first:?}");
+        assert!(second >= Duration::from_millis(400), "the next flush waited for the minimum interval: {second:?}");
+        assert_eq!((b.totals().commits, rows(dir.path(), "t")), (2, 2));
         b.shutdown().await;
     }
 

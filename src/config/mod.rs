@@ -137,8 +137,7 @@ pub struct FlushPolicy {
     /// How long a micro-batch gathers requests after its first one.
     pub interval: Duration,
     /// The least time between the starts of two flushes: under any load each table gets at most one commit per
-    /// this interval from this process (batches grow instead), except when a micro-batch is full or a flush left
-    /// tables for the next.
+    /// this interval from this process (batches grow instead); only shutdown writes sooner.
     pub min_interval: Duration,
     pub max_events: usize,
     pub max_bytes: usize,
