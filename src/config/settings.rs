@@ -52,16 +52,16 @@ pub const SETTINGS: &[Setting] = &[
     s(
         "SEGMENT_DELTA_FLUSH_INTERVAL_MS",
         "20ms",
-        "a micro-batch gathers requests this long after its first one...",
+        "a micro-batch gathers requests this long after its first one (not once it is full)...",
         WRITE,
     ),
     s(
         "SEGMENT_DELTA_FLUSH_MIN_INTERVAL_MS",
         "200ms",
-        "...and is written no sooner than this after the previous flush started (at most 1000/this commits per table per second, unless a micro-batch fills up or a flush leaves tables for the next)",
+        "...and is written no sooner than this after the previous flush started (at most 1000/this commits per table per second under any load)",
         WRITE,
     ),
-    s("SEGMENT_DELTA_FLUSH_MAX_EVENTS", "100000", "...or once it holds this many events", WRITE),
+    s("SEGMENT_DELTA_FLUSH_MAX_EVENTS", "100000", "a micro-batch is full at this many events...", WRITE),
     s("SEGMENT_DELTA_FLUSH_MAX_BYTES", "64MiB", "...or this many request bytes", WRITE),
     s(
         "SEGMENT_DELTA_MAX_BUFFERED_BYTES",
