@@ -321,15 +321,19 @@ mod tests {
         parse_timestamp(s).unwrap_or_else(|| panic!("{s} should parse"))
     }
 
+    /// Numbers below `n` from a fixed sequence, so that a failure repeats.
+    fn picker(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 11) % n
+        }
+    }
+
     #[test]
     fn the_common_shape_is_read_to_the_instant_chrono_reads() {
         // Fields in and just out of their ranges, every length of fraction, each zone form, and shapes the quick
         // reader leaves to chrono; chosen by a fixed sequence, so a failure repeats.
-        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
-        let mut pick = |n: u64| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 33) % n
-        };
+        let mut pick = picker(0x9E37_79B9_7F4A_7C15);
         let (mut quick, mut checked) = (0, 0);
         for _ in 0..200_000 {
             let year = [pick(10_000), 1970, 2000, 1900, 2024, 1][pick(6) as usize];
@@ -414,11 +418,7 @@ mod tests {
     #[test]
     fn a_time_sent_as_format_micros_writes_it_keeps_no_text_and_any_other_keeps_its_own() {
         // Instants over the whole range at each precision: what `format_micros` writes is recognised as its text.
-        let mut seed: u64 = 0x2545_F491_4F6C_DD1D;
-        let mut pick = |n: u64| {
-            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
-            (seed >> 11) % n
-        };
+        let mut pick = picker(0x2545_F491_4F6C_DD1D);
         let span = (TIMESTAMP_RANGE.end() - TIMESTAMP_RANGE.start()) as u64;
         for i in 0..100_000 {
             let t = TIMESTAMP_RANGE.start() + pick(span) as i64;
