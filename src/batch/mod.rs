@@ -250,8 +250,9 @@ fn earliest_offsets<'r>(rows: impl IntoIterator<Item = &'r Row>) -> HashMap<Arc<
 
 /// Adaptive group commit: a micro-batch is written once it has gathered for `interval` after its first row (or at
 /// once when it is full) and at least `min_interval` has passed since the previous flush started, or at once when
-/// the server is stopping. Under light load a request waits about one commit; under heavy load flushes follow each other every
-/// `min_interval` (or as fast as they finish) and batches grow, so each table gets a bounded number of commits.
+/// the server is stopping. Under light load a request waits about one commit; under heavy load flushes follow each
+/// other every `min_interval` (or as fast as they finish) and batches grow, so each table gets a bounded number of
+/// commits.
 async fn flusher(inner: Arc<Inner>) {
     let mut last_start: Option<Instant> = None;
     loop {

@@ -172,9 +172,9 @@ impl PartialEq for Scalar {
     }
 }
 
-/// Whether `b`, a date-time that was read as an instant, is the very text [`format_micros`] gives for it: `YYYY-MM-DDTHH:MM:SS`,
-/// then no fraction, three digits that are not all zero, or six whose last three are not, then `Z`. A leap second
-/// (`:60`), which chrono reads as the second before, is not.
+/// Whether `b`, a date-time that was read as an instant, is the very text [`format_micros`] gives for that instant:
+/// `YYYY-MM-DDTHH:MM:SS`, then no fraction, three digits that are not all zero, or six whose last three are not,
+/// then `Z`. A leap second (`:60`), which chrono reads as the second before, is not.
 fn as_formatted(b: &[u8]) -> bool {
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
     let fraction_ok = match b.len() {
@@ -216,7 +216,7 @@ impl Scalar {
     /// A string value: a timestamp when it reads as one, text otherwise.
     pub fn from_string(s: &str) -> Scalar {
         match parse_timestamp(s) {
-            // The shape was checked before it was read as `t`.
+            // `format_micros(t)` gives `s` back: its text need not be kept.
             Some(t) if as_formatted(s.as_bytes()) => Scalar::Timestamp(t),
             Some(t) => Scalar::SentTimestamp(Box::new((t, s.into()))),
             None => Scalar::Str(s.into()),
