@@ -409,6 +409,9 @@ impl Lakehouse {
             }
             None => self.create(store.as_ref(), &plan, &batch).await.map_err(delta)?,
         };
+        // The data files are written: the batch's memory is not held while the commit waits on storage (a retry
+        // commits the same files, or plans again and builds a new batch from the rows).
+        drop(batch);
         commit.token = token.clone();
         commit.actions.extend(txns);
         let streams: HashSet<String> = highest.keys().map(|a| a.to_string()).collect();
