@@ -288,6 +288,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn prefetched_hands_out_every_row_once_in_order() {
+        for n in 0..5 {
+            let rows: Vec<Row> = (0..n)
+                .map(|i| Row::new(format!("r{i}").into(), vec![("s".into(), Scalar::Str("x".repeat(40).into()))]))
+                .collect();
+            let ids: Vec<&str> = prefetched(&rows).map(|r| r.id.as_str()).collect();
+            let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+            assert_eq!(ids, expected, "{n} rows");
+        }
+    }
+
+    #[test]
     fn free_releases_every_row_and_what_rows_share() {
         let shared: Shared = vec![("id".into(), Scalar::Str("e1".into()))].into();
         let rows: Vec<Row> = (0..1000)
