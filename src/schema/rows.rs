@@ -67,9 +67,9 @@ impl Leaves {
         self.paths.len()
     }
 
-    fn reserve(&mut self, n: usize) {
-        self.paths.reserve_exact(n);
-        self.items.reserve_exact(n);
+    fn clear(&mut self) {
+        self.paths.clear();
+        self.items.clear();
     }
 
     fn push(&mut self, (path, column): Named, value: Scalar) {
@@ -224,11 +224,14 @@ fn shortened(name: &str) -> String {
     }
 }
 
-/// Scratch space reused from event to event on one thread.
+/// Scratch space reused from event to event on one thread: its buffers keep their size, so that mapping an event
+/// does not grow them again.
 #[derive(Default)]
 struct Scratch {
     slots: ByAddr<Slot>,
     path: String,
+    context: Leaves,
+    payload: Leaves,
 }
 
 thread_local! {
@@ -302,18 +305,16 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         ("group_id", event.group_id.as_deref().filter(|_| kind == EventType::Group).map(text)),
         ("previous_id", event.previous_id.as_deref().filter(|_| kind == EventType::Alias).map(text)),
     ];
-    let mut context = Leaves::default();
-    context.reserve(32);
+    let Scratch { slots, path, context, payload } = scratch;
+    context.clear();
+    payload.clear();
     let mut long = Vec::new();
-    scratch.path.clear();
-    scratch.path.push_str("context");
-    flatten(names, &mut scratch.path, &event.context, &mut context, &mut long);
-    let mut payload = Leaves::default();
+    path.clear();
+    path.push_str("context");
+    flatten(names, path, &event.context, context, &mut long);
     if tables.iter().any(|(_, _, with_payload)| *with_payload) {
-        // At least a leaf per member, nearly always.
-        payload.reserve(event.payload.len());
-        scratch.path.clear();
-        flatten(names, &mut scratch.path, &event.payload, &mut payload, &mut long);
+        path.clear();
+        flatten(names, path, &event.payload, payload, &mut long);
     }
     for l in long {
         out.discards.push(Discard {
@@ -338,7 +339,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         let mut b = RowBuilder {
             prefix: prefix.as_deref().unwrap_or_default(),
             cols: Vec::new(),
-            slots: &mut scratch.slots,
+            slots,
             id: &event.message_id,
             table: &table,
             received_at: event.received_at,
@@ -357,7 +358,9 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             }
             None => {
                 let table_fixed = b.fixed;
-                b.cols.reserve_exact(table_fixed.len() + context.len());
+                // The row's columns at most, reserved at once.
+                let own_payload = if with_payload { payload.len() } else { 0 };
+                b.cols.reserve_exact(table_fixed.len() + context.len() + own_payload);
                 b.slots.clear();
                 // Every fixed column of the table is reserved, whether this event fills it or not. The first row
                 // of an event takes its fixed values. A table's fixed columns come in the order of `fixed` (but
@@ -381,7 +384,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                     b.slots.insert(addr(column), Slot { index, source: Source::Fixed, leaf });
                 }
                 // Only the first row of an event takes the context (a track event's own row shares it).
-                for (leaf, (column, value)) in std::mem::take(&mut context.items).into_iter().enumerate() {
+                for (leaf, (column, value)) in context.items.drain(..).enumerate() {
                     b.put(Source::Context, leaf, column, value);
                 }
             }
@@ -389,7 +392,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
         if with_payload {
             b.cols.reserve_exact(payload.len());
             // Only one row of an event has the payload.
-            for (leaf, (column, value)) in std::mem::take(&mut payload.items).into_iter().enumerate() {
+            for (leaf, (column, value)) in payload.items.drain(..).enumerate() {
                 b.put(Source::Payload, leaf, column, value);
             }
         }
