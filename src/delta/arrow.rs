@@ -61,11 +61,16 @@ impl Builder {
     }
 
     /// Appends `n` nulls. Zero is a no-op: Arrow's builders would start keeping a validity bitmap on the first
-    /// call, whatever its count, and a column every row fills needs none while it is built.
+    /// call, whatever its count, and a column every row fills needs none while it is built. Called for every value
+    /// of a batch, nearly always with zero, so that test is made where it is called.
+    #[inline]
     fn nulls(&mut self, n: usize) {
-        if n == 0 {
-            return;
+        if n != 0 {
+            self.append_nulls(n);
         }
+    }
+
+    fn append_nulls(&mut self, n: usize) {
         match self {
             Builder::Ts(b) => b.append_nulls(n),
             Builder::Int(b) => b.append_nulls(n),
