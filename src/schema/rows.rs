@@ -1,12 +1,11 @@
 //! An event becomes rows: one per table it lands in, with flattened, snake_cased columns, and a discard for
 //! every value that cannot be stored as sent.
 
-use std::collections::hash_map::Entry;
 use std::rc::Rc;
 
 use crate::layout::name::Name;
-use crate::layout::rows::{ByAddr, Row, Shared, addr};
 use crate::layout::rows::{Discard, Mapped, TableRow};
+use crate::layout::rows::{Row, Shared};
 use crate::layout::value::{Micros, Scalar, Text};
 use crate::layout::{MAX_NAME_LEN, RESERVED_TABLES, TableKind};
 use crate::schema::intern::{Named, Names, with_names};
@@ -46,11 +45,48 @@ enum Source {
     Payload,
 }
 
+#[derive(Clone, Copy)]
 struct Slot {
     index: usize,
     source: Source,
     /// The place, in its source's list, of the key path that filled it.
     leaf: usize,
+}
+
+/// The slot of each column of the row being built, by column number (see [`intern`]): an entry is the row's only
+/// when its stamp is the row's, so that starting a row clears nothing.
+#[derive(Default)]
+struct Slots {
+    stamp: u32,
+    by_number: Vec<(u32, Slot)>,
+}
+
+impl Slots {
+    /// Forgets every slot: a new row starts.
+    fn start(&mut self) {
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            // Entries of 2^32 rows ago would be taken for this row's.
+            self.by_number.clear();
+            self.stamp = 1;
+        }
+    }
+
+    fn get_mut(&mut self, number: u32) -> Option<&mut Slot> {
+        match self.by_number.get_mut(number as usize) {
+            Some((stamp, slot)) if *stamp == self.stamp => Some(slot),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, number: u32, slot: Slot) {
+        let at = number as usize;
+        if at >= self.by_number.len() {
+            let unused = (0, Slot { index: 0, source: Source::Fixed, leaf: 0 });
+            self.by_number.resize(at + 1, unused);
+        }
+        self.by_number[at] = (self.stamp, slot);
+    }
 }
 
 /// The leaves of a flattened object, in order: each one's key path, and its column name (both shared, see
@@ -59,6 +95,8 @@ struct Slot {
 #[derive(Default)]
 struct Leaves {
     paths: Vec<Rc<str>>,
+    /// The number of each leaf's column.
+    numbers: Vec<u32>,
     items: Vec<(Name, Scalar)>,
 }
 
@@ -69,11 +107,13 @@ impl Leaves {
 
     fn clear(&mut self) {
         self.paths.clear();
+        self.numbers.clear();
         self.items.clear();
     }
 
-    fn push(&mut self, (path, column): Named, value: Scalar) {
+    fn push(&mut self, (path, column, number): Named, value: Scalar) {
         self.paths.push(path);
+        self.numbers.push(number);
         self.items.push((column, value));
     }
 }
@@ -85,8 +125,8 @@ struct RowBuilder<'a> {
     /// Columns shared with the row built before, which this one continues; their places come first.
     prefix: &'a [(Name, Scalar)],
     cols: Vec<(Name, Scalar)>,
-    /// By the address of the shared column name: equal names are one allocation within an event.
-    slots: &'a mut ByAddr<Slot>,
+    /// By column number: equal names are one number within an event.
+    slots: &'a mut Slots,
     id: &'a str,
     table: &'a str,
     received_at: Micros,
@@ -127,8 +167,8 @@ impl<'a> RowBuilder<'a> {
         });
     }
 
-    /// Puts the column name and value of a context or payload leaf.
-    fn put(&mut self, source: Source, leaf: usize, column: Name, value: Scalar) {
+    /// Puts the column name (whose number is `number`) and value of a context or payload leaf.
+    fn put(&mut self, source: Source, leaf: usize, column: Name, number: u32, value: Scalar) {
         let path: &str = self.path(source, leaf);
         if column.is_empty() {
             let reason = format!("{path:?} has no letter or digit to make a column name from");
@@ -138,19 +178,14 @@ impl<'a> RowBuilder<'a> {
             let reason = format!("the key path gives a column name longer than {MAX_NAME_LEN} characters");
             return self.discard(&shortened(&column), value.to_text(), reason);
         }
-        let key = addr(&column);
-        // One probe of the table whether the column is new or taken.
-        let index = self.prefix.len() + self.cols.len();
-        let (slot_source, slot_index, slot_leaf) = match self.slots.entry(key) {
-            Entry::Vacant(free) => {
-                free.insert(Slot { index, source, leaf });
+        let (slot_source, slot_index, slot_leaf) = match self.slots.get_mut(number) {
+            None => {
+                let index = self.prefix.len() + self.cols.len();
+                self.slots.insert(number, Slot { index, source, leaf });
                 self.cols.push((column, value));
                 return;
             }
-            Entry::Occupied(taken) => {
-                let slot = taken.get();
-                (slot.source, slot.index, slot.leaf)
-            }
+            Some(slot) => (slot.source, slot.index, slot.leaf),
         };
         let column: &str = &column;
         // Spelled exactly like the column, then like it but for nesting, then the smaller original key.
@@ -158,7 +193,7 @@ impl<'a> RowBuilder<'a> {
         let slot_path: &str = self.path(slot_source, slot_leaf);
         let new_wins = source == slot_source && rank(path) > rank(slot_path);
         let (winner, loser_path, loser_value) = if new_wins {
-            self.slots.get_mut(&key).expect("slot").leaf = leaf;
+            self.slots.get_mut(number).expect("slot").leaf = leaf;
             // Only a slot of the same source is taken over, and shared columns are of the sources before.
             let own = slot_index - self.prefix.len();
             let old = std::mem::replace(&mut self.cols[own].1, value);
@@ -228,7 +263,7 @@ fn shortened(name: &str) -> String {
 /// does not grow them again.
 #[derive(Default)]
 struct Scratch {
-    slots: ByAddr<Slot>,
+    slots: Slots,
     path: String,
     context: Leaves,
     payload: Leaves,
@@ -361,12 +396,12 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                 // The row's columns at most, reserved at once.
                 let own_payload = if with_payload { payload.len() } else { 0 };
                 b.cols.reserve_exact(table_fixed.len() + context.len() + own_payload);
-                b.slots.clear();
+                b.slots.start();
                 // Every fixed column of the table is reserved, whether this event fills it or not. The first row
                 // of an event takes its fixed values. A table's fixed columns come in the order of `fixed` (but
                 // `uuid_ts`, which `fixed` lacks), so each is looked for after the one found before.
                 let mut from = 0;
-                for (leaf, (path, column)) in table_fixed.iter().enumerate() {
+                for (leaf, (path, column, number)) in table_fixed.iter().enumerate() {
                     let value = match fixed[from..].iter().position(|(n, _)| *n == path.as_ref()) {
                         Some(at) => {
                             from += at + 1;
@@ -381,11 +416,11 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
                         }
                         None => usize::MAX,
                     };
-                    b.slots.insert(addr(column), Slot { index, source: Source::Fixed, leaf });
+                    b.slots.insert(*number, Slot { index, source: Source::Fixed, leaf });
                 }
                 // Only the first row of an event takes the context (a track event's own row shares it).
                 for (leaf, (column, value)) in context.items.drain(..).enumerate() {
-                    b.put(Source::Context, leaf, column, value);
+                    b.put(Source::Context, leaf, column, context.numbers[leaf], value);
                 }
             }
         }
@@ -393,7 +428,7 @@ fn map_event_with(event: Event<'_>, names: &mut Names, scratch: &mut Scratch) ->
             b.cols.reserve_exact(payload.len());
             // Only one row of an event has the payload.
             for (leaf, (column, value)) in payload.items.drain(..).enumerate() {
-                b.put(Source::Payload, leaf, column, value);
+                b.put(Source::Payload, leaf, column, payload.numbers[leaf], value);
             }
         }
         let (cols, discarded) = (b.cols, first_discard..b.discards.len());
