@@ -40,8 +40,19 @@ pub enum SubmitError {
 pub struct Submission {
     pub schema: String,
     pub events: Vec<Mapped>,
-    /// Body size, charged against the buffer bound until the flush that writes it is done.
+    /// What it is charged against the buffer bound until the flush that writes it is done: the larger of its body
+    /// size and what its events hold in memory (the sum of their [`Mapped::size_estimate`], which a batch context
+    /// merged into every event or many small values can make larger than the body), as [`Submission::new`] takes it.
     pub bytes: usize,
+}
+
+impl Submission {
+    /// A request's events, charged the larger of its `body` size and what they hold in memory. A caller that sums
+    /// the latter as it maps the events, while their rows are in cache, builds the submission itself.
+    pub fn new(schema: String, events: Vec<Mapped>, body: usize) -> Submission {
+        let built = events.iter().map(Mapped::size_estimate).sum();
+        Submission { schema, events, bytes: body.max(built) }
+    }
 }
 
 /// Counts that a flush reports, summed over a run (the ingest command prints them).
@@ -135,10 +146,8 @@ impl Batcher {
     }
 
     /// Adds a request's rows to the micro-batch and waits until they are committed.
-    pub async fn submit(&self, mut sub: Submission) -> Result<(), SubmitError> {
+    pub async fn submit(&self, sub: Submission) -> Result<(), SubmitError> {
         let inner = &self.inner;
-        // A request is charged what it built, when that is more than its body.
-        sub.bytes = sub.bytes.max(sub.events.iter().map(Mapped::size_estimate).sum());
         if inner.closing.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -674,8 +683,8 @@ mod tests {
         let refused = b.submit(second).await;
         assert!(matches!(refused, Err(SubmitError::Overloaded { buffered: 800, limit: 1000 })), "{refused:?}");
         // A 1-byte body that built a row and a discard is charged what it built, which does not fit either.
-        let built = Submission { schema: "s".into(), events: vec![event("t", "c", None, true)], bytes: 1 };
-        assert!(built.events[0].size_estimate() > 200);
+        let built = Submission::new("s".into(), vec![event("t", "c", None, true)], 1);
+        assert!(built.events[0].size_estimate() > 200 && built.bytes == built.events[0].size_estimate());
         let refused = b.submit(built).await;
         assert!(matches!(refused, Err(SubmitError::Overloaded { buffered: 800, .. })), "{refused:?}");
         b.shutdown().await;

@@ -49,11 +49,25 @@ pub fn map_raw(raw: &body::RawEvent<'_>, arrival: &Arrival<'_>, implied_type: Op
     }
 }
 
-/// Maps every event of a split body. The keys its shared `context` repeats are kept once per body: that context is
-/// every event's, so each earlier value goes to `discards` with the first event's.
-pub fn map_body(parsed: &body::Parsed<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> Vec<Mapped> {
-    let mut events: Vec<Mapped> = parsed.events.iter().map(|raw| map_raw(raw, arrival, implied_type)).collect();
-    if let Some(first) = events.first_mut() {
+/// Maps every event of a split body, and says about how many bytes the result holds in memory (the sum of each
+/// event's [`Mapped::size_estimate`], taken as it is mapped, while its rows are in cache). The keys its shared
+/// `context` repeats are kept once per body: that context is every event's, so each earlier value goes to
+/// `discards` with the first event's.
+pub fn map_body(parsed: &body::Parsed<'_>, arrival: &Arrival<'_>, implied_type: Option<&str>) -> (Vec<Mapped>, usize) {
+    let mut size = 0;
+    let mut events: Vec<Mapped> = parsed
+        .events
+        .iter()
+        .map(|raw| {
+            let mapped = map_raw(raw, arrival, implied_type);
+            size += mapped.size_estimate();
+            mapped
+        })
+        .collect();
+    if let Some(first) = events.first_mut()
+        && !parsed.context_repeats.is_empty()
+    {
+        size -= first.size_estimate();
         first.discards.extend(parsed.context_repeats.iter().map(|d| Discard {
             row_id: String::new(),
             table_name: String::new(),
@@ -66,8 +80,9 @@ pub fn map_body(parsed: &body::Parsed<'_>, arrival: &Arrival<'_>, implied_type: 
             received_at: arrival.received_at,
             offset: None,
         }));
+        size += first.size_estimate();
     }
-    events
+    (events, size)
 }
 
 /// An event that could not be read at all: kept whole in `discards`, with the reason.
@@ -106,7 +121,9 @@ mod tests {
         let parsed = body::split(text, true, &Limits::default()).unwrap();
         let arrival =
             Arrival { received_at: 7, context: parsed.context.as_ref(), keep_received_at: false, sent_at: None };
-        let events = map_body(&parsed, &arrival, None);
+        let (events, size) = map_body(&parsed, &arrival, None);
+        // What the body holds in memory counts the discards of the repeated keys too.
+        assert_eq!(size, events.iter().map(Mapped::size_estimate).sum::<usize>());
         // The later values are every event's.
         for m in &events {
             for r in &m.rows {

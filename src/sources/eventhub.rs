@@ -156,9 +156,8 @@ pub fn map_delivery(
         let bucket = out
             .entry(schema.to_string())
             .or_insert_with(|| Submission { schema: schema.to_string(), ..Default::default() });
-        bucket.bytes += d.body.len();
-        let mapped_events = if unknown_key {
-            events
+        let (mapped_events, built) = if unknown_key {
+            let unknown = events
                 .iter()
                 .map(|raw| Mapped {
                     rows: Vec::new(),
@@ -173,10 +172,13 @@ pub fn map_delivery(
                     }],
                     forget: None,
                 })
-                .collect()
+                .collect();
+            (unknown, 0)
         } else {
             map_body(&parsed, &arrival, None)
         };
+        // A body is charged what it built, when that is more than its bytes.
+        bucket.bytes += d.body.len().max(built);
         bucket.events.extend(mapped_events.into_iter().map(|m| m.with_offset(offset.clone())));
     }
     Ok(out)
@@ -292,14 +294,25 @@ mod tests {
     #[test]
     fn each_schema_is_charged_the_bytes_of_its_own_messages() {
         // One message carries a batch of three events, the other a single event: the schema of the batch holds
-        // three mapped events but is charged only its one message's bytes.
+        // three mapped events but is charged only its one message's bytes. Padded with blanks, each message is
+        // larger than what its events build.
         let sources = Sources::Keys(vec![(crate::config::Secret::new("K1"), "web".into())]);
-        let batch = r#"{"batch":[{"type":"track","userId":"u","event":"B"},{"type":"track","userId":"u","event":"C"},{"type":"track","userId":"u","event":"D"}]}"#;
-        let single = r#"{"type":"track","userId":"u","event":"A","writeKey":"K1"}"#;
-        let d = parse_invocation(&host_payload(&[single, batch], &[1, 2])).unwrap();
+        let pad = " ".repeat(20_000);
+        let batch = format!(
+            r#"{{"batch":[{{"type":"track","userId":"u","event":"B"}},{{"type":"track","userId":"u","event":"C"}},{{"type":"track","userId":"u","event":"D"}}]}}{pad}"#
+        );
+        let single = format!(r#"{{"type":"track","userId":"u","event":"A","writeKey":"K1"}}{pad}"#);
+        let d = parse_invocation(&host_payload(&[&single, &batch], &[1, 2])).unwrap();
         let m = map_delivery(&d, &sources, Some("hub")).unwrap();
+        let built = |s: &Submission| s.events.iter().map(Mapped::size_estimate).sum::<usize>();
+        assert!(built(&m["hub"]) < batch.len() && built(&m["web"]) < single.len());
         assert_eq!((m["hub"].events.len(), m["hub"].bytes), (3, batch.len()));
         assert_eq!((m["web"].events.len(), m["web"].bytes), (1, single.len()));
         assert_eq!(m.values().map(|s| s.bytes).sum::<usize>(), d.events.iter().map(|e| e.body.len()).sum::<usize>());
+        // Unpadded, each is charged what its events build, which is more than its bytes.
+        let d = parse_invocation(&host_payload(&[single.trim_end(), batch.trim_end()], &[1, 2])).unwrap();
+        let m = map_delivery(&d, &sources, Some("hub")).unwrap();
+        assert!(built(&m["hub"]) > batch.trim_end().len());
+        assert_eq!((m["hub"].bytes, m["web"].bytes), (built(&m["hub"]), built(&m["web"])));
     }
 }

@@ -144,7 +144,7 @@ fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
     }
     let parsed = body::split_unlimited(text);
     let a = arrival(parsed.context.as_ref(), parsed.sent_at);
-    out.extend(map_body(&parsed, &a, None));
+    out.extend(map_body(&parsed, &a, None).0);
 }
 
 /// A file's identity as a stream: its content's SHA-1. Loading the same content again (a re-run, or a run resumed
@@ -195,7 +195,7 @@ pub async fn run(
     let submit = |chunk: Vec<Mapped>, bytes: usize| {
         let b = batcher.clone();
         let schema = schema.to_string();
-        async move { b.submit(Submission { schema, events: chunk, bytes }).await }
+        async move { b.submit(Submission::new(schema, chunk, bytes)).await }
     };
     for path in files {
         let stream = if force { None } else { Some(stream_id(path)?) };

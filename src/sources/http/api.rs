@@ -314,10 +314,10 @@ fn accept(state: &AppState, req: ApiRequest<'_>) -> Result<Accepted, ApiResponse
         Endpoint::Event(t) => Some(t),
         _ => None,
     };
-    let events = map_body(&parsed, &arrival, implied_type);
+    let (events, built) = map_body(&parsed, &arrival, implied_type);
     let forget = crate::sources::users_to_forget(&events);
     let source = if endpoint == Endpoint::Webhook { "webhook" } else { "http" };
-    let submission = Submission { schema: schema.to_string(), events, bytes: data.len() };
+    let submission = Submission { schema: schema.to_string(), events, bytes: data.len().max(built) };
     Ok(Accepted { submission, forget, source })
 }
 
