@@ -140,7 +140,8 @@ pub fn build<'r>(
     rows: impl ExactSizeIterator<Item = &'r Row>,
     uuid_ts: Micros,
 ) -> Result<(RecordBatch, Vec<Discard>), ArrowError> {
-    let mut index: HashMap<String, usize> =
+    // Column names are the senders' keys: found by a hash seeded per process.
+    let mut index: HashMap<String, usize, foldhash::fast::RandomState> =
         columns.columns().iter().enumerate().map(|(i, (n, _))| (n.clone(), i)).collect();
     let n = rows.len();
     let mut builders: Vec<Builder> = columns.columns().iter().map(|(_, t)| Builder::new(*t, n)).collect();
