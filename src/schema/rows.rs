@@ -105,7 +105,12 @@ impl Leaves {
         self.paths.len()
     }
 
+    /// Empties the buffers for the next event; buffers an unusually large event grew are given back.
     fn clear(&mut self) {
+        const KEPT: usize = 1024;
+        if self.items.capacity() > KEPT {
+            *self = Leaves::default();
+        }
         self.paths.clear();
         self.numbers.clear();
         self.items.clear();
@@ -626,5 +631,23 @@ mod tests {
         let long = "k".repeat(300);
         let m = map(json!({"type": "identify", "userId": "u", "traits": {long.clone(): 1}}));
         assert!(m.discards[0].reason.contains("longer than 255"));
+    }
+
+    #[test]
+    fn scratch_kept_between_events_maps_each_alone_and_a_large_one_is_not_kept() {
+        let large: serde_json::Map<String, Value> = (0..3000).map(|i| (format!("p{i}"), json!(i))).collect();
+        let m = map(json!({"type": "identify", "userId": "u", "traits": large, "context": {"ip": "1.1.1.1"}}));
+        assert_eq!(get(&m, "identifies", "p2999"), Some(Scalar::Int(2999)));
+        assert_eq!(cols(&m, "identifies").len(), 3000 + 5, "id, user_id, received_at, timestamp, context_ip");
+        // The next event, mapped with the same buffers, has none of the first one's leaves or collisions.
+        let m = map(json!({"type": "page", "userId": "u", "properties": {"p1": "x", "user_id": "v"}}));
+        assert_eq!(get(&m, "pages", "p1"), Some(Scalar::Str("x".into())));
+        assert_eq!((get(&m, "pages", "p2"), get(&m, "pages", "context_ip")), (None, None));
+        assert_eq!(m.discards.len(), 1, "properties.user_id collides with the fixed column: {:?}", m.discards);
+        SCRATCH.with(|s| {
+            let s = s.borrow();
+            assert!(s.payload.items.capacity() <= 1024, "{}", s.payload.items.capacity());
+            assert!(s.payload.items.is_empty() && s.context.items.is_empty());
+        });
     }
 }
