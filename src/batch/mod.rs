@@ -42,17 +42,9 @@ pub struct Submission {
     pub events: Vec<Mapped>,
     /// What it is charged against the buffer bound until the flush that writes it is done: the larger of its body
     /// size and what its events hold in memory (the sum of their [`Mapped::size_estimate`], which a batch context
-    /// merged into every event or many small values can make larger than the body), as [`Submission::new`] takes it.
+    /// merged into every event or many small values can make larger than the body). Callers sum the latter as they
+    /// map the events, while their rows are in cache.
     pub bytes: usize,
-}
-
-impl Submission {
-    /// A request's events, charged the larger of its `body` size and what they hold in memory. A caller that sums
-    /// the latter as it maps the events, while their rows are in cache, builds the submission itself.
-    pub fn new(schema: String, events: Vec<Mapped>, body: usize) -> Submission {
-        let built = events.iter().map(Mapped::size_estimate).sum();
-        Submission { schema, events, bytes: body.max(built) }
-    }
 }
 
 /// Counts that a flush reports, summed over a run (the ingest command prints them).
@@ -585,6 +577,15 @@ async fn write_batch(inner: &Inner, mut batch: Pending) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Submission {
+        /// A request's events, charged the larger of its `body` size and what they hold in memory, as the sources
+        /// charge theirs.
+        fn new(schema: String, events: Vec<Mapped>, body: usize) -> Submission {
+            let built = events.iter().map(Mapped::size_estimate).sum();
+            Submission { schema, events, bytes: body.max(built) }
+        }
+    }
     use crate::config::Lake;
     use crate::layout::rows::{Offset, TableRow};
     use crate::layout::value::Scalar;

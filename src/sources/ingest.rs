@@ -130,21 +130,27 @@ fn open(path: &Path, progress: &indicatif::ProgressBar) -> Result<Box<dyn BufRea
 }
 
 /// Maps one JSON text (a line, or a whole file): an event, a `{"batch": [...]}` body, or an array of events. Items
-/// are split without parsing the whole text first, so one bad item is discarded alone, as the API does.
-fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) {
+/// are split without parsing the whole text first, so one bad item is discarded alone, as the API does. Returns
+/// about how many bytes the events it added hold in memory, summed as each is mapped (see [`map_body`]).
+fn map_document(text: &[u8], received_at: i64, out: &mut Vec<Mapped>) -> usize {
     let arrival = |context, sent_at| Arrival { received_at, context, keep_received_at: true, sent_at };
     let first = text.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'[')
         && let Ok(items) = scan::array_items(text, 0..text.len())
     {
+        let mut built = 0;
         for r in items {
-            out.push(map_raw(&RawEvent::new(&text[r]), &arrival(None, None), None));
+            let mapped = map_raw(&RawEvent::new(&text[r]), &arrival(None, None), None);
+            built += mapped.size_estimate();
+            out.push(mapped);
         }
-        return;
+        return built;
     }
     let parsed = body::split_unlimited(text);
     let a = arrival(parsed.context.as_ref(), parsed.sent_at);
-    out.extend(map_body(&parsed, &a, None).0);
+    let (events, built) = map_body(&parsed, &a, None);
+    out.extend(events);
+    built
 }
 
 /// A file's identity as a stream: its content's SHA-1. Loading the same content again (a re-run, or a run resumed
@@ -190,12 +196,14 @@ pub async fn run(
     let mut events = 0u64;
     let mut chunk: Vec<Mapped> = Vec::new();
     let mut chunk_bytes = 0usize;
+    // What the chunk's events hold in memory, charged when more than its text.
+    let mut chunk_built = 0usize;
     // Users that `delete` events ask to forget: once everything is loaded, their rows are removed.
     let mut forget: Vec<String> = Vec::new();
-    let submit = |chunk: Vec<Mapped>, bytes: usize| {
+    let submit = |chunk: Vec<Mapped>, bytes: usize, built: usize| {
         let b = batcher.clone();
         let schema = schema.to_string();
-        async move { b.submit(Submission::new(schema, chunk, bytes)).await }
+        async move { b.submit(Submission { schema, events: chunk, bytes: bytes.max(built) }).await }
     };
     for path in files {
         let stream = if force { None } else { Some(stream_id(path)?) };
@@ -230,13 +238,13 @@ pub async fn run(
                 continue;
             }
             let before = chunk.len();
-            map_document(&text, received_at, &mut chunk);
+            chunk_built += map_document(&text, received_at, &mut chunk);
             events += (chunk.len() - before) as u64;
             chunk_bytes += text.len();
             forget.extend(chunk[before..].iter().filter_map(|m| m.forget.clone()));
             if let Some(p) = &mut preview {
                 p.add(chunk.drain(..));
-                chunk_bytes = 0;
+                (chunk_bytes, chunk_built) = (0, 0);
                 continue;
             }
             if chunk.len() >= CHUNK_EVENTS {
@@ -245,13 +253,21 @@ pub async fn run(
                         r?;
                     }
                 }
-                in_flight.push(submit(numbered(std::mem::take(&mut chunk)), std::mem::take(&mut chunk_bytes)));
+                in_flight.push(submit(
+                    numbered(std::mem::take(&mut chunk)),
+                    std::mem::take(&mut chunk_bytes),
+                    std::mem::take(&mut chunk_built),
+                ));
                 progress.set_message(format!("{events} events"));
             }
         }
         // Chunks end with their file, so that a file's chunks are the same on every run.
         if !chunk.is_empty() {
-            in_flight.push(submit(numbered(std::mem::take(&mut chunk)), std::mem::take(&mut chunk_bytes)));
+            in_flight.push(submit(
+                numbered(std::mem::take(&mut chunk)),
+                std::mem::take(&mut chunk_bytes),
+                std::mem::take(&mut chunk_built),
+            ));
         }
     }
     // The input is read: what waits for the flush interval is written now.
@@ -276,4 +292,23 @@ pub async fn run(
     }
     let forgotten = super::apply_deletes(config, schema, &forget).await.map_err(IngestError::Forget)?;
     Ok(Summary { events, totals: batcher.totals(), forgotten, preview: None, seconds: started.elapsed().as_secs_f64() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_document_says_what_the_events_it_added_hold_in_memory() {
+        let array = br#"[{"type": "track", "event": "A", "userId": "u", "properties": {"p": "x"}}, {"type": "identify", "userId": "u"}, 7]"#;
+        let batch = br#"{"batch": [{"type": "page", "userId": "u", "name": "Home"}], "context": {"ip": "1.1.1.1"}}"#;
+        let mut out = Vec::new();
+        let first = map_document(array, 7, &mut out);
+        assert_eq!(out.len(), 3, "two events and a discarded item");
+        assert_eq!(first, out.iter().map(Mapped::size_estimate).sum::<usize>());
+        let second = map_document(batch, 7, &mut out);
+        assert_eq!(out.len(), 4);
+        assert_eq!(second, out[3].size_estimate());
+        assert!(first > 0 && second > 0);
+    }
 }
