@@ -53,8 +53,9 @@ struct Slot {
     leaf: usize,
 }
 
-/// The slot of each column of the row being built, by column number (see [`intern`]): an entry is the row's only
-/// when its stamp is the row's, so that starting a row clears nothing.
+/// The slot of each column of the event's rows being built, by column number (see [`intern`]): an entry is the
+/// event's only when its stamp is the event's, so that starting an event clears nothing. A track event's own row
+/// continues the slots of its `tracks` row.
 #[derive(Default)]
 struct Slots {
     stamp: u32,
@@ -62,11 +63,11 @@ struct Slots {
 }
 
 impl Slots {
-    /// Forgets every slot: a new row starts.
+    /// Forgets every slot: an event's first row starts.
     fn start(&mut self) {
         self.stamp = self.stamp.wrapping_add(1);
         if self.stamp == 0 {
-            // Entries of 2^32 rows ago would be taken for this row's.
+            // Entries of 2^32 events ago would be taken for this event's.
             self.by_number.clear();
             self.stamp = 1;
         }
